@@ -1,0 +1,95 @@
+"""The project's errors: one module, two roots.
+
+`DataError` means the bytes or settings we were given are wrong (fix the
+input); `TransportError` means we could not reach or write something (retry
+or fix the environment). Leaves are named for what went wrong and their
+messages say what was expected and what arrived. Every class carries the exit
+code the CLI uses for it, so scripts can tell failures apart.
+"""
+from __future__ import annotations
+
+
+class OtaError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    exit_code = 1
+
+
+# --- bad data ---------------------------------------------------------------
+class DataError(OtaError):
+    exit_code = 3
+
+
+class ConfigError(DataError):
+    """A configuration value is missing or out of range."""
+
+    exit_code = 4
+
+
+class ModelFormatError(DataError):
+    """A device model file is corrupt, truncated, hostile or unsupported."""
+
+    exit_code = 5
+
+
+class ContentHashMismatchError(ModelFormatError):
+    """Decoded tensors do not hash to the value the file (or a diff) promised."""
+
+
+class AudioError(DataError):
+    """An audio file is missing or unreadable."""
+
+    exit_code = 6
+
+
+class ManifestError(DataError):
+    """A data manifest line is malformed or points at unusable data."""
+
+    exit_code = 7
+
+
+class DiffError(DataError):
+    """A diff does not fit the model it is applied to, or is malformed."""
+
+    exit_code = 8
+
+
+class BundleError(DataError):
+    """An update bundle is corrupt, truncated, hostile or unsupported."""
+
+    exit_code = 9
+
+
+class TrustError(DataError):
+    """Update metadata failed verification (signatures, versions, expiry)."""
+
+    exit_code = 10
+
+
+# --- transport / environment ------------------------------------------------
+class TransportError(OtaError):
+    exit_code = 20
+
+
+class StoreUnreachableError(TransportError):
+    exit_code = 21
+
+
+class StoreAuthError(TransportError):
+    exit_code = 22
+
+
+class StoreNotFoundError(TransportError):
+    """A bucket or object the caller expected is absent."""
+
+    exit_code = 23
+
+
+class StoreConflictError(TransportError):
+    """Another writer changed the store first (a lost publish race)."""
+
+    exit_code = 24
+
+
+class DiskFullError(TransportError):
+    exit_code = 25
