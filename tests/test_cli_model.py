@@ -1,0 +1,71 @@
+"""`ota transcribe` and `ota model inspect` through click's runner."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from device_agent.errors import AudioError, ModelFormatError
+from device_agent.model_format import save_model
+from tests.tiny import tiny_device_model
+
+FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+
+
+@pytest.fixture()
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.otam"
+    save_model(tiny_device_model(), path)
+    return path
+
+
+def test_transcribe_json(model_file: Path) -> None:
+    wav = FSDD / "3_nicolas_0.wav"
+    result = CliRunner().invoke(cli, ["transcribe", str(wav), "--model", str(model_file), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["audio"] == str(wav)
+    assert isinstance(record["text"], str)
+    assert record["model_hash"] == tiny_device_model().content_hash()
+    assert 0.2 < record["seconds"] < 2.0
+
+
+def test_inspect_reports_sparsity_and_hash(model_file: Path) -> None:
+    result = CliRunner().invoke(cli, ["model", "inspect", str(model_file), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["content_hash"] == tiny_device_model().content_hash()
+    assert 0.4 < info["weight_sparsity"] < 0.6
+    assert {t["coding"] for t in info["tensors"]} <= {"bitmask", "index", "dense"}
+    table = CliRunner().invoke(cli, ["model", "inspect", str(model_file)])
+    assert table.exit_code == 0 and "encoder.weight_ih_l0" in table.output
+
+
+def test_corrupt_model_is_one_line_error_with_its_exit_code(model_file: Path) -> None:
+    model_file.write_bytes(b"garbage" * 10)
+    result = CliRunner().invoke(cli, ["model", "inspect", str(model_file)])
+    assert result.exit_code == ModelFormatError.exit_code
+    assert "bad magic" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_missing_audio_is_one_line_error(model_file: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["transcribe", str(tmp_path / "absent.wav"), "--model", str(model_file)])
+    assert result.exit_code == AudioError.exit_code
+    assert "audio file not found" in result.output
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    def walk(group, path):
+        for name, command in group.commands.items():
+            yield path + [name], command
+            if hasattr(command, "commands"):
+                yield from walk(command, path + [name])
+
+    for path, command in walk(cli, []):
+        result = CliRunner().invoke(cli, path + ["--help"])
+        assert result.exit_code == 0, path
+        if not hasattr(command, "commands"):
+            assert "Example" in result.output, f"`ota {' '.join(path)} --help` has no example"
