@@ -1,0 +1,10 @@
+"""Diff learners: `learn_diff(deployed_model, train_manifest, config) -> Diff`.
+
+One config dataclass per method, found through a small registry (the
+torchao pattern): adding a method is one module plus one `register` call.
+"""
+from diffing.diffs.api import DIFF_METHODS, DiffConfig, learn_diff, register
+from diffing.diffs.hashed import HashedDiffConfig
+from diffing.diffs.sparse_mask import SparseMaskDiffConfig
+
+__all__ = ["DIFF_METHODS", "DiffConfig", "HashedDiffConfig", "SparseMaskDiffConfig", "learn_diff", "register"]

@@ -1,0 +1,84 @@
+"""The diff-learning entry point and its method registry."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from device_agent.device_model import DeviceModel
+from device_agent.diff import Diff
+from device_agent.errors import ConfigError
+
+DIFF_CONFIG_VERSION = 1
+
+
+def parse_budget(text: str | float | int) -> float | int:
+    """'1%' or 0.01 -> fraction of weight entries; '20KB' / '20000B' -> bytes (int)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return text
+    s = str(text).strip().upper()
+    if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", s):
+        return float(m.group(1)) / 100
+    if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*(B|KB|KIB|MB|MIB)", s):
+        mult = {"B": 1, "KB": 1000, "KIB": 1024, "MB": 10**6, "MIB": 2**20}[m.group(2)]
+        return int(float(m.group(1)) * mult)
+    raise ConfigError(f"budget {text!r} not understood; expected a percentage like '1%' or bytes like '20KB'")
+
+
+@dataclass
+class DiffConfig:
+    """Settings shared by every method. `budget`: fraction of weight entries (float
+    in (0, 1]) or a byte size (int) for the serialized diff payload."""
+
+    budget: float | int = 0.01
+    epochs: int = 8
+    lr: float = 0.05  # Adam step in int8 units: deltas move ~lr per step
+    max_frames: int = 2400
+    replay_ratio: float = 0.5  # replay utterances per adaptation utterance and epoch
+    seed: int = 0
+    threads: int = 2
+    config_version: int = DIFF_CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        self.budget = parse_budget(self.budget)
+        if isinstance(self.budget, float) and not 0 < self.budget <= 1:
+            raise ConfigError(f"budget fraction must be in (0, 1], got {self.budget}")
+        if isinstance(self.budget, int) and self.budget < 64:
+            raise ConfigError(f"budget of {self.budget} bytes is too small; expected >= 64")
+        if self.epochs < 1 or self.lr <= 0 or self.max_frames < 16 or not 0 <= self.replay_ratio <= 10:
+            raise ConfigError("epochs >= 1, lr > 0, max_frames >= 16 and replay_ratio in [0, 10] are required")
+        if self.config_version != DIFF_CONFIG_VERSION:
+            raise ConfigError(f"diff config version {self.config_version} is not {DIFF_CONFIG_VERSION}")
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "DiffConfig":
+        known = {f.name for f in fields(cls)}
+        if not isinstance(obj, dict) or set(obj) - known:
+            raise ConfigError(f"unknown {cls.__name__} keys {sorted(set(obj) - known)}; allowed: {sorted(known)}")
+        return cls(**obj)
+
+
+C = TypeVar("C", bound=DiffConfig)
+Learner = Callable[..., Diff]
+DIFF_METHODS: dict[str, tuple[type[DiffConfig], Learner]] = {}
+
+
+def register(name: str, config_cls: type[C]) -> Callable[[Learner], Learner]:
+    def wrap(fn: Learner) -> Learner:
+        DIFF_METHODS[name] = (config_cls, fn)
+        config_cls.method = name  # type: ignore[attr-defined]
+        return fn
+    return wrap
+
+
+def learn_diff(deployed: DeviceModel, train_manifest: str | Path, config: DiffConfig, *,
+               replay_manifest: str | Path | None = None, target_version: int | None = None,
+               progress: bool = False, log: Callable[[str], None] | None = None) -> Diff:
+    """Learn a diff against the exact deployed int8 model; dispatch on the config's type."""
+    for name, (cls, fn) in DIFF_METHODS.items():
+        if type(config) is cls:
+            return fn(deployed, train_manifest, config, replay_manifest=replay_manifest,
+                      target_version=deployed.version + 1 if target_version is None else target_version,
+                      progress=progress, log=log or (lambda _: None))
+    raise ConfigError(f"no diff method registered for {type(config).__name__}; known: {sorted(DIFF_METHODS)}")

@@ -1,0 +1,122 @@
+"""Training integer deltas against a frozen int8 model.
+
+The float twin computes with W = clamp(q_base + round(delta), -127, 127) * scale,
+exactly the weights the device will hold after applying the diff; rounding
+uses a straight-through estimator so gradients reach the float `delta`.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from device_agent.device_model import QMAX, DeviceModel
+from device_agent.diff import Diff, SparseDelta, apply_diff
+from device_agent.tokenizer import CharTokenizer
+from diffing.data import Example, batches, load_examples, spec_augment
+from diffing.export import float_model_from_device
+from diffing.model import RNNT
+from diffing.rnnt_loss import rnnt_loss
+
+DeltaFn = Callable[[str], torch.Tensor | None]
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+class Int8Twin:
+    """Float model of `deployed` whose weight matrices come from `delta_fn`."""
+
+    def __init__(self, deployed: DeviceModel, delta_fn: DeltaFn) -> None:
+        self.model: RNNT = float_model_from_device(deployed)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.q_base = {n: torch.from_numpy(w.q.astype(np.float32)) for n, w in deployed.weights.items()}
+        self.scale = {n: torch.from_numpy(w.scale.copy())[:, None] for n, w in deployed.weights.items()}
+        self.delta_fn = delta_fn
+        self.model.weight_transform = self
+
+    def __call__(self, name: str, w: torch.Tensor) -> torch.Tensor:
+        d = self.delta_fn(name)
+        if d is None:
+            return w
+        return torch.clamp(self.q_base[name] + d, -QMAX, QMAX) * self.scale[name]
+
+
+def load_adaptation_data(deployed: DeviceModel, train_manifest: str | Path, replay_manifest: str | Path | None,
+                         progress: bool) -> tuple[list[Example], list[Example]]:
+    tok: CharTokenizer = deployed.tokenizer
+    feats = deployed.config.features
+    adapt = load_examples(train_manifest, tok, feats, None, progress)
+    replay = load_examples(replay_manifest, tok, feats, None, progress) if replay_manifest else []
+    return adapt, replay
+
+
+def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay: list[Example], *, epochs: int,
+        lr: float, max_frames: int, replay_ratio: float, seed: int, threads: int,
+        after_step: Callable[[int, int], None] | None = None, log: Callable[[str], None] = lambda _: None) -> None:
+    """Adam on `params` with the RNN-T loss over adaptation data mixed with replay."""
+    torch.set_num_threads(threads)
+    model, k = twin.model, twin.model.cfg.features.stack
+    rng = random.Random(seed)
+    n_replay = min(len(replay), int(round(replay_ratio * len(adapt))))
+    optimizer = torch.optim.Adam(params, lr=lr)
+    # 1) the number of steps is fixed up front so schedules can use it
+    per_epoch = sum(1 for _ in batches(adapt + replay[:n_replay], max_frames, k, None))
+    total, step = per_epoch * epochs, 0
+    for epoch in range(epochs):
+        examples = adapt + rng.sample(replay, n_replay)
+        loss_sum, n = 0.0, 0
+        for batch in batches(examples, max_frames, k, rng):
+            feats = torch.stack([spec_augment(f, model.cfg.features.n_mels, rng) for f in model.normalize(batch.feats)])
+            enc, _ = model.encoder(feats, None, model.weight_transform)  # (B, T, H)
+            start = batch.targets.new_zeros(batch.targets.shape[0], 1)
+            pred, _ = model.predict(torch.cat([start, batch.targets], dim=1))  # (B, U+1, P)
+            logits = model.joint_logits(enc[:, :, None, :], pred[:, None, :, :])  # (B, T, U+1, V)
+            loss = rnnt_loss(logits, batch.targets, batch.feat_lens, batch.target_lens)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if after_step is not None:
+                after_step(step, total)
+            loss_sum, n = loss_sum + loss.item(), n + 1
+        log(f"epoch {epoch + 1}/{epochs}: loss {loss_sum / max(n, 1):.3f}")
+
+
+def finish_diff(deployed: DeviceModel, method: str, deltas: dict, target_version: int, seed: int = 0,
+                metadata: dict[str, str] | None = None) -> Diff:
+    """Fill in base/target hashes by running the device's own apply code."""
+    diff = Diff(method, deployed.model_id, deployed.version, target_version, deployed.content_hash(), "",
+                deltas, seed, dict(metadata or {}))
+    diff.target_hash = apply_diff(deployed, diff, check_hashes=False).content_hash()
+    return diff
+
+
+def sparse_deltas_from_dense(deployed: DeviceModel, dense: dict[str, np.ndarray]) -> dict[str, SparseDelta]:
+    """Integer deltas (any int array per tensor) -> the SparseDelta that apply reproduces exactly."""
+    out = {}
+    for name, d in dense.items():
+        q = deployed.weights[name].q.reshape(-1).astype(np.int16)
+        effective = np.clip(q + d.reshape(-1).astype(np.int16), -QMAX, QMAX) - q  # what clamping leaves
+        positions = np.flatnonzero(effective)
+        if positions.size:
+            out[name] = SparseDelta(positions, effective[positions].astype(np.int8))
+    return out
+
+
+@torch.no_grad()
+def mean_loss(deployed: DeviceModel, examples: list[Example], max_frames: int = 2400) -> float:
+    """Average per-utterance RNN-T loss of a device model (float twin of its int8 weights)."""
+    model = float_model_from_device(deployed)
+    k = model.cfg.features.stack
+    total, n = 0.0, 0
+    for batch in batches(examples, max_frames, k, None):
+        logits = model(batch.feats, batch.targets)
+        total += float(rnnt_loss(logits, batch.targets, batch.feat_lens, batch.target_lens, reduction="sum"))
+        n += len(batch.texts)
+    return total / max(n, 1)

@@ -1,0 +1,97 @@
+"""Sparse-mask diffs: a trainable integer delta per weight matrix whose number
+of nonzero entries is pruned on a cubic schedule down to the budget.
+
+Pruned zeros of the base may become nonzero (a diff may revive a weight), so
+a diff with k entries moves the model's zero count by at most k: a 1% diff
+keeps a 50%-sparse model within 49-51% zeros.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from device_agent.device_model import DeviceModel
+from device_agent.diff import Diff
+from device_agent.errors import ConfigError
+from diffing.compression import cubic_schedule
+from diffing.diffs.api import DiffConfig, register
+from diffing.diffs.int8_domain import (Int8Twin, finish_diff, fit, load_adaptation_data, round_ste,
+                                       sparse_deltas_from_dense)
+
+BYTES_PER_ENTRY_GUESS = 1.6  # position + value after zstd; refined by measuring the encoded diff
+
+
+@dataclass
+class SparseMaskDiffConfig(DiffConfig):
+    prune_start: float = 0.1  # fraction of steps: dense until here ...
+    prune_end: float = 0.6  # ... budget reached here, then fine-tuned with a fixed mask
+    prune_every: int = 10  # steps between mask updates
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.prune_start <= self.prune_end <= 1:
+            raise ConfigError(f"need 0 <= prune_start <= prune_end <= 1, got {self.prune_start}, {self.prune_end}")
+
+
+def budget_entries(deployed: DeviceModel, budget: float | int, bytes_per_entry: float) -> int:
+    total = sum(w.q.size for w in deployed.weights.values())
+    if isinstance(budget, float):
+        return max(1, int(budget * total))
+    return max(1, min(total, int(budget / bytes_per_entry)))
+
+
+def serialized_bytes(diff: Diff) -> int:
+    from packager.bundle import encode_diff_bundle  # server side: the packager is available
+    return len(encode_diff_bundle(diff))
+
+
+@register("sparse", SparseMaskDiffConfig)
+def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: SparseMaskDiffConfig, *,
+                      replay_manifest: str | Path | None, target_version: int, progress: bool,
+                      log: Callable[[str], None]) -> Diff:
+    adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
+    deltas = {n: torch.zeros(w.q.shape, requires_grad=True) for n, w in deployed.weights.items()}
+    masks = {n: torch.ones(w.q.shape, dtype=torch.bool) for n, w in deployed.weights.items()}
+    twin = Int8Twin(deployed, lambda name: round_ste(deltas[name] * masks[name]))
+    k_final = budget_entries(deployed, cfg.budget, BYTES_PER_ENTRY_GUESS)
+    total_entries = sum(m.numel() for m in masks.values())
+
+    @torch.no_grad()
+    def prune(step: int, total: int) -> None:
+        # 1) scheduled density: 1 before prune_start, k_final / total after prune_end
+        progress_frac = step / total
+        if progress_frac < cfg.prune_start or (step % cfg.prune_every and progress_frac < cfg.prune_end):
+            return
+        span = max(1e-9, cfg.prune_end - cfg.prune_start)
+        removed = cubic_schedule((progress_frac - cfg.prune_start) / span, 1.0 - k_final / total_entries)
+        keep = max(k_final, int(round((1.0 - removed) * total_entries)))
+        if sum(int(m.sum()) for m in masks.values()) <= keep:
+            return
+        # 2) global top-k by the float-domain size of each change, |delta| * scale
+        scores = torch.cat([((deltas[n] * masks[n]).abs() * twin.scale[n]).flatten() for n in deltas])
+        threshold = scores.topk(keep, sorted=False).values.min()
+        for n in deltas:
+            masks[n] &= (deltas[n].abs() * twin.scale[n]) >= threshold
+            deltas[n].mul_(masks[n])
+
+    fit(twin, list(deltas.values()), adapt, replay, epochs=cfg.epochs, lr=cfg.lr, max_frames=cfg.max_frames,
+        replay_ratio=cfg.replay_ratio, seed=cfg.seed, threads=cfg.threads, after_step=prune, log=log)
+
+    # 3) integer deltas; for a byte budget, trim the smallest entries until the payload fits
+    with torch.no_grad():
+        dense = {n: torch.round(deltas[n] * masks[n]).to(torch.int16).numpy() for n in deltas}
+        scores = {n: (deltas[n].abs() * twin.scale[n]).numpy() for n in deltas}
+    diff = finish_diff(deployed, "sparse", sparse_deltas_from_dense(deployed, dense), target_version)
+    while isinstance(cfg.budget, int) and serialized_bytes(diff) > cfg.budget:
+        entries = diff.nonzero_entries()
+        keep = int(entries * cfg.budget / serialized_bytes(diff) * 0.98)
+        flat = np.concatenate([np.where(dense[n] != 0, scores[n], 0).ravel() for n in dense])
+        threshold = np.partition(flat, len(flat) - keep)[len(flat) - keep] if keep > 0 else np.inf
+        dense = {n: np.where(scores[n] >= threshold, dense[n], 0) for n in dense}
+        diff = finish_diff(deployed, "sparse", sparse_deltas_from_dense(deployed, dense), target_version)
+    log(f"sparse diff: {diff.nonzero_entries()} entries ({diff.nonzero_entries() / total_entries:.3%} of weights)")
+    return diff
