@@ -63,3 +63,22 @@ def test_hashed_diff_preserves_sparsity_and_learns(manifest: Path) -> None:
         assert np.all(updated.weights[name].q[w.q == 0] == 0)
     examples = load_examples(manifest, base.tokenizer, base.config.features, None, False)
     assert mean_loss(updated, examples) < mean_loss(base, examples)
+
+
+def test_baselines_share_the_harness(manifest: Path) -> None:
+    from diffing.diffs.baselines import (FullFinetuneConfig, LoRADiffConfig, bsdiff_bytes, lora_rank, topk_of,
+                                         zstd_patch_from_bytes)
+    from device_agent.model_format import encode_model
+
+    base = tiny_device_model()
+    full = learn_diff(base, manifest, FullFinetuneConfig(epochs=3, lr=0.3, replay_ratio=0.0))
+    total = sum(w.q.size for w in base.weights.values())
+    top = topk_of(base, full, 0.02)
+    assert 0 < top.nonzero_entries() <= int(0.02 * total) < full.nonzero_entries()
+    assert apply_diff(base, top).content_hash() == top.target_hash
+    lora = learn_diff(base, manifest, LoRADiffConfig(budget=0.2, epochs=2, replay_ratio=0.0))
+    assert int(lora.metadata["rank"]) == lora_rank(base, 0.2) >= 1
+    assert apply_diff(base, lora).content_hash() == lora.target_hash
+    base_file, new_file = encode_model(base), encode_model(apply_diff(base, full))
+    assert 0 < zstd_patch_from_bytes(base_file, new_file) < len(new_file) + 64
+    assert 0 < bsdiff_bytes(base_file, new_file)

@@ -97,6 +97,19 @@ def finish_diff(deployed: DeviceModel, method: str, deltas: dict, target_version
     return diff
 
 
+def top_k_entries(deployed: DeviceModel, dense: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+    """Keep exactly the k largest integer deltas by float-domain size |delta| * scale (ties by position)."""
+    scores = np.concatenate([np.abs(d.reshape(deployed.weights[n].q.shape).astype(np.float32))
+                             * deployed.weights[n].scale[:, None] for n, d in dense.items()], axis=None)
+    keep = np.zeros(scores.size, dtype=bool)
+    keep[np.argsort(-scores, kind="stable")[:k]] = True
+    out, offset = {}, 0
+    for n, d in dense.items():
+        out[n] = np.where(keep[offset:offset + d.size].reshape(d.shape), d, 0)
+        offset += d.size
+    return out
+
+
 def sparse_deltas_from_dense(deployed: DeviceModel, dense: dict[str, np.ndarray]) -> dict[str, SparseDelta]:
     """Integer deltas (any int array per tensor) -> the SparseDelta that apply reproduces exactly."""
     out = {}

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from device_agent.device_model import DeviceModel
@@ -20,7 +19,7 @@ from device_agent.errors import ConfigError
 from diffing.compression import cubic_schedule
 from diffing.diffs.api import DiffConfig, register
 from diffing.diffs.int8_domain import (Int8Twin, finish_diff, fit, load_adaptation_data, round_ste,
-                                       sparse_deltas_from_dense)
+                                       sparse_deltas_from_dense, top_k_entries)
 
 BYTES_PER_ENTRY_GUESS = 1.6  # position + value after zstd; refined by measuring the encoded diff
 
@@ -73,10 +72,14 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
             return
         # 2) global top-k by the float-domain size of each change, |delta| * scale
         scores = torch.cat([((deltas[n] * masks[n]).abs() * twin.scale[n]).flatten() for n in deltas])
-        threshold = scores.topk(keep, sorted=False).values.min()
+        flat_keep = torch.zeros(scores.numel(), dtype=torch.bool)
+        flat_keep[scores.topk(keep, sorted=False).indices] = True  # exactly `keep` entries
+        offset = 0
         for n in deltas:
-            masks[n] &= (deltas[n].abs() * twin.scale[n]) >= threshold
+            size = masks[n].numel()
+            masks[n] &= flat_keep[offset:offset + size].view_as(masks[n])
             deltas[n].mul_(masks[n])
+            offset += size
 
     fit(twin, list(deltas.values()), adapt, replay, epochs=cfg.epochs, lr=cfg.lr, max_frames=cfg.max_frames,
         replay_ratio=cfg.replay_ratio, seed=cfg.seed, threads=cfg.threads, after_step=prune, log=log)
@@ -84,14 +87,10 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     # 3) integer deltas; for a byte budget, trim the smallest entries until the payload fits
     with torch.no_grad():
         dense = {n: torch.round(deltas[n] * masks[n]).to(torch.int16).numpy() for n in deltas}
-        scores = {n: (deltas[n].abs() * twin.scale[n]).numpy() for n in deltas}
     diff = finish_diff(deployed, "sparse", sparse_deltas_from_dense(deployed, dense), target_version)
-    while isinstance(cfg.budget, int) and serialized_bytes(diff) > cfg.budget:
-        entries = diff.nonzero_entries()
-        keep = int(entries * cfg.budget / serialized_bytes(diff) * 0.98)
-        flat = np.concatenate([np.where(dense[n] != 0, scores[n], 0).ravel() for n in dense])
-        threshold = np.partition(flat, len(flat) - keep)[len(flat) - keep] if keep > 0 else np.inf
-        dense = {n: np.where(scores[n] >= threshold, dense[n], 0) for n in dense}
+    while isinstance(cfg.budget, int) and (size := serialized_bytes(diff)) > cfg.budget:
+        keep = int(diff.nonzero_entries() * min(0.98, cfg.budget / size))
+        dense = top_k_entries(deployed, dense, keep)
         diff = finish_diff(deployed, "sparse", sparse_deltas_from_dense(deployed, dense), target_version)
     log(f"sparse diff: {diff.nonzero_entries()} entries ({diff.nonzero_entries() / total_entries:.3%} of weights)")
     return diff

@@ -1,0 +1,117 @@
+"""Training data: manifest -> cached stacked features -> length-bucketed batches."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import xxhash
+from rich.progress import track
+
+from device_agent.audio import load_audio
+from device_agent.features import FeatureConfig, log_mel
+from device_agent.manifest import Utterance, read_manifest
+from device_agent.tokenizer import CharTokenizer
+
+
+@dataclass
+class Example:
+    feats: torch.Tensor  # (F, n_mels) unstacked log-mel: stacking happens per batch
+    tokens: torch.Tensor  # (U,) int64
+    text: str
+
+
+def _cache_key(manifest: Path, cfg: FeatureConfig) -> str:
+    h = xxhash.xxh64(manifest.read_bytes())
+    h.update(repr(cfg).encode())
+    return h.hexdigest()
+
+
+def load_examples(manifest: str | Path, tokenizer: CharTokenizer, cfg: FeatureConfig,
+                  cache_dir: Path | None = None, progress: bool = True) -> list[Example]:
+    """Read a manifest and compute log-mel features once (cached by manifest content)."""
+    manifest = Path(manifest)
+    cache = None
+    if cache_dir is not None:
+        cache = cache_dir / f"feats-{manifest.stem}-{_cache_key(manifest, cfg)}.pt"
+        if cache.exists():
+            return [Example(**e) for e in torch.load(cache)]
+    utterances: list[Utterance] = read_manifest(manifest, tokenizer, check_audio=False)
+    examples = []
+    for u in track(utterances, description=f"features {manifest.name}", disable=not progress):
+        feats = log_mel(load_audio(u.audio_path), cfg).to(torch.float16)  # half: halves the cache
+        examples.append(Example(feats, torch.tensor(tokenizer.encode(u.text)), u.text))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save([vars(e) for e in examples], cache)
+    return examples
+
+
+def feature_stats(examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-mel-bin mean and 1/std over all training frames."""
+    frames = torch.cat([e.feats.float() for e in examples])
+    return frames.mean(0), 1.0 / frames.std(0).clamp_min(1e-3)
+
+
+def spec_augment(x: torch.Tensor, n_mels: int, rng: random.Random, freq_masks: int = 2, freq_width: int = 10,
+                 time_masks: int = 2, time_width: int = 4) -> torch.Tensor:
+    """Zero random mel bands (in every stacked slot) and time spans; x: (T, stack * n_mels) normalized."""
+    x = x.clone()
+    view = x.view(x.shape[0], -1, n_mels)
+    for _ in range(freq_masks):
+        w = rng.randint(0, min(freq_width, n_mels // 4))
+        f0 = rng.randint(0, n_mels - w)
+        view[:, :, f0:f0 + w] = 0
+    for _ in range(time_masks):
+        w = rng.randint(0, min(time_width, max(1, x.shape[0] // 5)))
+        t0 = rng.randint(0, max(0, x.shape[0] - w))
+        x[t0:t0 + w] = 0
+    return x
+
+
+@dataclass
+class Batch:
+    feats: torch.Tensor  # (B, T, stack * n_mels) stacked, unnormalized
+    feat_lens: torch.Tensor  # (B,)
+    targets: torch.Tensor  # (B, U) zero-padded
+    target_lens: torch.Tensor  # (B,)
+    texts: list[str]
+
+
+def stack(feats: torch.Tensor, k: int) -> torch.Tensor:
+    usable = (feats.shape[0] // k) * k
+    return feats[:usable].reshape(-1, feats.shape[1] * k)
+
+
+def collate(examples: list[Example], k: int) -> Batch:
+    stacked = [stack(e.feats.float(), k) for e in examples]
+    T = max(s.shape[0] for s in stacked)
+    U = max(len(e.tokens) for e in examples)
+    feats = torch.zeros(len(examples), T, stacked[0].shape[1])
+    targets = torch.zeros(len(examples), U, dtype=torch.long)
+    for i, (s, e) in enumerate(zip(stacked, examples)):
+        feats[i, : s.shape[0]] = s
+        targets[i, : len(e.tokens)] = e.tokens
+    return Batch(feats, torch.tensor([s.shape[0] for s in stacked]), targets,
+                 torch.tensor([len(e.tokens) for e in examples]), [e.text for e in examples])
+
+
+def batches(examples: list[Example], max_frames: int, k: int, rng: random.Random | None) -> Iterator[Batch]:
+    """Length-sorted buckets of at most `max_frames` padded frames; shuffled order if `rng`."""
+    order = sorted(range(len(examples)), key=lambda i: examples[i].feats.shape[0])
+    groups, current, longest = [], [], 0
+    for i in order:
+        frames = examples[i].feats.shape[0] // k
+        if current and max(longest, frames) * (len(current) + 1) > max_frames:
+            groups.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, frames)
+    if current:
+        groups.append(current)
+    if rng is not None:
+        rng.shuffle(groups)
+    for g in groups:
+        yield collate([examples[i] for i in g], k)

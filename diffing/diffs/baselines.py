@@ -1,0 +1,107 @@
+"""Baselines measured in the same harness as the learned diffs.
+
+- full fine-tune: every int8 entry may change (shipped as a whole model);
+- post-hoc top-k: the full fine-tune's integer delta cut to a budget;
+- LoRA at matched bytes: rank-r float factors per matrix (fp16 on the wire),
+  rounded into the int8 domain with the same straight-through estimator;
+- generic binary deltas of the fine-tuned model file against the base file:
+  zstd with the base as a raw-content dictionary (patch-from) and bsdiff4.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import zstandard
+
+from device_agent.device_model import DeviceModel
+from device_agent.diff import Diff, dense_delta
+from diffing.diffs.api import DiffConfig, register
+from diffing.diffs.int8_domain import (Int8Twin, finish_diff, fit, load_adaptation_data, round_ste,
+                                       sparse_deltas_from_dense, top_k_entries)
+from diffing.diffs.sparse_mask import budget_entries
+
+LORA_BYTES_PER_VALUE = 2  # fp16 factors
+
+
+@dataclass
+class FullFinetuneConfig(DiffConfig):
+    """Dense integer deltas on every weight matrix; `budget` is ignored."""
+
+    budget: float | int = 1.0
+
+
+@register("full", FullFinetuneConfig)
+def learn_full(deployed: DeviceModel, train_manifest: str | Path, cfg: FullFinetuneConfig, *,
+               replay_manifest: str | Path | None, target_version: int, progress: bool,
+               log: Callable[[str], None]) -> Diff:
+    adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
+    deltas = {n: torch.zeros(w.q.shape, requires_grad=True) for n, w in deployed.weights.items()}
+    twin = Int8Twin(deployed, lambda name: round_ste(deltas[name]))
+    fit(twin, list(deltas.values()), adapt, replay, epochs=cfg.epochs, lr=cfg.lr, max_frames=cfg.max_frames,
+        replay_ratio=cfg.replay_ratio, seed=cfg.seed, threads=cfg.threads, log=log)
+    with torch.no_grad():
+        dense = {n: torch.round(d).to(torch.int16).numpy() for n, d in deltas.items()}
+    return finish_diff(deployed, "full", sparse_deltas_from_dense(deployed, dense), target_version)
+
+
+def topk_of(deployed: DeviceModel, full: Diff, budget: float | int, bytes_per_entry: float = 1.6) -> Diff:
+    """Keep the `budget` largest entries of a dense diff, by float-domain size |delta| * scale."""
+    k = budget_entries(deployed, budget, bytes_per_entry)
+    dense = {n: dense_delta(n, d, deployed.weights[n], full.seed) for n, d in full.deltas.items()}
+    cut = top_k_entries(deployed, dense, k)
+    return finish_diff(deployed, "topk", sparse_deltas_from_dense(deployed, cut), full.target_version)
+
+
+@dataclass
+class LoRADiffConfig(DiffConfig):
+    """Rank chosen per matrix so the fp16 factors fit `budget` (fraction -> bytes of 1 B/entry)."""
+
+    lr: float = 1e-3
+
+
+def lora_rank(deployed: DeviceModel, budget: float | int) -> int:
+    total = sum(w.q.size for w in deployed.weights.values())
+    budget_bytes = budget * total if isinstance(budget, float) else budget
+    per_rank = sum((w.q.shape[0] + w.q.shape[1]) * LORA_BYTES_PER_VALUE for w in deployed.weights.values())
+    return max(1, int(budget_bytes // per_rank))
+
+
+@register("lora", LoRADiffConfig)
+def learn_lora(deployed: DeviceModel, train_manifest: str | Path, cfg: LoRADiffConfig, *,
+               replay_manifest: str | Path | None, target_version: int, progress: bool,
+               log: Callable[[str], None]) -> Diff:
+    adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
+    rank = lora_rank(deployed, cfg.budget)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    factors = {n: (torch.zeros(w.q.shape[0], rank, requires_grad=True),
+                   (torch.randn(rank, w.q.shape[1], generator=gen) * 0.01).requires_grad_())
+               for n, w in deployed.weights.items()}
+    twin = Int8Twin(deployed, lambda n: None)
+    # the delta in int8 units is the float low-rank update divided by the channel scale
+    twin.delta_fn = lambda n: round_ste((factors[n][0] @ factors[n][1]) / twin.scale[n])
+    fit(twin, [p for pair in factors.values() for p in pair], adapt, replay, epochs=cfg.epochs, lr=cfg.lr,
+        max_frames=cfg.max_frames, replay_ratio=cfg.replay_ratio, seed=cfg.seed, threads=cfg.threads, log=log)
+    with torch.no_grad():
+        dense = {n: torch.round((a.half().float() @ b.half().float()) / twin.scale[n]).to(torch.int16).numpy()
+                 for n, (a, b) in factors.items()}
+    diff = finish_diff(deployed, "lora", sparse_deltas_from_dense(deployed, dense), target_version)
+    diff.metadata["wire_bytes"] = str(sum((a.numel() + b.numel()) * LORA_BYTES_PER_VALUE for a, b in factors.values()))
+    diff.metadata["rank"] = str(rank)
+    return diff
+
+
+def zstd_patch_from_bytes(base_file: bytes, new_file: bytes, level: int = 19) -> int:
+    """Size of a zstd patch (base file as raw-content dictionary)."""
+    dictionary = zstandard.ZstdCompressionDict(base_file, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    params = zstandard.ZstdCompressionParameters.from_level(level, window_log=max(20, len(new_file).bit_length() + 1))
+    return len(zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(new_file))
+
+
+def bsdiff_bytes(base_file: bytes, new_file: bytes) -> int:
+    import bsdiff4  # test/benchmark extra
+
+    return len(bsdiff4.diff(base_file, new_file))

@@ -1,0 +1,1 @@
+"""Synthetic speech corpora: command grammar, TTS voices, augmentation, corpus build."""

@@ -1,0 +1,240 @@
+"""Base-model training: streaming RNN-T with gradual magnitude pruning and
+quantization-aware training, ending in an exported int8 device model.
+
+    ota train --train work/corpus/base/train.jsonl --dev work/corpus/base/test.jsonl --out work/runs/base
+
+Checkpoints (`last.pt`) carry the model config, the training config and the
+identity of the data they were trained on; rerunning the same command
+resumes from them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+import xxhash
+
+from device_agent.errors import ConfigError
+from device_agent.model_config import ModelConfig
+from device_agent.model_format import save_model
+from device_agent.tokenizer import CharTokenizer
+from diffing.compression import CompressionState, cubic_schedule
+from diffing.data import batches, feature_stats, load_examples, spec_augment
+from diffing.export import export_model
+from diffing.model import RNNT
+from diffing.rnnt_loss import rnnt_loss
+
+TRAIN_CONFIG_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    train_manifest: str
+    dev_manifest: str | None = None
+    out_dir: str = "work/runs/base"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    model_id: str = "speech-commands"
+    version: int = 1
+    epochs: int = 30
+    max_frames: int = 2400  # padded encoder frames per batch
+    lr: float = 2e-3
+    warmup_steps: int = 300
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
+    target_sparsity: float = 0.5
+    prune_start: float = 0.2  # fraction of training when pruning starts ...
+    prune_end: float = 0.6  # ... and reaches the target
+    qat_start: float = 0.7  # fraction of training when fake quantization turns on
+    spec_augment: bool = True
+    dev_utterances: int = 200  # decoded each epoch for a WER estimate
+    seed: int = 0
+    threads: int = 2
+    config_version: int = TRAIN_CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_json(self.model)
+        if not 0.0 <= self.target_sparsity < 1.0:
+            raise ConfigError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}")
+        if not 0.0 <= self.prune_start <= self.prune_end <= 1.0:
+            raise ConfigError(f"need 0 <= prune_start <= prune_end <= 1, got {self.prune_start}, {self.prune_end}")
+        if self.epochs < 1 or self.max_frames < 16 or self.lr <= 0:
+            raise ConfigError("epochs >= 1, max_frames >= 16 and lr > 0 are required")
+        if self.config_version != TRAIN_CONFIG_VERSION:
+            raise ConfigError(f"train config version {self.config_version} is not {TRAIN_CONFIG_VERSION}")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_json()
+        return d
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        if set(obj) - known:
+            raise ConfigError(f"unknown train config keys {sorted(set(obj) - known)}")
+        return cls(**obj)
+
+
+def data_identity(path: str) -> str:
+    return xxhash.xxh64(Path(path).read_bytes()).hexdigest()
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def dev_wer(model: RNNT, examples: list, tokenizer: CharTokenizer) -> float:
+    """Greedy float decoding (with the current masks and fake quantization)."""
+    from device_agent.wer import word_errors
+    from diffing.data import stack
+
+    model.eval()
+    errors = words = 0
+    for e in examples:
+        hyp = tokenizer.decode(model.greedy_decode(stack(e.feats.float(), model.cfg.features.stack)))
+        errors += word_errors(e.text, hyp)
+        words += len(e.text.split())
+    model.train()
+    return errors / max(words, 1)
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> Path:
+    """Train (or resume) and export; returns the path of the device model."""
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = CharTokenizer()
+    if tokenizer.vocab_size != cfg.model.vocab_size:
+        raise ConfigError(f"model vocab_size {cfg.model.vocab_size} != tokenizer's {tokenizer.vocab_size}")
+    identity = {"train": data_identity(cfg.train_manifest),
+                "dev": data_identity(cfg.dev_manifest) if cfg.dev_manifest else None}
+
+    # 1) data: cached log-mel features, normalisation statistics from training data
+    feats_cfg = cfg.model.features
+    train_set = load_examples(cfg.train_manifest, tokenizer, feats_cfg, out / "cache", progress)
+    dev_set = load_examples(cfg.dev_manifest, tokenizer, feats_cfg, out / "cache", progress) if cfg.dev_manifest else []
+    dev_set = dev_set[:: max(1, len(dev_set) // cfg.dev_utterances)][: cfg.dev_utterances]
+
+    # 2) model, optimiser, compression state; resume if a checkpoint exists
+    torch.manual_seed(cfg.seed)
+    model = RNNT(cfg.model)
+    mean, inv_std = feature_stats(train_set)
+    model.frontend.mean.copy_(mean)
+    model.frontend.inv_std.copy_(inv_std)
+    weights = model.named_weight_matrices()
+    compression = CompressionState(weights)
+    model.weight_transform = compression
+    decay = [p for n, p in model.named_parameters() if p.dim() == 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    n_batches = sum(1 for _ in batches(train_set, cfg.max_frames, feats_cfg.stack, None))
+    total_steps = n_batches * cfg.epochs
+    step, epoch, history = 0, 0, []
+    ckpt_path = out / "last.pt"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        if ckpt["data_identity"] != identity or ckpt["train_config"] != cfg.to_json():
+            raise ConfigError(f"{ckpt_path} was trained with different data or settings; "
+                              "use a new --out directory or delete the checkpoint")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        compression.load_state_dict(ckpt["compression"])
+        step, epoch, history = ckpt["step"], ckpt["epoch"], ckpt["history"]
+        log(f"resumed from {ckpt_path} at epoch {epoch}, step {step}")
+
+    # 3) epochs: prune on the cubic schedule, fake-quantize late, checkpoint every epoch
+    rng = random.Random(cfg.seed + epoch)
+    model.train()
+    while epoch < cfg.epochs:
+        started, total_loss, n = time.time(), 0.0, 0
+        for batch in batches(train_set, cfg.max_frames, feats_cfg.stack, rng):
+            progress_frac = step / total_steps
+            target = cubic_schedule((progress_frac - cfg.prune_start) / max(1e-9, cfg.prune_end - cfg.prune_start),
+                                    cfg.target_sparsity) if progress_frac >= cfg.prune_start else 0.0
+            if target > 0 and (step % 50 == 0 or target == cfg.target_sparsity) and \
+                    abs(compression.sparsity() - target) > 1e-3:
+                compression.prune_to(weights, target)
+            compression.quantize = progress_frac >= cfg.qat_start
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, cfg)
+
+            feats = model.normalize(batch.feats)
+            if cfg.spec_augment:
+                feats = torch.stack([spec_augment(f, feats_cfg.n_mels, rng) for f in feats])
+            enc, _ = model.encoder(feats, None, model.weight_transform)  # (B, T, H)
+            start = batch.targets.new_zeros(batch.targets.shape[0], 1)
+            pred, _ = model.predict(torch.cat([start, batch.targets], dim=1))  # (B, U+1, P)
+            logits = model.joint_logits(enc[:, :, None, :], pred[:, None, :, :])  # (B, T, U+1, V)
+            loss = rnnt_loss(logits, batch.targets, batch.feat_lens, batch.target_lens)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            with torch.no_grad():  # keep pruned weights exactly zero after the update
+                for name, w in weights.items():
+                    w.mul_(compression.masks[name])
+            total_loss += loss.item()
+            n += 1
+            step += 1
+            if step % 100 == 0:
+                log(json.dumps({"step": step, "loss": round(total_loss / n, 3), "lr": round(lr_at(step, total_steps, cfg), 6),
+                                "sparsity": round(compression.sparsity(), 3), "qat": compression.quantize}))
+        epoch += 1
+        wer = dev_wer(model, dev_set, tokenizer) if dev_set else float("nan")
+        record = {"epoch": epoch, "step": step, "loss": round(total_loss / max(n, 1), 4), "dev_wer": round(wer, 4),
+                  "sparsity": round(compression.sparsity(), 4), "qat": compression.quantize,
+                  "seconds": round(time.time() - started, 1)}
+        history.append(record)
+        log(json.dumps(record))
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "compression": compression.state_dict(), "step": step, "epoch": epoch,
+                                    "history": history, "train_config": cfg.to_json(),
+                                    "model_config": cfg.model.to_json(), "tokenizer": tokenizer.to_json(),
+                                    "data_identity": identity})
+
+    # 4) export: masked weights -> per-channel int8 device model
+    device = export_checkpoint(ckpt_path, out / "model.otam")
+    (out / "summary.json").write_text(json.dumps({"train_config": cfg.to_json(), "data_identity": identity,
+                                                  "history": history, "content_hash": device,
+                                                  "model": str(out / "model.otam")}, indent=2))
+    return out / "model.otam"
+
+
+def model_from_checkpoint(ckpt_path: str | Path) -> tuple[RNNT, CharTokenizer, dict]:
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    model = RNNT(ModelConfig.from_json(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    compression = CompressionState(model.named_weight_matrices())
+    compression.load_state_dict(ckpt["compression"])
+    with torch.no_grad():
+        for name, w in model.named_weight_matrices().items():
+            w.mul_(compression.masks[name])
+    return model.eval(), CharTokenizer.from_json(ckpt["tokenizer"]), ckpt
+
+
+def export_checkpoint(ckpt_path: str | Path, out_path: str | Path, model_id: str | None = None,
+                      version: int | None = None) -> str:
+    """Checkpoint -> .otam device model; returns its content hash."""
+    model, tokenizer, ckpt = model_from_checkpoint(ckpt_path)
+    tc = ckpt["train_config"]
+    device = export_model(model, tokenizer, model_id or tc["model_id"], version if version is not None else tc["version"],
+                          metadata={"trained_on": ckpt["data_identity"]["train"], "epochs": str(ckpt["epoch"])})
+    return save_model(device, out_path)
