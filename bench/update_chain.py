@@ -1,0 +1,145 @@
+"""Five consecutive updates on the shipped base model, per method and budget.
+
+For each method (sparse-mask, hashed, LoRA at matched bytes, post-hoc top-k of
+the full fine-tune, full fine-tune) and budget, updates are chained: update k
+is learned against that method's own model after update k-1. Each record has
+serialized bytes, bytes relative to the full int8 model file, WER on the
+update's test set, on the original test set and on every earlier update's
+test set, plus the generic binary deltas (zstd patch-from, bsdiff4) of the
+full fine-tune. Results are cached per (method, budget, update), so an
+interrupted run resumes.
+
+    python bench/update_chain.py [--budgets 0.01,0.02,0.05,0.1] [--methods sparse,hashed,lora,full] \
+        [--epochs 6] [--eval-limit 200] [--updates 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import RESULTS, ROOT, SHIPPED_MODEL, write_results  # noqa: E402
+from device_agent.device_model import DeviceModel  # noqa: E402
+from device_agent.diff import apply_diff  # noqa: E402
+from device_agent.manifest import read_manifest  # noqa: E402
+from device_agent.model_format import encode_model, load_model  # noqa: E402
+from device_agent.runtime import Int8Runtime  # noqa: E402
+from device_agent.wer import evaluate  # noqa: E402
+from diffing.diffs import HashedDiffConfig, SparseMaskDiffConfig, learn_diff  # noqa: E402
+from diffing.diffs.baselines import (FullFinetuneConfig, LoRADiffConfig, bsdiff_bytes, topk_of,  # noqa: E402
+                                     zstd_patch_from_bytes)
+from packager.bundle import encode_diff_bundle  # noqa: E402
+
+WORK = ROOT / "work"
+UPDATES = [  # (name, adaptation manifest, test manifest)
+    ("novel_names", WORK / "updates/novel_names/adapt.jsonl", WORK / "updates/novel_names/test.jsonl"),
+    ("novel_accent", WORK / "updates/novel_accent/adapt.jsonl", WORK / "updates/novel_accent/test.jsonl"),
+    ("fsdd_speakers", WORK / "updates/fsdd/train.jsonl", WORK / "updates/fsdd/test.jsonl"),
+    ("novel_intent", WORK / "updates/novel_intent/adapt.jsonl", WORK / "updates/novel_intent/test.jsonl"),
+    ("novel_places", WORK / "updates/novel_places/adapt.jsonl", WORK / "updates/novel_places/test.jsonl"),
+]
+ORIGINAL_TEST = WORK / "corpus/base/test.jsonl"
+REPLAY = WORK / "corpus/base/train.jsonl"
+CACHE = RESULTS / "update_chain.partial.json"
+
+
+def wer_on(model: DeviceModel, manifest: Path, limit: int) -> float:
+    utts = read_manifest(manifest, model.tokenizer, check_audio=False)
+    utts = utts[:: max(1, len(utts) // limit)][:limit]
+    return round(evaluate(Int8Runtime(model).transcribe, utts).wer, 4)
+
+
+def make_config(method: str, budget: float, epochs: int):
+    if method == "sparse":
+        return SparseMaskDiffConfig(budget=budget, epochs=epochs)
+    if method == "hashed":
+        return HashedDiffConfig(budget=budget, epochs=epochs)
+    if method == "lora":
+        return LoRADiffConfig(budget=budget, epochs=epochs)
+    return FullFinetuneConfig(epochs=epochs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budgets", default="0.01,0.02,0.05,0.1")
+    parser.add_argument("--methods", default="full,sparse,hashed,lora")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--eval-limit", type=int, default=200)
+    parser.add_argument("--updates", type=int, default=5)
+    parser.add_argument("--replay-limit", type=int, default=2000, help="replay pool drawn from the base training set")
+    args = parser.parse_args()
+    budgets = [float(b) for b in args.budgets.split(",")]
+    cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+    base = load_model(SHIPPED_MODEL)
+    base_file = encode_model(base)
+    replay = WORK / "replay.jsonl"
+    if not replay.exists():
+        replay.write_text("".join(REPLAY.read_text().splitlines(keepends=True)[: args.replay_limit]))
+    updates = UPDATES[: args.updates]
+    base_wers = {"original": wer_on(base, ORIGINAL_TEST, args.eval_limit),
+                 **{name: wer_on(base, test, args.eval_limit) for name, _, test in updates}}
+    print("base model WER:", base_wers)
+
+    chains = [(m, b) for m in args.methods.split(",") if m != "full" for b in budgets]
+    if "full" in args.methods.split(","):
+        chains = [("full", 1.0)] + [("topk", b) for b in budgets] + chains
+    for method, budget in chains:
+        model = base
+        for k, (name, adapt, test) in enumerate(updates):
+            key = f"{method}/{budget}/{name}"
+            if key in cache and "target_hash" in cache[key]:
+                model = apply_diff(model, _rebuild(cache, key, model, method, budget, adapt, args))
+                continue
+            started = time.time()
+            if method == "topk":
+                full_key = f"full/1.0/{name}"
+                diff = topk_of(model, _rebuild(cache, full_key, model, "full", 1.0, adapt, args), budget)
+            else:
+                diff = learn_diff(model, adapt, make_config(method, budget, args.epochs), replay_manifest=replay)
+            seconds = time.time() - started
+            new_model = apply_diff(model, diff)
+            new_file = encode_model(new_model)
+            payload = len(new_file) if method == "full" else int(diff.metadata.get("wire_bytes", 0)) or \
+                len(encode_diff_bundle(diff))
+            record = {"method": method, "budget": budget, "update": name, "index": k + 1, "bytes": payload,
+                      "bytes_vs_full_model": round(payload / len(base_file), 5), "entries": diff.nonzero_entries(),
+                      "train_seconds": round(seconds, 1), "target_hash": diff.target_hash,
+                      "wer_update": wer_on(new_model, test, args.eval_limit),
+                      "wer_original": wer_on(new_model, ORIGINAL_TEST, args.eval_limit),
+                      "wer_earlier": {n: wer_on(new_model, t, args.eval_limit) for n, _, t in updates[:k]}}
+            if method == "full":
+                old_file = encode_model(model)
+                record["zstd_patch_from_bytes"] = zstd_patch_from_bytes(old_file, new_file)
+                record["bsdiff_bytes"] = bsdiff_bytes(old_file, new_file)
+            cache[key] = record
+            _save_diff(diff, key)
+            CACHE.parent.mkdir(parents=True, exist_ok=True)
+            CACHE.write_text(json.dumps(cache, indent=1))
+            print(json.dumps(record))
+            model = new_model
+    write_results("update_chain", {"base_wer": base_wers, "full_model_bytes": len(base_file),
+                                   "epochs": args.epochs, "eval_limit": args.eval_limit, "records": list(cache.values())})
+
+
+def _diff_path(key: str) -> Path:
+    return WORK / "chain_diffs" / (key.replace("/", "__") + ".otab")
+
+
+def _save_diff(diff, key: str) -> None:
+    path = _diff_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_diff_bundle(diff))
+
+
+def _rebuild(cache: dict, key: str, model: DeviceModel, method: str, budget: float, adapt: Path, args):
+    """Reload a cached diff (bundle on disk) so a resumed chain continues from the same model."""
+    from packager.bundle import decode_bundle
+
+    return decode_bundle(_diff_path(key).read_bytes()).diff
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Release channels: what each model's devices should run, and how to get there.
+
+A channel file (`channels/<model_id>/<channel>.json`) says, for one model on
+one channel (stable, beta, ...): the current version, the rollout percentage,
+and the graph of available updates. Each edge is one bundle: a diff from one
+version to another, or a full bundle (`from_version=None`) that installs on
+anything. The file is published as a TUF target, so devices verify it like
+any bundle.
+
+`plan_update` is pure: the cheapest chain of bundles by bytes (Dijkstra),
+e.g. two small diffs rather than one full bundle.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import xxhash
+
+from device_agent.errors import ConfigError, DataError, StoreNotFoundError
+
+if TYPE_CHECKING:
+    from packager.store import Store
+    from packager.trust import Published
+    from packager.trust_client import TrustedUpdater
+
+FORMAT_VERSION = 1
+
+
+class NoUpdatePathError(DataError):
+    """No chain of published bundles leads from the device's version to the target."""
+
+
+@dataclass(frozen=True)
+class UpdateEdge:
+    """One bundle: applies to `from_version` (None: a full bundle) and yields `to_version`."""
+
+    from_version: str | None
+    to_version: str
+    target: str
+    size: int
+
+    def __post_init__(self) -> None:
+        if not self.to_version or not isinstance(self.to_version, str):
+            raise ConfigError(f"update edge {self.target!r}: expected a non-empty to_version")
+        if self.from_version is not None and (not self.from_version or not isinstance(self.from_version, str)):
+            raise ConfigError(f"update edge {self.target!r}: expected from_version to be None or a non-empty string")
+        if self.from_version == self.to_version:
+            raise ConfigError(f"update edge {self.target!r}: from and to are both {self.to_version!r}")
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
+            raise ConfigError(f"update edge {self.target!r}: expected size to be bytes >= 0, got {self.size!r}")
+        if not self.target:
+            raise ConfigError("update edge: expected a bundle target name")
+
+
+@dataclass(frozen=True)
+class ChannelState:
+    """The signed state of one model's channel."""
+
+    model_id: str
+    channel: str
+    current_version: str
+    rollout_percent: float = 100.0
+    edges: tuple[UpdateEdge, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        for name in ("model_id", "channel"):
+            value = getattr(self, name)
+            if not value or "/" in value or value in (".", ".."):
+                raise ConfigError(f"channel {name} {value!r}: expected a non-empty name without '/'")
+        if not 0.0 <= float(self.rollout_percent) <= 100.0:
+            raise ConfigError(f"rollout_percent {self.rollout_percent}: expected 0..100")
+        object.__setattr__(self, "edges", tuple(self.edges))
+
+    @property
+    def target_name(self) -> str:
+        return channel_target_name(self.model_id, self.channel)
+
+    def to_json(self) -> bytes:
+        doc = {"format": FORMAT_VERSION, **asdict(self)}
+        doc["edges"] = [asdict(e) for e in self.edges]
+        return json.dumps(doc, sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ChannelState:
+        try:
+            doc = json.loads(data)
+            if doc.pop("format") != FORMAT_VERSION:
+                raise ConfigError(f"channel file format: expected {FORMAT_VERSION}")
+            edges = tuple(UpdateEdge(**e) for e in doc.pop("edges"))
+            return cls(edges=edges, **doc)
+        except ConfigError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"channel file is malformed: {exc}") from None
+
+
+def channel_target_name(model_id: str, channel: str) -> str:
+    """The TUF target name of a channel file."""
+    return f"channels/{model_id}/{channel}.json"
+
+
+def in_rollout(state: ChannelState, device_id: str) -> bool:
+    """Whether `device_id` is inside the rollout percentage (stable per device and version).
+
+    Hashing the version in reshuffles which devices go first on each release,
+    so the same devices are not always the canaries.
+    """
+    salted = f"{state.model_id}/{state.channel}/{state.current_version}/{device_id}".encode()
+    bucket = xxhash.xxh64_intdigest(salted) / 2**64 * 100.0  # uniform in [0, 100)
+    return bucket < state.rollout_percent
+
+
+def plan_update(
+    graph: ChannelState | Iterable[UpdateEdge], current_version: str | None, target_version: str
+) -> list[UpdateEdge]:
+    """The cheapest list of bundles (by total bytes) from `current_version` to
+    `target_version`; [] if already there. Full bundles apply from any version
+    (and are the only way in from None). Ties go to fewer bundles, then to
+    target names in order, so the plan is deterministic.
+    Raises NoUpdatePathError if no chain exists."""
+    edges: Sequence[UpdateEdge] = graph.edges if isinstance(graph, ChannelState) else tuple(graph)
+    if current_version == target_version:
+        return []
+    diffs: dict[str, list[UpdateEdge]] = {}
+    fulls: list[UpdateEdge] = []
+    for edge in edges:
+        if edge.from_version is None:
+            fulls.append(edge)
+        else:
+            diffs.setdefault(edge.from_version, []).append(edge)
+
+    # 1) Dijkstra over versions; "" stands for "no model installed" (versions are non-empty).
+    start = current_version or ""
+    best: dict[str, tuple[int, int, tuple[str, ...]]] = {start: (0, 0, ())}
+    plan: dict[str, list[UpdateEdge]] = {start: []}
+    heap: list[tuple[int, int, tuple[str, ...], str]] = [(0, 0, (), start)]
+    done: set[str] = set()
+    while heap:
+        cost, hops, names, node = heapq.heappop(heap)
+        if node in done:
+            continue
+        done.add(node)
+        if node == target_version:
+            return plan[node]
+        # 2) relax: full bundles leave every node, diffs only their source version
+        for edge in [*fulls, *diffs.get(node, [])]:
+            key = (cost + edge.size, hops + 1, (*names, edge.target))
+            nxt = edge.to_version
+            if nxt not in done and (nxt not in best or key < best[nxt]):
+                best[nxt] = key
+                plan[nxt] = [*plan[node], edge]
+                heapq.heappush(heap, (*key, nxt))
+    known = sorted({e.to_version for e in edges} | {e.from_version for e in edges if e.from_version})
+    raise NoUpdatePathError(
+        f"no published bundle chain leads from {current_version or 'no installed model'} to "
+        f"{target_version}; versions in the graph: {', '.join(known) or 'none'}"
+    )
+
+
+# --- publishing and reading (thin wrappers over trust / trust_client) ---------------
+def publish_channel(store: Store, keys_dir: str | os.PathLike[str], state: ChannelState, **kwargs: Any) -> Published:
+    """Publish `state` as the signed target `channels/<model>/<channel>.json`."""
+    from packager.trust import publish_target  # repository side only: devices never publish
+
+    custom = {"kind": "channel", "model_id": state.model_id, "channel": state.channel, "version": state.current_version}
+    return publish_target(store, keys_dir, state.target_name, state.to_json(), custom, **kwargs)
+
+
+def fetch_channel(updater: TrustedUpdater, model_id: str, channel: str) -> ChannelState:
+    """Read and verify a channel file through a refreshed `TrustedUpdater`."""
+    name = channel_target_name(model_id, channel)
+    info = updater.get_target(name)
+    if info is None:
+        raise StoreNotFoundError(f"channel {name} is not in the signed targets; expected it to be published")
+    return ChannelState.from_json(updater.read_target(info))

@@ -1,0 +1,122 @@
+"""Publishing releases: a bundle becomes a signed TUF target, then the
+channel file is updated to list it (and, by default, to make it current).
+
+Target names: `bundles/<model>/<from>-<to>.otab` for diffs and
+`bundles/<model>/full-<to>.otab` for full bundles. The bundle's custom TUF
+metadata carries what a device needs before downloading: model, versions,
+content hashes, method, and the publisher's expected WER.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from device_agent.errors import ConfigError, StoreNotFoundError
+from packager.bundle import BundleManifest, read_bundle_manifest
+from packager.channels import ChannelState, UpdateEdge, channel_target_name
+from packager.store import Store
+from packager.trust import Published, current_target_bytes, publish_targets
+
+
+def bundle_target_name(manifest: BundleManifest) -> str:
+    start = "full" if manifest.kind == "full" else str(manifest.base_version)
+    return f"bundles/{manifest.model_id}/{start}-{manifest.target_version}.otab"
+
+
+def bundle_custom(manifest: BundleManifest, expected_wer: float | None) -> dict[str, Any]:
+    """TUF custom metadata for a bundle. WER is a string: TUF's canonical JSON has no floats."""
+    return {
+        "model_id": manifest.model_id, "kind": manifest.kind, "method": manifest.method or "full",
+        "base_version": manifest.base_version, "base_hash": manifest.base_hash,
+        "target_version": manifest.target_version, "target_hash": manifest.target_hash,
+        "expected_wer": None if expected_wer is None else f"{expected_wer:.4f}",
+    }
+
+
+def read_channel(store: Store, keys_dir: str | os.PathLike[str], model_id: str, channel: str) -> ChannelState | None:
+    """The publisher's view of a channel from its own verified repository (None if absent).
+
+    Publishers hold the keys and write the metadata; devices always read
+    through the TUF client instead.
+    """
+    data = current_target_bytes(store, keys_dir, channel_target_name(model_id, channel))
+    return None if data is None else ChannelState.from_json(data)
+
+
+def _channel_custom(state: ChannelState) -> dict[str, Any]:
+    return {"kind": "channel", "model_id": state.model_id, "channel": state.channel, "version": state.current_version}
+
+
+def _load_state(read: Callable[[str], bytes | None], model_id: str, channel: str) -> ChannelState | None:
+    data = read(channel_target_name(model_id, channel))
+    return None if data is None else ChannelState.from_json(data)
+
+
+@dataclass(frozen=True)
+class Release:
+    target: str
+    channel: str
+    published: Published
+    state: ChannelState
+
+
+def publish_bundle(store: Store, keys_dir: str | os.PathLike[str], bundle: bytes, *, channel: str = "stable",
+                   expected_wer: float | None = None, make_current: bool = True,
+                   rollout_percent: float | None = None) -> Release:
+    """Publish a bundle and the channel file that lists it, in one TUF commit.
+
+    The channel is read from the same verified snapshot the commit replaces,
+    so a racing publisher makes this one fail with StoreConflictError rather
+    than dropping either release.
+    """
+    manifest = read_bundle_manifest(io.BytesIO(bundle))
+    name = bundle_target_name(manifest)
+    edge = UpdateEdge(None if manifest.kind == "full" else str(manifest.base_version), str(manifest.target_version),
+                      name, len(bundle))
+    result: dict[str, ChannelState] = {}
+
+    def build(read: Callable[[str], bytes | None]) -> list[tuple[str, bytes, dict[str, Any]]]:
+        state = _load_state(read, manifest.model_id, channel)
+        if manifest.kind == "diff":
+            known = {e.to_version for e in state.edges} if state else set()
+            if str(manifest.base_version) not in known:
+                raise ConfigError(f"channel {channel} has no version {manifest.base_version} for this diff to start "
+                                  f"from (published: {sorted(known) or 'none'}); publish that version first")
+        edges = tuple(e for e in (state.edges if state else ()) if e.target != name) + (edge,)
+        if state is None:
+            state = ChannelState(manifest.model_id, channel, str(manifest.target_version), 100.0, edges)
+        else:
+            current = str(manifest.target_version) if make_current else state.current_version
+            state = replace(state, current_version=current, edges=edges)
+        if rollout_percent is not None:
+            state = replace(state, rollout_percent=rollout_percent)
+        result["state"] = state
+        return [(name, bundle, bundle_custom(manifest, expected_wer)),
+                (state.target_name, state.to_json(), _channel_custom(state))]
+
+    published = publish_targets(store, keys_dir, build)
+    return Release(name, channel, published, result["state"])
+
+
+def set_rollout(store: Store, keys_dir: str | os.PathLike[str], model_id: str, channel: str,
+                percent: float, version: int | None = None) -> ChannelState:
+    """Change the rollout percentage (and optionally which published version is current)."""
+    result: dict[str, ChannelState] = {}
+
+    def build(read: Callable[[str], bytes | None]) -> list[tuple[str, bytes, dict[str, Any]]]:
+        state = _load_state(read, model_id, channel)
+        if state is None:
+            raise StoreNotFoundError(f"channel {channel_target_name(model_id, channel)} does not exist; publish first")
+        if version is not None:
+            if not any(e.to_version == str(version) for e in state.edges):
+                raise ConfigError(f"version {version} is not published on {channel}; known: "
+                                  f"{sorted({e.to_version for e in state.edges})}")
+            state = replace(state, current_version=str(version))
+        state = replace(state, rollout_percent=percent)
+        result["state"] = state
+        return [(state.target_name, state.to_json(), _channel_custom(state))]
+
+    publish_targets(store, keys_dir, build)
+    return result["state"]

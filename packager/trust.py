@@ -1,0 +1,533 @@
+"""Repository side of TUF: create keys and metadata, sign, publish targets.
+
+The repository lives in a `Store` under two prefixes:
+
+    metadata/1.root.json, 2.root.json ...   every root version (chain of trust)
+    metadata/root.json                        copy of the newest root (for humans)
+    metadata/N.targets.json, M.snapshot.json  consistent snapshots (immutable)
+    metadata/timestamp.json                   the one mutable file: the commit point
+    targets/<dir>/<sha256>.<name>             target files, content addressed
+
+Private keys stay in `keys_dir` (never in the store) as `<keyid>.pem`, next
+to `root.json`: the publisher's own trusted root. Before building on the
+store's metadata, a publisher verifies it (root chain from its own copy, then
+threshold signatures of timestamp, snapshot and targets) so a tampered store
+cannot trick it into signing an attacker's target list.
+
+Publishing writes the target file first, then targets, then snapshot, each a
+new version created with If-None-Match, and last replaces timestamp.json
+with If-Match on the ETag it read. Until that last write nothing is visible
+to clients, and of two racing publishers exactly one commits; the other gets
+StoreConflictError and can simply run again. A publisher that dies midway
+leaves unreferenced versions behind; the next publish skips past them.
+
+Signatures, canonical JSON and key handling come from python-tuf's Metadata
+API and securesystemslib; nothing here hand-rolls cryptography.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from securesystemslib.signer import CryptoSigner, SSlibKey
+from tuf.api.exceptions import RepositoryError
+from tuf.api.metadata import (
+    Metadata,
+    MetaFile,
+    Role,
+    Root,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+from tuf.api.serialization.json import JSONSerializer
+
+from device_agent.errors import ConfigError, StoreConflictError, StoreNotFoundError, TrustError
+from packager.store import FileStore, Store, check_key
+
+METADATA_PREFIX = "metadata/"
+TARGETS_PREFIX = "targets/"
+TIMESTAMP_KEY = METADATA_PREFIX + "timestamp.json"
+_HASH = "sha256"
+_ROLES = ("root", "targets", "snapshot", "timestamp")
+# Compact JSON: metadata is read by devices, and TUF signs the canonical form anyway.
+_SERIALIZER = JSONSerializer(compact=True)
+
+
+@dataclass(frozen=True)
+class ExpiryPolicy:
+    """How long each role's metadata stays valid after it is signed."""
+
+    root: timedelta = timedelta(days=365)
+    targets: timedelta = timedelta(days=90)
+    snapshot: timedelta = timedelta(days=7)
+    timestamp: timedelta = timedelta(days=1)
+
+    def expires(self, role: str) -> datetime:
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        return now + getattr(self, role)
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a commit wrote: the versions now live, and the target (if any)."""
+
+    targets_version: int
+    snapshot_version: int
+    timestamp_version: int
+    target_name: str | None = None
+    length: int | None = None
+    hashes: dict[str, str] = field(default_factory=dict)
+
+
+# --- keys -------------------------------------------------------------------------
+def _generate_key(keys_dir: Path) -> CryptoSigner:
+    signer = CryptoSigner.generate_ed25519()
+    _write_private(keys_dir / f"{signer.public_key.keyid}.pem", signer.private_bytes)
+    return signer
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def load_signers(keys_dir: str | os.PathLike[str], key_ids: Iterable[str] | None = None) -> dict[str, CryptoSigner]:
+    """Load private keys from `keys_dir` as signers, by key id (all, or only `key_ids`)."""
+    keys_path = Path(keys_dir)
+    wanted = None if key_ids is None else set(key_ids)
+    signers: dict[str, CryptoSigner] = {}
+    for pem in sorted(keys_path.glob("*.pem")):
+        if wanted is not None and pem.stem not in wanted:
+            continue
+        private = load_pem_private_key(pem.read_bytes(), password=None)
+        public = SSlibKey.from_crypto(private.public_key(), scheme="ed25519")  # type: ignore[arg-type]
+        if public.keyid != pem.stem:
+            raise ConfigError(f"key file {pem}: expected the file name to be its key id {public.keyid}")
+        signers[public.keyid] = CryptoSigner(private, public)
+    if wanted is not None and wanted - set(signers):
+        raise ConfigError(f"keys {sorted(wanted - set(signers))} not found in {keys_path}; expected <keyid>.pem files")
+    return signers
+
+
+def role_key_ids(keys_dir: str | os.PathLike[str], role: str) -> list[str]:
+    """Key ids the publisher's trusted root assigns to `role` (e.g. to pick a subset to sign with)."""
+    root = _read_local_root(Path(keys_dir))
+    return list(root.signed.roles[role].keyids)
+
+
+def _sign(md: Metadata, signers: Iterable[CryptoSigner]) -> None:
+    md.signatures.clear()
+    for signer in signers:
+        md.sign(signer, append=True)
+
+
+def _role_signers(root: Root, role: str, keys_dir: Path, key_ids: Iterable[str] | None = None) -> list[CryptoSigner]:
+    """The signers for `role` found in keys_dir; all of them must reach the threshold
+    unless `key_ids` asks for a specific (possibly smaller) set."""
+    role_ids = set(root.roles[role].keyids)
+    if key_ids is not None:
+        stray = set(key_ids) - role_ids
+        if stray:
+            raise ConfigError(f"keys {sorted(stray)} are not {role} keys in root v{root.version}")
+        return list(load_signers(keys_dir, key_ids).values())
+    available = load_signers(keys_dir, role_ids & {p.stem for p in keys_dir.glob("*.pem")})
+    threshold = root.roles[role].threshold
+    if len(available) < threshold:
+        raise ConfigError(
+            f"{role} needs {threshold} signing key(s) but {keys_dir} holds {len(available)} of "
+            f"its {len(role_ids)}; expected the private keys of root v{root.version}"
+        )
+    return list(available.values())
+
+
+# --- local trusted root -----------------------------------------------------------
+def _read_local_root(keys_dir: Path) -> Metadata[Root]:
+    path = keys_dir / "root.json"
+    try:
+        return Metadata[Root].from_bytes(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found; expected a keys dir made by init_repository") from None
+
+
+def _write_local_root(keys_dir: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=keys_dir, prefix=".root-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, keys_dir / "root.json")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def trusted_root_bytes(keys_dir: str | os.PathLike[str]) -> bytes:
+    """The publisher's current root metadata: what devices embed as their trust anchor."""
+    return (Path(keys_dir) / "root.json").read_bytes()
+
+
+def _check_keys_outside_store(store: Store, keys_dir: Path) -> None:
+    if isinstance(store, FileStore):
+        root, keys = store.root.resolve(), keys_dir.resolve()
+        if keys == root or root in keys.parents:
+            raise ConfigError(f"keys dir {keys_dir} is inside the store {root}; expected private keys kept out of the store")
+
+
+# --- reading and verifying the repository -----------------------------------------
+def _parse(data: bytes, key: str) -> Metadata:
+    try:
+        return Metadata.from_bytes(data)
+    except RepositoryError as exc:
+        raise TrustError(f"{key} in the store is not valid TUF metadata: {exc}") from None
+
+
+def _verified(store: Store, root: Root, role: str, key: str, data: bytes | None = None) -> Metadata:
+    md = _parse(store.get(key) if data is None else data, key)
+    if md.signed.type != role:
+        raise TrustError(f"{key}: expected {role} metadata, found {md.signed.type}")
+    try:
+        root.verify_delegate(role, md.signed_bytes, md.signatures)
+    except RepositoryError as exc:
+        raise TrustError(
+            f"{key} in the store is not signed by the {role} keys of root v{root.version} ({exc}); "
+            "refusing to build on tampered metadata"
+        ) from None
+    return md
+
+
+def _store_root(store: Store, keys_dir: Path) -> Metadata[Root]:
+    """Walk the store's root chain from the publisher's copy; keep the copy current."""
+    trusted = _read_local_root(keys_dir)
+    while True:
+        key = f"{METADATA_PREFIX}{trusted.signed.version + 1}.root.json"
+        try:
+            data = store.get(key)
+        except StoreNotFoundError:
+            return trusted
+        new = _parse(data, key)
+        try:
+            if new.signed.type != "root" or new.signed.version != trusted.signed.version + 1:
+                raise RepositoryError(f"expected root version {trusted.signed.version + 1}")
+            trusted.signed.verify_delegate("root", new.signed_bytes, new.signatures)
+            new.signed.verify_delegate("root", new.signed_bytes, new.signatures)
+        except RepositoryError as exc:
+            raise TrustError(f"{key} in the store does not chain from root v{trusted.signed.version}: {exc}") from None
+        _write_local_root(keys_dir, data)
+        trusted = new
+
+
+def _next_version(store: Store, role: str, current: int) -> int:
+    # Versions only need to grow: skip any left behind by a publisher that died midway.
+    pattern = re.compile(rf"^{re.escape(METADATA_PREFIX)}(\d+)\.{role}\.json$")
+    found = [int(m.group(1)) for k in store.list(METADATA_PREFIX) if (m := pattern.match(k))]
+    return max([current, *found]) + 1
+
+
+class _Repo:
+    """The verified current state of a repository, and the one way to change it."""
+
+    def __init__(self, store: Store, keys_dir: Path) -> None:
+        _check_keys_outside_store(store, keys_dir)
+        self.store = store
+        self.keys_dir = keys_dir
+        self.root = _store_root(store, keys_dir)
+        root = self.root.signed
+        # ETag first, body second: if they disagree the If-Match below fails safely.
+        info = store.head(TIMESTAMP_KEY)
+        if info is None:
+            raise StoreNotFoundError(f"{TIMESTAMP_KEY} not found in {store.url}; expected a repository made by init_repository")
+        self.timestamp_etag = info.etag
+        self.timestamp: Metadata[Timestamp] = _verified(store, root, "timestamp", TIMESTAMP_KEY)
+        snap_version = self.timestamp.signed.snapshot_meta.version
+        self.snapshot: Metadata[Snapshot] = _verified(store, root, "snapshot", f"{METADATA_PREFIX}{snap_version}.snapshot.json")
+        targets_version = self.snapshot.signed.meta["targets.json"].version
+        self.targets: Metadata[Targets] = _verified(store, root, "targets", f"{METADATA_PREFIX}{targets_version}.targets.json")
+        for md, expected in ((self.snapshot, snap_version), (self.targets, targets_version)):
+            if md.signed.version != expected:
+                raise TrustError(
+                    f"{md.signed.type} in the store has version {md.signed.version}; expected {expected} "
+                    "as referenced by the metadata above it"
+                )
+
+    def read_target(self, name: str) -> bytes | None:
+        """The bytes of target `name` as listed by this verified snapshot (None if unlisted)."""
+        info = self.targets.signed.targets.get(name)
+        if info is None:
+            return None
+        data = self.store.get(target_store_key(name, info.hashes))
+        try:
+            info.verify_length_and_hashes(data)
+        except Exception as exc:  # tuf raises LengthOrHashMismatchError
+            raise TrustError(f"stored target {name} does not match its signed length/hashes: {exc}") from None
+        return data
+
+    def _create(self, key: str, data: bytes, what: str) -> None:
+        try:
+            self.store.put(key, data, if_none_match=True)
+        except StoreConflictError:
+            raise StoreConflictError(
+                f"{what}: {key} was created by another publisher first; nothing was "
+                "committed, re-run to publish on top of the new state"
+            ) from None
+
+    def commit(self, *, new_targets: bool, expiry: ExpiryPolicy, what: str) -> Published:
+        """Sign and write targets (if changed), snapshot, then timestamp last."""
+        root = self.root.signed
+        if new_targets:
+            targets = self.targets.signed
+            targets.version = _next_version(self.store, "targets", targets.version)
+            targets.expires = expiry.expires("targets")
+            _sign(self.targets, _role_signers(root, "targets", self.keys_dir))
+            data = self.targets.to_bytes(_SERIALIZER)
+            self._create(f"{METADATA_PREFIX}{targets.version}.targets.json", data, what)
+            self.snapshot.signed.meta["targets.json"] = MetaFile(targets.version, len(data), _hashes(data))
+
+        snapshot = self.snapshot.signed
+        snapshot.version = _next_version(self.store, "snapshot", snapshot.version)
+        snapshot.expires = expiry.expires("snapshot")
+        _sign(self.snapshot, _role_signers(root, "snapshot", self.keys_dir))
+        snap_data = self.snapshot.to_bytes(_SERIALIZER)
+        self._create(f"{METADATA_PREFIX}{snapshot.version}.snapshot.json", snap_data, what)
+
+        timestamp = self.timestamp.signed
+        timestamp.version += 1
+        timestamp.expires = expiry.expires("timestamp")
+        timestamp.snapshot_meta = MetaFile(snapshot.version, len(snap_data), _hashes(snap_data))
+        _sign(self.timestamp, _role_signers(root, "timestamp", self.keys_dir))
+        try:
+            self.store.put(TIMESTAMP_KEY, self.timestamp.to_bytes(_SERIALIZER), if_match=self.timestamp_etag)
+        except StoreConflictError:
+            raise StoreConflictError(
+                f"{what}: timestamp.json changed while publishing (another publisher committed "
+                "first); nothing was committed, re-run to publish on top of the new state"
+            ) from None
+        return Published(self.targets.signed.version, snapshot.version, timestamp.version)
+
+
+def _hashes(data: bytes) -> dict[str, str]:
+    import hashlib
+
+    return {_HASH: hashlib.sha256(data).hexdigest()}
+
+
+def target_store_key(target_name: str, hashes: dict[str, str]) -> str:
+    """Where a target lives in the store: hash-prefixed name (consistent snapshots)."""
+    directory, sep, base = target_name.rpartition("/")
+    return f"{TARGETS_PREFIX}{directory}{sep}{hashes[_HASH]}.{base}"
+
+
+def _check_canonical(value: Any, where: str, path: str = "custom") -> None:
+    """Refuse what TUF's canonical JSON cannot sign, naming the offending field.
+
+    Floats are the usual surprise (canonical JSON has no floats): store a WER
+    of 0.123 as the string "0.123" or as an integer in basis points.
+    """
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{where}: key {k!r} in {path}: expected string keys")
+            _check_canonical(v, where, f"{path}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_canonical(v, where, f"{path}[{i}]")
+    elif isinstance(value, float):
+        raise ConfigError(
+            f"{where}: {path} = {value!r} is a float, which TUF canonical JSON cannot sign; "
+            "expected a string (e.g. \"0.123\") or an integer (e.g. basis points)"
+        )
+    elif value is not None and not isinstance(value, (str, int, bool)):
+        raise ConfigError(f"{where}: {path} has type {type(value).__name__}; expected JSON types without floats")
+
+
+# --- public operations ------------------------------------------------------------
+def init_repository(
+    store: Store,
+    keys_dir: str | os.PathLike[str],
+    *,
+    expiry: ExpiryPolicy = ExpiryPolicy(),
+    threshold: int = 1,
+    num_root_keys: int = 1,
+) -> bytes:
+    """Create keys (root: `threshold` of `num_root_keys`; one each for targets,
+    snapshot, timestamp) and version-1 metadata. Returns the root bytes that
+    devices must embed. StoreConflictError if the store already has a repository."""
+    if not 1 <= threshold <= num_root_keys:
+        raise ConfigError(f"root threshold {threshold} of {num_root_keys} keys: expected 1 <= threshold <= keys")
+    keys = Path(keys_dir)
+    _check_keys_outside_store(store, keys)
+    if store.head(f"{METADATA_PREFIX}1.root.json") is not None:
+        raise StoreConflictError(f"{store.url} already holds a TUF repository; expected an empty store")
+    keys.mkdir(parents=True, exist_ok=True)
+    os.chmod(keys, 0o700)
+
+    signers = {
+        "root": [_generate_key(keys) for _ in range(num_root_keys)],
+        **{role: [_generate_key(keys)] for role in ("targets", "snapshot", "timestamp")},
+    }
+    root = Root(expires=expiry.expires("root"), consistent_snapshot=True)
+    for role, role_signers in signers.items():
+        for signer in role_signers:
+            root.add_key(signer.public_key, role)
+    root.roles["root"] = Role(root.roles["root"].keyids, threshold)
+
+    root_md = Metadata(root)
+    _sign(root_md, signers["root"])
+    root_data = root_md.to_bytes(_SERIALIZER)
+    targets_md = Metadata(Targets(expires=expiry.expires("targets")))
+    _sign(targets_md, signers["targets"])
+    targets_data = targets_md.to_bytes(_SERIALIZER)
+    snapshot_md = Metadata(Snapshot(expires=expiry.expires("snapshot")))
+    snapshot_md.signed.meta["targets.json"] = MetaFile(1, len(targets_data), _hashes(targets_data))
+    _sign(snapshot_md, signers["snapshot"])
+    snapshot_data = snapshot_md.to_bytes(_SERIALIZER)
+    timestamp_md = Metadata(Timestamp(expires=expiry.expires("timestamp"), snapshot_meta=MetaFile(1, len(snapshot_data), _hashes(snapshot_data))))
+    _sign(timestamp_md, signers["timestamp"])
+
+    # 1.root.json is created first and exclusively: it is the "repository exists" lock.
+    store.put(f"{METADATA_PREFIX}1.root.json", root_data, if_none_match=True)
+    _write_local_root(keys, root_data)
+    store.put(f"{METADATA_PREFIX}root.json", root_data)
+    store.put(f"{METADATA_PREFIX}1.targets.json", targets_data, if_none_match=True)
+    store.put(f"{METADATA_PREFIX}1.snapshot.json", snapshot_data, if_none_match=True)
+    store.put(TIMESTAMP_KEY, timestamp_md.to_bytes(_SERIALIZER), if_none_match=True)
+    return root_data
+
+
+def publish_target(
+    store: Store,
+    keys_dir: str | os.PathLike[str],
+    target_name: str,
+    data_or_path: bytes | str | os.PathLike[str],
+    custom: dict[str, Any] | None = None,
+    *,
+    expiry: ExpiryPolicy = ExpiryPolicy(),
+    progress: Callable[[int, int], None] | None = None,
+) -> Published:
+    """Upload a target (bytes or a file path) and commit new targets, snapshot and
+    timestamp metadata listing it with `custom`. Replaces an earlier entry of the
+    same name. StoreConflictError if another publisher committed first."""
+    check_key(target_name)
+    custom = dict(custom or {})
+    _check_canonical(custom, f"custom metadata for {target_name}")
+    repo = _Repo(store, Path(keys_dir))
+
+    # 1) the target file: content addressed, so an unconditional write is idempotent
+    #    (and heals a blob someone tampered with under the same name).
+    if isinstance(data_or_path, bytes):
+        info = TargetFile.from_data(target_name, data_or_path, [_HASH])
+        store.put(target_store_key(target_name, info.hashes), data_or_path)
+        if progress:
+            progress(info.length, info.length)
+    else:
+        try:
+            info = TargetFile.from_file(target_name, os.fspath(data_or_path), [_HASH])
+        except FileNotFoundError:
+            raise ConfigError(f"target file {data_or_path} not found") from None
+        store.put_file(target_store_key(target_name, info.hashes), data_or_path, progress=progress)
+
+    # 2) targets -> snapshot -> timestamp
+    info.unrecognized_fields["custom"] = custom
+    repo.targets.signed.targets[target_name] = info
+    published = repo.commit(new_targets=True, expiry=expiry, what=f"publishing {target_name}")
+    return Published(
+        published.targets_version, published.snapshot_version, published.timestamp_version,
+        target_name, info.length, dict(info.hashes),
+    )
+
+
+TargetBuilder = Callable[[Callable[[str], "bytes | None"]], list[tuple[str, bytes, dict[str, Any]]]]
+
+
+def publish_targets(store: Store, keys_dir: str | os.PathLike[str], build: TargetBuilder, *,
+                    expiry: ExpiryPolicy = ExpiryPolicy()) -> Published:
+    """Read-modify-write several targets in ONE commit.
+
+    `build(read)` gets a reader of the current targets (the same verified
+    snapshot the commit will replace) and returns (name, bytes, custom) to
+    publish. If another publisher commits in between, the timestamp's
+    conditional write fails and StoreConflictError says so: nothing is lost
+    silently.
+    """
+    repo = _Repo(store, Path(keys_dir))
+    files = build(repo.read_target)
+    for name, data, custom in files:
+        check_key(name)
+        custom = dict(custom)
+        _check_canonical(custom, f"custom metadata for {name}")
+        info = TargetFile.from_data(name, data, [_HASH])
+        store.put(target_store_key(name, info.hashes), data)  # content addressed: idempotent
+        info.unrecognized_fields["custom"] = custom
+        repo.targets.signed.targets[name] = info
+    return repo.commit(new_targets=True, expiry=expiry, what=f"publishing {', '.join(n for n, _, _ in files)}")
+
+
+def current_target_bytes(store: Store, keys_dir: str | os.PathLike[str], name: str) -> bytes | None:
+    """The publisher's read of a target from its own (verified) repository."""
+    return _Repo(store, Path(keys_dir)).read_target(name)
+
+
+def list_published(store: Store, keys_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Every target: name -> {length, hashes, custom}."""
+    repo = _Repo(store, Path(keys_dir))
+    return {name: {"length": t.length, "hashes": dict(t.hashes), "custom": t.unrecognized_fields.get("custom", {})}
+            for name, t in sorted(repo.targets.signed.targets.items())}
+
+
+def refresh_expiry(
+    store: Store,
+    keys_dir: str | os.PathLike[str],
+    *,
+    include_targets: bool = False,
+    expiry: ExpiryPolicy = ExpiryPolicy(),
+) -> Published:
+    """Re-sign snapshot and timestamp (and targets if asked) with fresh expiry
+    dates, for a cron job that keeps a quiet repository valid."""
+    repo = _Repo(store, Path(keys_dir))
+    return repo.commit(new_targets=include_targets, expiry=expiry, what="refreshing expiry")
+
+
+def resign_root(
+    store: Store,
+    keys_dir: str | os.PathLike[str],
+    *,
+    expiry: ExpiryPolicy = ExpiryPolicy(),
+    key_ids: Iterable[str] | None = None,
+    allow_below_threshold: bool = False,
+) -> int:
+    """Publish root version N+1 (same keys, new expiry), signed with all root keys
+    in keys_dir or only `key_ids`. Returns the new version.
+
+    Signing below the threshold is refused unless `allow_below_threshold`, which
+    exists to simulate a holder of too few compromised keys: clients must (and
+    do) reject such a root, and it blocks root updates until removed.
+    """
+    keys = Path(keys_dir)
+    _check_keys_outside_store(store, keys)
+    current = _store_root(store, keys)
+    new = Metadata[Root].from_bytes(current.to_bytes())
+    new.signed.version += 1
+    new.signed.expires = expiry.expires("root")
+    signers = _role_signers(current.signed, "root", keys, key_ids)
+    _sign(new, signers)
+    threshold = current.signed.roles["root"].threshold
+    if len(new.signatures) < threshold and not allow_below_threshold:
+        raise ConfigError(f"root v{new.signed.version} signed by {len(new.signatures)} key(s); expected at least {threshold}")
+    data = new.to_bytes(_SERIALIZER)
+    key = f"{METADATA_PREFIX}{new.signed.version}.root.json"
+    try:
+        store.put(key, data, if_none_match=True)
+    except StoreConflictError:
+        raise StoreConflictError(f"{key} was created by another publisher first; re-run on top of it") from None
+    if len(new.signatures) >= threshold:
+        _write_local_root(keys, data)
+        store.put(f"{METADATA_PREFIX}root.json", data)
+    return new.signed.version
