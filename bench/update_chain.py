@@ -103,7 +103,7 @@ def main() -> None:
             new_model = apply_diff(model, diff)
             new_file = encode_model(new_model)
             payload = len(new_file) if method == "full" else int(diff.metadata.get("wire_bytes", 0)) or \
-                len(encode_diff_bundle(diff))
+                len(encode_diff_bundle(diff, model))
             record = {"method": method, "budget": budget, "update": name, "index": k + 1, "bytes": payload,
                       "bytes_vs_full_model": round(payload / len(base_file), 5), "entries": diff.nonzero_entries(),
                       "train_seconds": round(seconds, 1), "target_hash": diff.target_hash,
@@ -115,7 +115,7 @@ def main() -> None:
                 record["zstd_patch_from_bytes"] = zstd_patch_from_bytes(old_file, new_file)
                 record["bsdiff_bytes"] = bsdiff_bytes(old_file, new_file)
             cache[key] = record
-            _save_diff(diff, key)
+            _save_diff(diff, model, key)
             CACHE.parent.mkdir(parents=True, exist_ok=True)
             CACHE.write_text(json.dumps(cache, indent=1))
             print(json.dumps(record))
@@ -128,10 +128,10 @@ def _diff_path(key: str) -> Path:
     return WORK / "chain_diffs" / (key.replace("/", "__") + ".otab")
 
 
-def _save_diff(diff, key: str) -> None:
+def _save_diff(diff, base: DeviceModel, key: str) -> None:
     path = _diff_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_diff_bundle(diff))
+    path.write_bytes(encode_diff_bundle(diff, base))
 
 
 def _rebuild(cache: dict, key: str, model: DeviceModel, method: str, budget: float, adapt: Path, args):

@@ -82,3 +82,12 @@ def test_baselines_share_the_harness(manifest: Path) -> None:
     base_file, new_file = encode_model(base), encode_model(apply_diff(base, full))
     assert 0 < zstd_patch_from_bytes(base_file, new_file) < len(new_file) + 64
     assert 0 < bsdiff_bytes(base_file, new_file)
+
+
+def test_byte_budget_is_met_by_the_serialized_bundle(manifest: Path) -> None:
+    from packager.bundle import encode_diff_bundle
+
+    base = tiny_device_model()
+    diff = learn_diff(base, manifest, SparseMaskDiffConfig(budget="400B", epochs=3, lr=0.3, replay_ratio=0.0))
+    assert 0 < len(encode_diff_bundle(diff, base)) <= 400
+    assert apply_diff(base, diff).content_hash() == diff.target_hash

@@ -43,9 +43,9 @@ def budget_entries(deployed: DeviceModel, budget: float | int, bytes_per_entry: 
     return max(1, min(total, int(budget / bytes_per_entry)))
 
 
-def serialized_bytes(diff: Diff) -> int:
+def serialized_bytes(diff: Diff, base: DeviceModel) -> int:
     from packager.bundle import encode_diff_bundle  # server side: the packager is available
-    return len(encode_diff_bundle(diff))
+    return len(encode_diff_bundle(diff, base))
 
 
 @register("sparse", SparseMaskDiffConfig)
@@ -88,7 +88,7 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     with torch.no_grad():
         dense = {n: torch.round(deltas[n] * masks[n]).to(torch.int16).numpy() for n in deltas}
     diff = finish_diff(deployed, "sparse", sparse_deltas_from_dense(deployed, dense), target_version)
-    while isinstance(cfg.budget, int) and (size := serialized_bytes(diff)) > cfg.budget:
+    while isinstance(cfg.budget, int) and (size := serialized_bytes(diff, deployed)) > cfg.budget:
         keep = int(diff.nonzero_entries() * min(0.98, cfg.budget / size))
         dense = top_k_entries(deployed, dense, keep)
         diff = finish_diff(deployed, "sparse", sparse_deltas_from_dense(deployed, dense), target_version)

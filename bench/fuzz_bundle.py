@@ -1,0 +1,477 @@
+"""Mutation fuzzing of update bundles: only our own errors, never a hang, bounded memory.
+
+Builds real bundles from tiny models (a sparse diff using both position
+codings, a hashed diff, a mixed diff, a full bundle), then mutates them: blind
+byte-level damage, lies in the preamble and manifest, table tricks
+(overlaps, holes, duplicates, swaps), zstd decompression bombs, hostile JSON,
+and "re-signed" damage (payload changed, checksums and lengths fixed up so the
+damage reaches the decompressor, the strict decoders, the .otam codec and
+apply_diff). Each case goes through decode_bundle and then apply_diff on the
+base model (full bundles: decode_model). A case passes if it raises a
+subclass of OtaError, or succeeds with the target hash verified.
+
+    python bench/fuzz_bundle.py [--cases 10000] [--seed 0] [--time-limit 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import signal
+import struct
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xxhash
+import zstandard
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from device_agent.device_model import DeviceModel, canonical_json  # noqa: E402
+from device_agent.diff import Diff, HashedDelta, SparseDelta, apply_diff  # noqa: E402
+from device_agent.errors import OtaError  # noqa: E402
+from device_agent.model_format import encode_model  # noqa: E402
+from packager.bundle import (MAGIC, PREAMBLE, apply_bundle, decode_bundle, encode_diff_bundle,  # noqa: E402
+                            encode_full_bundle)
+from tests.tiny import tiny_device_model  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+GIB = 1 << 30
+
+
+# --- seed bundles ---------------------------------------------------------------
+@dataclass
+class Seed:
+    name: str
+    data: bytes
+    base: DeviceModel | None  # what the bundle applies to (full bundles: nothing)
+    target_hash: str
+
+
+def _finish(diff: Diff, base: DeviceModel) -> Diff:
+    diff.target_hash = apply_diff(base, diff, check_hashes=False).content_hash()
+    return diff
+
+
+def _sparse(rng: np.random.Generator, numel: int, density: float) -> SparseDelta:
+    k = max(1, int(density * numel))
+    values = rng.integers(-127, 128, size=k).astype(np.int8)
+    values[values == 0] = 1
+    return SparseDelta(np.sort(rng.choice(numel, size=k, replace=False)), values)
+
+
+def build_seeds(rng: np.random.Generator) -> list[Seed]:
+    base = tiny_device_model(0)
+    names = sorted(base.weights)
+    densities = (0.02, 0.1, 0.6)  # very sparse picks index coding, dense picks bitmask
+    sparse = {n: _sparse(rng, base.weights[n].q.size, densities[i % 3]) for i, n in enumerate(names)}
+    hashed = {n: HashedDelta(b, rng.integers(-3, 4, size=b).astype(np.int8))
+              for n, b in zip(names, rng.integers(1, 33, size=len(names)))}
+    mixed = {n: (sparse[n] if i % 2 else hashed[n]) for i, n in enumerate(names)}
+    seeds = []
+    for name, deltas, method, seed in (("sparse", sparse, "sparse", 0), ("hashed", hashed, "hashed", 1234),
+                                        ("mixed", mixed, "mixed", 99)):
+        diff = _finish(Diff(method, base.model_id, 1, 2, base.content_hash(), "", deltas, seed,
+                            {"source": "fuzz"}), base)
+        seeds.append(Seed(name, encode_diff_bundle(diff, base), base, diff.target_hash))
+    target = tiny_device_model(7)
+    target.version = 2
+    seeds.append(Seed("full", encode_full_bundle(encode_model(target), target), None, target.content_hash()))
+    return seeds
+
+
+# --- bundle surgery (no validation: this is the attacker's side) ------------------
+def split(data: bytes) -> tuple[dict, list[bytes]]:
+    n = struct.unpack_from("<I", data, 12)[0]
+    manifest = json.loads(data[PREAMBLE.size:PREAMBLE.size + n])
+    start = PREAMBLE.size + n
+    entries = manifest["sections"].values()
+    return manifest, [data[start + e["offset"]:start + e["offset"] + e["length"]] for e in entries]
+
+
+def pack(manifest: dict, sections: list[bytes], *, fix: bool = True) -> bytes:
+    """Re-encode; with `fix`, offsets, lengths and checksums agree with `sections` again."""
+    if fix:
+        offset = 0
+        for e, s in zip(manifest["sections"].values(), sections):
+            e.update(offset=offset, length=len(s), xxh64=xxhash.xxh64_hexdigest(s))
+            offset += len(s)
+    body = canonical_json(manifest)
+    return PREAMBLE.pack(MAGIC, 1, 0, len(body)) + body + b"".join(sections)
+
+
+def with_manifest_text(data: bytes, body: bytes) -> bytes:
+    _, sections = split(data)
+    return PREAMBLE.pack(MAGIC, 1, 0, len(body)) + body + b"".join(sections)
+
+
+INTERESTING = [0, 1, -1, 2, 7, 8, 255, 256, 65535, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**53, 2**53 + 1, 2**63 - 1,
+               2**63, 2**64, 2**64 + 1, -(2**63), 10**30, 1.0, 0.5, "1", None, True, False, [], {}]
+
+
+def _interesting(rng: np.random.Generator, near: int | None = None) -> object:
+    if near is not None and rng.random() < 0.4:
+        return int(near + rng.integers(-3, 4))
+    return INTERESTING[rng.integers(len(INTERESTING))]
+
+
+def rle_frame(content_size: int | None, total: int, window_log: int = 17) -> bytes:
+    """A hand-built zstd frame of RLE blocks: ~4 bytes per 128 KiB of output."""
+    if content_size is None:
+        head = struct.pack("<IBB", 0xFD2FB528, 0x00, (window_log - 10) << 3)
+    else:
+        head = struct.pack("<IBB", 0xFD2FB528, 0xC0, (window_log - 10) << 3) + struct.pack("<Q", content_size)
+    block, blocks = 128 << 10, []
+    n = max(1, -(-total // block))
+    for i in range(n):
+        size = min(block, total - i * block) if total else 0
+        blocks.append(((1 if i == n - 1 else 0) | (1 << 1) | (size << 3)).to_bytes(3, "little") + b"\x07")
+    return head + b"".join(blocks)
+
+
+# --- mutators: (rng, seed) -> mutated bytes ---------------------------------------------
+def m_bit_flip(rng: np.random.Generator, s: Seed) -> bytes:
+    buf = bytearray(s.data)
+    for _ in range(rng.integers(1, 9)):
+        i = int(rng.integers(len(buf)))
+        buf[i] ^= 1 << int(rng.integers(8))
+    return bytes(buf)
+
+
+def m_byte_insert(rng: np.random.Generator, s: Seed) -> bytes:
+    i = int(rng.integers(len(s.data) + 1))
+    return s.data[:i] + rng.bytes(int(rng.integers(1, 17))) + s.data[i:]
+
+
+def m_byte_delete(rng: np.random.Generator, s: Seed) -> bytes:
+    i = int(rng.integers(len(s.data)))
+    return s.data[:i] + s.data[i + int(rng.integers(1, 17)):]
+
+
+def m_truncate(rng: np.random.Generator, s: Seed) -> bytes:
+    return s.data[:int(rng.integers(len(s.data)))]
+
+
+def m_trailing(rng: np.random.Generator, s: Seed) -> bytes:
+    junk = [b"\0", rng.bytes(int(rng.integers(1, 64))), b"PK\x03\x04" + rng.bytes(26), s.data, rle_frame(0, 0)]
+    return s.data + junk[int(rng.integers(len(junk)))]
+
+
+def m_preamble(rng: np.random.Generator, s: Seed) -> bytes:
+    magic, version, reserved, n = PREAMBLE.unpack_from(s.data)
+    field = int(rng.integers(4))
+    if field == 0:
+        magic = [b"OTAMODEL", b"OTABNDL\x01", rng.bytes(8), b"\0" * 8][int(rng.integers(4))]
+    elif field == 1:
+        version = int(rng.choice([0, 2, 255, 65535]))
+    elif field == 2:
+        reserved = int(rng.choice([1, 256, 65535]))
+    else:
+        n = int(rng.choice([0, 1, 2, n - 1, n + 1, n + 100, 256 << 10, (256 << 10) + 1, 2**31, 2**32 - 1]))
+    return PREAMBLE.pack(magic, version, reserved, n) + s.data[PREAMBLE.size:]
+
+
+def m_manifest_lie(rng: np.random.Generator, s: Seed) -> bytes:
+    """A field of the manifest set to a lie; lengths and checksums left alone."""
+    manifest, sections = split(s.data)
+    if rng.random() < 0.6:
+        entry = list(manifest["sections"].values())[int(rng.integers(len(manifest["sections"])))]
+        key = sorted(entry)[int(rng.integers(len(entry)))]
+        value = entry[key]
+        entry[key] = _interesting(rng, value if isinstance(value, int) else None)
+        if key == "encoding" and rng.random() < 0.7:
+            entry[key] = ["bitmask", "index", "hashed", "model", "sparse", ""][int(rng.integers(6))]
+        if key == "xxh64" and rng.random() < 0.7:
+            entry[key] = rng.bytes(8).hex()
+    else:
+        key = sorted(manifest)[int(rng.integers(len(manifest)))]
+        choices: list[object] = [_interesting(rng), "x" * 200, "", "full", "diff", "0" * 32, "A" * 32]
+        manifest[key] = choices[int(rng.integers(len(choices)))]
+    return pack(manifest, sections, fix=False)
+
+
+def m_table(rng: np.random.Generator, s: Seed) -> bytes:
+    """Overlaps, holes, swaps, duplicates, dropped and added sections."""
+    manifest, sections = split(s.data)
+    entries = list(manifest["sections"].items())
+    trick = int(rng.integers(7))
+    i = int(rng.integers(len(entries)))
+    if trick == 0 and i > 0:  # overlap the previous section
+        entries[i][1]["offset"] = entries[i - 1][1]["offset"]
+    elif trick == 1:  # hole before a section
+        entries[i][1]["offset"] += int(rng.integers(1, 8))
+    elif trick == 2 and len(sections) > 1:  # payloads swapped, table unchanged
+        j = (i + 1) % len(sections)
+        sections[i], sections[j] = sections[j], sections[i]
+        return pack(manifest, sections, fix=False)
+    elif trick == 3:  # duplicate key in the table (text surgery: dicts cannot hold it)
+        body = canonical_json(manifest)
+        name, entry = entries[i]
+        dup = json.dumps(name).encode() + b":" + canonical_json(entry)
+        body = body.replace(b'"sections":{', b'"sections":{' + dup + b",", 1)
+        return with_manifest_text(s.data, body)
+    elif trick == 4:  # drop a section entry, keep its bytes
+        del manifest["sections"][entries[i][0]]
+        return pack(manifest, sections, fix=False)
+    elif trick == 5:  # the same section listed twice under another name, pointing at the same bytes
+        name, entry = entries[i]
+        manifest["sections"][name + "_copy"] = dict(entry)
+    else:  # lengths shifted between neighbours
+        j = (i + 1) % len(entries)
+        delta = int(rng.integers(1, 16))
+        entries[i][1]["length"] += delta
+        entries[j][1]["length"] -= delta
+    return pack(manifest, sections, fix=False)
+
+
+def m_bomb(rng: np.random.Generator, s: Seed) -> bytes:
+    """A delta section replaced by a tiny frame that expands to gigabytes; table fixed up."""
+    manifest, sections = split(s.data)
+    entries = list(manifest["sections"].values())
+    i = int(rng.integers(len(entries)))
+    e = entries[i]
+    raw = e["raw_length"]
+    variant = int(rng.integers(6))
+    if variant == 5:  # fits the zstd bound (so it reaches the decompressor) yet holds ~MiBs
+        bound = raw + (raw >> 8) + (((128 << 10) - raw) >> 11 if raw < (128 << 10) else 0)
+        sections[i] = rle_frame(raw, max(1, (bound - 14) // 4) * (128 << 10))
+    elif variant == 0:  # frame honest about its 3 GiB; manifest says raw_length
+        sections[i] = rle_frame(3 * GIB, 3 * GIB)
+    elif variant == 1:  # frame and manifest agree on the small size, the blocks hold gigabytes
+        sections[i] = rle_frame(raw, 2 * GIB)
+    elif variant == 2:  # no content size in the frame
+        sections[i] = rle_frame(None, 2 * GIB)
+    elif variant == 3:  # manifest raw_length lies upward to match the bomb
+        sections[i] = rle_frame(3 * GIB, 3 * GIB)
+        e["raw_length"] = 3 * GIB
+    else:  # a huge window (memory for the decoder's history)
+        sections[i] = rle_frame(raw, raw, window_log=31)
+    if e["encoding"] == "model":  # stored sections need length == raw_length
+        e["raw_length"] = len(sections[i])
+    return pack(manifest, sections)
+
+
+def m_json(rng: np.random.Generator, s: Seed) -> bytes:
+    """Hostile manifest JSON."""
+    body = s.data[PREAMBLE.size:PREAMBLE.size + struct.unpack_from("<I", s.data, 12)[0]]
+    trick = int(rng.integers(10))
+    if trick == 0:  # deep nesting, within the size limit
+        depth = int(rng.choice([1000, 50_000, 130_000]))
+        body = b"[" * depth + b"]" * depth
+    elif trick == 1:  # deep nesting inside a valid field
+        body = body.replace(b'"metadata":{', b'"metadata":{"x":' + b"[" * 5000 + b"]" * 5000 + b",", 1)
+    elif trick == 2:  # duplicate top-level key
+        body = b'{"kind":"full",' + body[1:]
+    elif trick == 3:  # huge numbers
+        digits = int(rng.choice([400, 4300, 5000, 100_000]))
+        body = body.replace(b'"target_version":', b'"target_version":' + b"9" * digits + b",\"x\":", 1)
+    elif trick == 4:
+        body = body.replace(b'"target_version":', b'"target_version":NaN,"y":', 1)
+    elif trick == 5:  # not canonical: whitespace
+        body = body.replace(b",", b", ", 1)
+    elif trick == 6:  # invalid UTF-8 / non-ASCII
+        body = body.replace(b'"kind"', b'"k\xff\xfend"', 1) if rng.random() < 0.5 else body.replace(
+            b'"kind"', '"kïnd"'.encode(), 1)
+    elif trick == 7:  # too big
+        body = body[:-1] + b',"pad":"' + b"a" * (256 << 10) + b'"}'
+    elif trick == 8:  # not an object
+        body = [b"[]", b"null", b"1", b'"x"', b"", b"{"][int(rng.integers(6))]
+    else:  # float where an integer belongs
+        body = body.replace(b'"target_version":2', b'"target_version":2.0', 1)
+    return with_manifest_text(s.data, body)
+
+
+def m_resigned(rng: np.random.Generator, s: Seed) -> bytes:
+    """Damage inside a section, with raw_length/length/xxh64 fixed so it reaches the decoders."""
+    manifest, sections = split(s.data)
+    entries = list(manifest["sections"].values())
+    i = int(rng.integers(len(entries)))
+    e = entries[i]
+    if e["encoding"] == "model":
+        raw = bytearray(sections[i])
+        for _ in range(rng.integers(1, 4)):
+            j = int(rng.integers(len(raw)))
+            raw[j] ^= 1 << int(rng.integers(8))
+        sections[i] = bytes(raw)
+        e["raw_length"] = len(raw)
+        return pack(manifest, sections)
+    raw = bytearray(zstandard.ZstdDecompressor().decompress(sections[i]))
+    trick = int(rng.integers(6))
+    if trick == 0 and raw:  # flip bits in the decoded payload
+        for _ in range(rng.integers(1, 4)):
+            j = int(rng.integers(len(raw)))
+            raw[j] ^= 1 << int(rng.integers(8))
+    elif trick == 1 and raw:  # a value becomes 0 or -128
+        raw[len(raw) - 1 - int(rng.integers(min(len(raw), 4)))] = int(rng.choice([0, 0x80]))
+    elif trick == 2:  # raw grows or shrinks, manifest follows (count untouched)
+        raw = raw + rng.bytes(int(rng.integers(1, 4))) if rng.random() < 0.5 else raw[:-1]
+    elif trick == 3 and e["encoding"] in ("bitmask", "index"):  # count lies, raw follows
+        e["count"] = max(0, e["count"] + int(rng.choice([-1, 1])))
+    elif trick == 4 and e["encoding"] == "index":  # overlong varint at the start
+        raw = bytearray(b"\x80\x00") + raw[1:]
+    elif trick == 5 and e["encoding"] == "bitmask" and e["numel"] % 8:  # padding bit set
+        nb = (e["numel"] + 7) // 8
+        raw[nb - 1] |= 0x80
+    else:  # numel lies (positions may fall outside, bitmask size changes)
+        e["numel"] = max(1, e["numel"] + int(rng.choice([-8, -1, 1, 8])))
+    sections[i] = zstandard.ZstdCompressor(level=3).compress(bytes(raw))
+    e["raw_length"] = len(raw)
+    return pack(manifest, sections)
+
+
+def m_semantic(rng: np.random.Generator, s: Seed) -> bytes:
+    """A well-formed bundle that lies about what it is (identity, seed, sizes)."""
+    manifest, sections = split(s.data)
+    key = ["model_id", "target_hash", "base_hash", "seed", "target_version", "metadata"][int(rng.integers(6))]
+    if key not in manifest:
+        key = "target_hash"
+    manifest[key] = {"model_id": "other-model", "target_hash": rng.bytes(16).hex(), "base_hash": rng.bytes(16).hex(),
+                     "seed": int(rng.integers(2**63)), "target_version": 99, "metadata": {"a": "b"}}[key]
+    return pack(manifest, sections)
+
+
+def m_splice(rng: np.random.Generator, s: Seed, others: list[Seed]) -> bytes:
+    """Manifest from one bundle, payload from another (fixed up or not)."""
+    other = others[int(rng.integers(len(others)))]
+    manifest, _ = split(s.data)
+    _, sections = split(other.data)
+    if len(sections) == len(manifest["sections"]) and rng.random() < 0.5:
+        return pack(manifest, sections)
+    return pack(manifest, sections, fix=False)
+
+
+MUTATORS: dict[str, Callable[..., bytes]] = {
+    "bit_flip": m_bit_flip, "byte_insert": m_byte_insert, "byte_delete": m_byte_delete, "truncate": m_truncate,
+    "trailing_bytes": m_trailing, "preamble_lie": m_preamble, "manifest_lie": m_manifest_lie,
+    "table_overlap_dup": m_table, "zstd_bomb": m_bomb, "json_abuse": m_json, "resigned_payload": m_resigned,
+    "semantic_lie": m_semantic, "splice": m_splice,
+}
+
+
+# --- one case -------------------------------------------------------------------------
+class CaseTimeout(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise CaseTimeout()
+
+
+def run_case(data: bytes, seed: Seed) -> str:
+    """-> outcome: 'ok' (target hash verified), '<stage>:<OtaError subclass>', or 'UNEXPECTED:...'."""
+    stage = "decode"
+    try:
+        bundle = decode_bundle(data)
+        stage = "apply"
+        if bundle.kind == "diff":
+            if seed.base is None:
+                return "apply:skipped-no-base"
+            assert bundle.diff is not None
+            result = apply_diff(seed.base, bundle.diff)  # checks base and target hashes
+        else:
+            result = apply_bundle(bundle, None)  # decode_model + target hash
+        if result.content_hash() != bundle.target_hash:
+            return "UNEXPECTED:unverified-success"
+        return "ok"
+    except CaseTimeout:
+        raise
+    except OtaError as exc:
+        return f"{stage}:{type(exc).__name__}"
+    except Exception as exc:  # noqa: BLE001 - the point is to catch anything foreign
+        return f"UNEXPECTED:{stage}:{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def fuzz(cases: int, seed: int, time_limit: float = 5.0, progress: bool = False) -> dict:
+    rng = np.random.default_rng(seed)
+    seeds = build_seeds(rng)
+    for s in seeds:  # the unmutated bundles must decode and apply
+        assert run_case(s.data, s) == "ok", f"seed bundle {s.name} does not round-trip"
+    rss_before = peak_rss_bytes()
+    names = list(MUTATORS)
+    per_class: dict[str, Counter] = {n: Counter() for n in names}
+    outcomes: Counter = Counter()
+    failures: list[dict] = []
+    slowest = 0.0
+    old = signal.signal(signal.SIGALRM, _alarm)
+    started = time.perf_counter()
+    try:
+        for case in range(cases):
+            cls = names[case % len(names)]
+            s = seeds[int(rng.integers(len(seeds)))]
+            data = s.data
+            for _ in range(8):  # a mutation that changed nothing (e.g. an overlap of section 0) is redrawn
+                try:
+                    args = (rng, s, [o for o in seeds if o is not s]) if cls == "splice" else (rng, s)
+                    data = MUTATORS[cls](*args)
+                except (KeyError, IndexError, ValueError, zstandard.ZstdError):
+                    data = m_bit_flip(rng, s)  # a mutator that does not fit this seed falls back to bit flips
+                if data != s.data:
+                    break
+            t0 = time.perf_counter()
+            signal.setitimer(signal.ITIMER_REAL, time_limit)
+            try:
+                outcome = run_case(data, s)
+            except CaseTimeout:
+                outcome = "UNEXPECTED:timeout"
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            slowest = max(slowest, time.perf_counter() - t0)
+            per_class[cls][outcome.split(":")[0] if outcome.startswith("UNEXPECTED") else outcome] += 1
+            outcomes[outcome if not outcome.startswith("UNEXPECTED") else "UNEXPECTED"] += 1
+            if outcome.startswith("UNEXPECTED") and len(failures) < 20:
+                failures.append({"case": case, "class": cls, "seed_bundle": s.name, "outcome": outcome,
+                                 "bytes_hex_prefix": data[:64].hex()})
+            if progress and case and case % 1000 == 0:
+                print(f"  {case} cases, {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    wall = time.perf_counter() - started
+    peak = peak_rss_bytes()
+    return {
+        "cases": cases, "seed": seed, "time_limit_s": time_limit, "wall_s": round(wall, 2),
+        "slowest_case_s": round(slowest, 4), "seed_bundles": {s.name: len(s.data) for s in seeds},
+        "outcomes": dict(sorted(outcomes.items())),
+        "per_class": {k: dict(sorted(v.items())) for k, v in per_class.items()},
+        "unexpected": outcomes.get("UNEXPECTED", 0), "failures": failures,
+        "peak_rss_bytes": peak, "peak_rss_before_cases_bytes": rss_before, "peak_rss_growth_bytes": peak - rss_before,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", type=int, default=10_000, help="number of mutated bundles")
+    ap.add_argument("--seed", type=int, default=0, help="RNG seed (runs are reproducible)")
+    ap.add_argument("--time-limit", type=float, default=5.0, help="seconds allowed per case")
+    args = ap.parse_args(argv)
+    result = fuzz(args.cases, args.seed, args.time_limit, progress=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    command = f"python bench/fuzz_bundle.py --cases {args.cases} --seed {args.seed}"
+    payload = {"benchmark": "fuzz_bundle", "command": command,
+               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                           "zstd": zstandard.ZSTD_VERSION, "python": platform.python_version()}, **result}
+    (RESULTS / "fuzz_bundle.json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"{result['cases']} cases in {result['wall_s']} s (slowest {result['slowest_case_s']} s), "
+          f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB (+{result['peak_rss_growth_bytes'] / 2**20:.1f} MiB "
+          "during cases)")
+    width = max(len(k) for k in result["per_class"])
+    for cls, counts in result["per_class"].items():
+        print(f"  {cls:<{width}}  " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    print("outcomes: " + ", ".join(f"{k}={v}" for k, v in result["outcomes"].items()))
+    for f in result["failures"]:
+        print(f"FAIL case {f['case']} [{f['class']} on {f['seed_bundle']}]: {f['outcome']}")
+    return 1 if result["outcomes"].get("UNEXPECTED") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
