@@ -93,3 +93,16 @@ class StoreConflictError(TransportError):
 
 class DiskFullError(TransportError):
     exit_code = 25
+
+
+# --- device agent (added with device_agent/agent) ---------------------------
+class LifecycleError(DataError):
+    """An update step was asked for out of order (e.g. activation before validation)."""
+
+    exit_code = 11
+
+
+class AgentBusyError(TransportError):
+    """Another agent process holds the data directory's lock."""
+
+    exit_code = 26

@@ -1,0 +1,30 @@
+# Two entry points (see README): `make demo` and `make test`. Both install
+# what they need on a fresh Debian/Ubuntu machine with Python >= 3.10.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test system-deps bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Speech synthesis for the corpus builder and its tests.
+system-deps:
+	@command -v espeak-ng >/dev/null && command -v flite >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng flite >/dev/null; }
+
+demo: $(STAMP)
+	$(BIN)/ota demo
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/runtime.py

@@ -1,0 +1,91 @@
+"""Position codings for sparse tensors, shared by model files and bundles.
+
+- bitmask: one bit per position, row-major, little bit order, zero padding.
+- index: the sorted flat positions as LEB128 varints of gaps
+  (first position, then `pos[i] - pos[i-1] - 1`).
+
+Encoders pick nothing; callers compare sizes. Decoders are strict: any
+non-canonical input (padding bits set, overlong varints, positions out of
+range) raises ValueError with the reason, which callers wrap in their own
+error class.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+MAX_VARINT_BYTES = 10  # 64-bit values
+
+
+def bitmask_encode(mask: np.ndarray) -> bytes:
+    return np.packbits(mask.reshape(-1).astype(bool), bitorder="little").tobytes()
+
+
+def bitmask_decode(buf: bytes, numel: int) -> np.ndarray:
+    """-> bool (numel,) mask."""
+    expected = (numel + 7) // 8
+    if len(buf) != expected:
+        raise ValueError(f"bitmask is {len(buf)} bytes, expected {expected} for {numel} positions")
+    bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), bitorder="little")
+    if bits[numel:].any():
+        raise ValueError("bitmask padding bits are not zero")
+    return bits[:numel].astype(bool)
+
+
+def varint_encode(values: np.ndarray) -> bytes:
+    """LEB128 of non-negative integers, vectorised."""
+    v = np.asarray(values, dtype=np.uint64).reshape(-1)
+    if v.size == 0:
+        return b""
+    shifts = (7 * np.arange(MAX_VARINT_BYTES, dtype=np.uint64))[None, :]
+    groups = ((v[:, None] >> shifts) & np.uint64(0x7F)).astype(np.uint8)  # (n, 10)
+    # bytes needed: one, plus one per 7-bit threshold the value reaches
+    thresholds = np.uint64(1) << (7 * np.arange(1, MAX_VARINT_BYTES, dtype=np.uint64))
+    nbytes = 1 + (v[:, None] >= thresholds[None, :]).sum(axis=1)
+    k = np.arange(MAX_VARINT_BYTES)[None, :]
+    groups |= np.where(k < (nbytes[:, None] - 1), 0x80, 0).astype(np.uint8)
+    return groups[k < nbytes[:, None]].tobytes()
+
+
+def varint_decode(buf: bytes, count: int) -> np.ndarray:
+    """Exactly `count` canonical varints filling `buf` -> uint64 (count,)."""
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    ends = np.flatnonzero((arr & 0x80) == 0)
+    if ends.size != count or (count and ends[-1] != arr.size - 1) or (count == 0 and arr.size):
+        raise ValueError(f"expected {count} varints filling {arr.size} bytes, found {ends.size} terminators")
+    if count == 0:
+        return np.zeros(0, dtype=np.uint64)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts + 1
+    if lengths.max() > MAX_VARINT_BYTES:
+        raise ValueError(f"varint longer than {MAX_VARINT_BYTES} bytes")
+    if np.any((lengths > 1) & (arr[ends] == 0)):
+        raise ValueError("overlong (non-canonical) varint")
+    pos_in = np.arange(arr.size) - np.repeat(starts, lengths)
+    parts = (arr & 0x7F).astype(np.uint64) << (7 * pos_in).astype(np.uint64)
+    return np.add.reduceat(parts, starts)
+
+
+def index_encode(positions: np.ndarray) -> bytes:
+    """Sorted, unique flat positions -> varint gap coding."""
+    p = np.asarray(positions, dtype=np.int64)
+    if p.size == 0:
+        return b""
+    gaps = np.empty_like(p)
+    gaps[0] = p[0]
+    gaps[1:] = p[1:] - p[:-1] - 1
+    if np.any(gaps < 0):
+        raise ValueError("positions must be strictly increasing")
+    return varint_encode(gaps.astype(np.uint64))
+
+
+def index_decode(buf: bytes, count: int, numel: int) -> np.ndarray:
+    """-> int64 (count,) strictly increasing positions in [0, numel)."""
+    gaps = varint_decode(buf, count)
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    if gaps.max() >= numel:  # also keeps the cumulative sum far from overflow
+        raise ValueError(f"position gap {int(gaps.max())} exceeds the tensor size {numel}")
+    positions = np.cumsum(gaps.astype(np.int64) + 1) - 1
+    if positions[-1] >= numel:
+        raise ValueError(f"position {int(positions[-1])} is outside a tensor of {numel} entries")
+    return positions
