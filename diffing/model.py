@@ -75,6 +75,7 @@ class RNNT(nn.Module):
         self.predictor = Predictor(cfg)
         self.joint = Joint(cfg)
         self.weight_transform: WeightTransform | None = None
+        self.pred_dropout = 0.0  # training only: keeps the prediction net from becoming a pure LM
 
     # -- naming: device layout names <-> module parameters -------------------
     def device_state(self) -> dict[str, torch.Tensor]:
@@ -111,6 +112,7 @@ class RNNT(nn.Module):
     def predict(self, tokens: torch.Tensor, state=None):  # type: ignore[no-untyped-def]
         """(B, U) token ids (0 = blank/start) -> (B, U, P), new state."""
         emb = F.embedding(tokens, self._w("predictor.embed.weight", self.predictor.embed.weight))
+        emb = F.dropout(emb, self.pred_dropout, self.training)
         return self.predictor.lstm(emb, state, self.weight_transform)
 
     def joint_logits(self, enc: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:

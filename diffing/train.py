@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 import xxhash
 
 from device_agent.errors import ConfigError
@@ -52,6 +53,11 @@ class TrainConfig:
     prune_end: float = 0.6  # ... and reaches the target
     qat_start: float = 0.7  # fraction of training when fake quantization turns on
     spec_augment: bool = True
+    # Auxiliary CTC on the encoder (head discarded at export): on a small, repetitive
+    # command grammar, RNN-T alone can settle into a language-model solution that
+    # emits everything at frame 0; CTC forces the encoder to carry the acoustics.
+    ctc_weight: float = 0.3
+    pred_dropout: float = 0.2
     dev_utterances: int = 200  # decoded each epoch for a WER estimate
     seed: int = 0
     threads: int = 2
@@ -138,13 +144,15 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
     mean, inv_std = feature_stats(train_set)
     model.frontend.mean.copy_(mean)
     model.frontend.inv_std.copy_(inv_std)
+    model.pred_dropout = cfg.pred_dropout
+    ctc_head = torch.nn.Linear(cfg.model.enc_hidden, cfg.model.vocab_size)
     weights = model.named_weight_matrices()
     compression = CompressionState(weights)
     model.weight_transform = compression
     decay = [p for n, p in model.named_parameters() if p.dim() == 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    optimizer = torch.optim.AdamW([{"params": decay + [ctc_head.weight], "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay + [ctc_head.bias], "weight_decay": 0.0}], lr=cfg.lr)
     n_batches = sum(1 for _ in batches(train_set, cfg.max_frames, feats_cfg.stack, None))
     total_steps = n_batches * cfg.epochs
     step, epoch, history = 0, 0, []
@@ -155,6 +163,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
             raise ConfigError(f"{ckpt_path} was trained with different data or settings; "
                               "use a new --out directory or delete the checkpoint")
         model.load_state_dict(ckpt["model"])
+        ctc_head.load_state_dict(ckpt["ctc_head"])
         optimizer.load_state_dict(ckpt["optimizer"])
         compression.load_state_dict(ckpt["compression"])
         step, epoch, history = ckpt["step"], ckpt["epoch"], ckpt["history"]
@@ -184,9 +193,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
             pred, _ = model.predict(torch.cat([start, batch.targets], dim=1))  # (B, U+1, P)
             logits = model.joint_logits(enc[:, :, None, :], pred[:, None, :, :])  # (B, T, U+1, V)
             loss = rnnt_loss(logits, batch.targets, batch.feat_lens, batch.target_lens)
+            if cfg.ctc_weight > 0:
+                ctc_log_probs = ctc_head(enc).log_softmax(-1).transpose(0, 1)  # (T, B, V)
+                ctc = F.ctc_loss(ctc_log_probs, batch.targets, batch.feat_lens, batch.target_lens,
+                                 blank=0, reduction="sum", zero_infinity=True) / len(batch.texts)
+                loss = loss + cfg.ctc_weight * ctc
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_([*model.parameters(), *ctc_head.parameters()], cfg.grad_clip)
             optimizer.step()
             with torch.no_grad():  # keep pruned weights exactly zero after the update
                 for name, w in weights.items():
@@ -204,7 +218,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
                   "seconds": round(time.time() - started, 1)}
         history.append(record)
         log(json.dumps(record))
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "ctc_head": ctc_head.state_dict(), "optimizer": optimizer.state_dict(),
                                     "compression": compression.state_dict(), "step": step, "epoch": epoch,
                                     "history": history, "train_config": cfg.to_json(),
                                     "model_config": cfg.model.to_json(), "tokenizer": tokenizer.to_json(),
