@@ -88,6 +88,14 @@ class TrainConfig:
         return cls(**obj)
 
 
+RUNTIME_ONLY = ("threads", "dev_utterances", "out_dir")  # may change between resumes
+
+
+def _recipe(config: dict) -> dict:
+    """The settings that define what is trained (a resume must not change them)."""
+    return {k: v for k, v in config.items() if k not in RUNTIME_ONLY}
+
+
 def data_identity(path: str) -> str:
     return xxhash.xxh64(Path(path).read_bytes()).hexdigest()
 
@@ -124,6 +132,7 @@ def dev_wer(model: RNNT, examples: list, tokenizer: CharTokenizer) -> float:
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> Path:
     """Train (or resume) and export; returns the path of the device model."""
     torch.set_num_threads(cfg.threads)
+    torch.set_flush_denormal(True)  # Adam state of pruned weights decays into denormals, which are slow
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = CharTokenizer()
@@ -159,7 +168,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
     ckpt_path = out / "last.pt"
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=False)
-        if ckpt["data_identity"] != identity or ckpt["train_config"] != cfg.to_json():
+        if ckpt["data_identity"] != identity or _recipe(ckpt["train_config"]) != _recipe(cfg.to_json()):
             raise ConfigError(f"{ckpt_path} was trained with different data or settings; "
                               "use a new --out directory or delete the checkpoint")
         model.load_state_dict(ckpt["model"])
