@@ -216,3 +216,74 @@ def local_seaweedfs(
             _remove_sockets(ports)
     finally:
         log.close()
+
+
+class SeaweedServer:
+    """A `weed server` that can be stopped and started again on the same ports and
+    data (outage tests). `local_seaweedfs` is the one-shot context-manager form.
+
+        server = SeaweedServer(tmp / "weed"); endpoint = server.start()
+        server.stop(); ...; server.start()  # same endpoint, same buckets
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, access_key: str | None = None,
+                 secret_key: str | None = None, startup_timeout: float = 60.0) -> None:
+        self.data = Path(data_dir)
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.access_key = access_key or "ota" + secrets.token_hex(8)
+        self.secret_key = secret_key or secrets.token_hex(20)
+        self.startup_timeout = startup_timeout
+        self.ports = _free_ports(8)  # fixed for the server's lifetime, so clients keep one endpoint
+        self.endpoint = SeaweedEndpoint(f"http://127.0.0.1:{self.ports[6]}", self.access_key, self.secret_key)
+        self._proc: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> SeaweedEndpoint:
+        if self.running:
+            return self.endpoint
+        s3_config = self.data / "s3-config.json"
+        _write_s3_config(s3_config, self.access_key, self.secret_key)
+        volumes = self.data / "volumes"
+        volumes.mkdir(exist_ok=True)
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = self.ports
+        _remove_sockets(self.ports)
+        cmd = [
+            weed_binary(), "server",
+            f"-dir={volumes}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={master}", f"-master.port.grpc={master_grpc}",
+            f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
+            f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+            "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-s3.config={s3_config}",
+            "-master.volumeSizeLimitMB=64", "-volume.max=0",
+        ]
+        self._log = open(self.data / "weed.log", "ab")
+        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      cwd=self.data, start_new_session=True)
+        try:
+            _wait_until_writable(self.endpoint, self._proc, self.startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self.endpoint
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _stop(self._proc)
+            self._proc = None
+        _remove_sockets(self.ports)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> SeaweedServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

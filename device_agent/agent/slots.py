@@ -1,0 +1,105 @@
+"""A/B model slots and the active pointer.
+
+    <data_dir>/slots/a/model.otam
+    <data_dir>/slots/b/model.otam
+    <data_dir>/slots/active.json   {"active": {slot, version, hash}, "previous": {...} | null}
+
+Updates are written only into the slot the pointer does not name, so the
+active model file is never opened for writing. Switching models is one
+atomic replace of `active.json` (temp + fsync + os.replace + fsync of the
+folder): after a crash the pointer names either the old or the new model,
+and each was fully written and synced before the pointer could name it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from device_agent.atomic import write_atomic
+from device_agent.errors import DataError, ModelFormatError
+from device_agent.agent.state import SlotRef, os_error
+
+SLOTS = ("a", "b")
+MODEL_FILE = "model.otam"
+
+
+@dataclass
+class Pointer:
+    active: SlotRef | None = None
+    previous: SlotRef | None = None  # where `ota agent rollback` goes (if that slot still holds it)
+
+
+def slots_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "slots"
+
+
+def model_path(data_dir: Path, slot: str) -> Path:
+    if slot not in SLOTS:
+        raise DataError(f"slot {slot!r}: expected one of {SLOTS}")
+    return slots_dir(data_dir) / slot / MODEL_FILE
+
+
+def other_slot(slot: str | None) -> str:
+    return "b" if slot == "a" else "a"
+
+
+def pointer_path(data_dir: Path) -> Path:
+    return slots_dir(data_dir) / "active.json"
+
+
+def read_pointer(data_dir: Path) -> Pointer:
+    path = pointer_path(data_dir)
+    try:
+        doc = json.loads(path.read_bytes())
+        return Pointer(*(SlotRef(**doc[k]) if doc.get(k) else None for k in ("active", "previous")))
+    except FileNotFoundError:
+        return Pointer()
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DataError(f"active pointer {path} is unreadable ({exc}); expected the JSON the agent writes") from None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_pointer(data_dir: Path, pointer: Pointer) -> None:
+    """The activation itself: one atomic, durable replace."""
+    path = pointer_path(data_dir)
+    doc = {"active": asdict(pointer.active) if pointer.active else None,
+           "previous": asdict(pointer.previous) if pointer.previous else None}
+    try:
+        write_atomic(path, json.dumps(doc, sort_keys=True).encode())
+        fsync_dir(path.parent)  # the rename itself must survive power loss
+    except OSError as exc:
+        raise os_error(exc, f"switching the active model pointer {path}") from None
+
+
+def write_model(data_dir: Path, slot: str, data: bytes) -> Path:
+    """Candidate model file into `slot` (temp + fsync + rename + fsync dir)."""
+    path = model_path(data_dir, slot)
+    try:
+        write_atomic(path, data)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise os_error(exc, f"writing the candidate model {path}") from None
+    return path
+
+
+def discard_model(data_dir: Path, slot: str) -> None:
+    model_path(data_dir, slot).unlink(missing_ok=True)
+
+
+def load_slot(data_dir: Path, ref: SlotRef):  # -> DeviceModel
+    """Load the model a pointer entry names and check it is what the entry says."""
+    from device_agent.model_format import load_model
+
+    model = load_model(model_path(data_dir, ref.slot))
+    if model.content_hash() != ref.hash:
+        raise ModelFormatError(f"slot {ref.slot} holds model {model.content_hash()}, the pointer expects {ref.hash}")
+    return model

@@ -1,0 +1,129 @@
+"""What the agent persists between steps: `<data_dir>/state.json`.
+
+Written with temp file + fsync + os.replace after every transition, so a
+restarted daemon finds the last completed step and re-runs the next one.
+"""
+from __future__ import annotations
+
+import errno
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from device_agent.atomic import write_atomic
+from device_agent.errors import DataError, DiskFullError, TransportError
+from device_agent.agent.lifecycle import State
+
+STATE_FORMAT = 1
+
+
+@dataclass
+class SlotRef:
+    """A model in a slot: which slot, and what must be in it."""
+
+    slot: str
+    version: str
+    hash: str
+
+
+@dataclass
+class UpdateRecord:
+    """The update in progress (one bundle = one hop of a plan)."""
+
+    attempt_id: str
+    target: str  # TUF target name of the bundle
+    length: int  # signed length
+    hashes: dict[str, str]  # signed hashes
+    store_key: str
+    kind: str  # "full" | "diff"
+    from_version: str | None
+    to_version: str
+    base_hash: str | None
+    target_hash: str  # signed custom metadata: what the applied model must hash to
+    expected_wer: float | None
+    started_at: float
+    previous: SlotRef | None  # the active model when the update started
+    candidate_slot: str
+    bytes_downloaded: int = 0  # bytes received and kept (all runs)
+    bytes_refetched: int = 0  # bytes of ranges requested again after a failed request
+    resumed_from: int = 0  # offset of the first resumed download (0: fresh)
+    durations: dict[str, float] = field(default_factory=dict)  # seconds per state
+    wer_before: float | None = None
+    wer_after: float | None = None
+    gate_reasons: list[str] = field(default_factory=list)
+    failed_offsets: list[int] = field(default_factory=list)  # chunk requests that failed (resume accounting)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> UpdateRecord:
+        prev = obj.get("previous")
+        return cls(**{**obj, "previous": SlotRef(**prev) if prev else None})
+
+
+@dataclass
+class AgentState:
+    state: State = State.IDLE
+    update: UpdateRecord | None = None
+    refused: list[str] = field(default_factory=list)  # versions never retried automatically
+    last_error: dict[str, str] | None = None  # {"class", "message"} of the last failed attempt
+    last_outcome: dict[str, Any] | None = None  # summary of the last finished attempt
+    last_check: dict[str, Any] | None = None  # when the store was last asked, and what it said
+    failed_in: str | None = None  # the state whose action raised last_error
+    rollback: dict[str, SlotRef | None] | None = None  # {"to", "from"} while rolling back
+    steps: int = 0  # transitions so far (monotonic; handy in logs and crash tests)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["state"] = self.state.value
+        doc["format"] = STATE_FORMAT
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> AgentState:
+        doc = dict(doc)
+        if doc.pop("format", None) != STATE_FORMAT:
+            raise DataError(f"agent state format: expected {STATE_FORMAT}")
+        upd = doc.pop("update", None)
+        rb = doc.pop("rollback", None)
+        if rb is not None:
+            rb = {k: SlotRef(**v) if v else None for k, v in rb.items()}
+        return cls(state=State(doc.pop("state")), update=UpdateRecord.from_json(upd) if upd else None,
+                   rollback=rb, **doc)
+
+
+def state_path(data_dir: Path) -> Path:
+    return Path(data_dir) / "state.json"
+
+
+def load_state(data_dir: Path) -> AgentState:
+    """The persisted state, or a fresh idle one. A corrupt file is an error, not a reset:
+    silently forgetting the refused versions would retry a bad model."""
+    path = state_path(data_dir)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return AgentState()
+    try:
+        return AgentState.from_json(json.loads(raw))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DataError(f"agent state {path} is unreadable ({exc}); expected the JSON the agent writes. "
+                               "Move it aside to start over (refused versions will be forgotten)") from None
+
+
+def save_state(data_dir: Path, st: AgentState) -> None:
+    write_json_atomic(state_path(data_dir), st.to_json())
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    """JSON via write_atomic; ENOSPC -> DiskFullError naming the file."""
+    try:
+        write_atomic(path, json.dumps(doc, indent=1, sort_keys=True).encode())
+    except OSError as exc:
+        raise os_error(exc, f"writing {path}") from None
+
+
+def os_error(exc: OSError, what: str) -> TransportError:
+    """Local file errors as the project's transport errors (disk full is its own leaf)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"{what}: no space left on device; free space in the agent's data_dir and retry")
+    return TransportError(f"{what}: {exc.strerror or exc}")

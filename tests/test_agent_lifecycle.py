@@ -1,0 +1,231 @@
+"""The agent's I/O-free core: the transition table, the WER gate, update choice, config, state files."""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from device_agent.agent.config import AgentConfig, load_config
+from device_agent.agent.download import RetryPolicy, Throttle
+from device_agent.agent.lifecycle import (TERMINAL, TRANSITION_ROWS, TRANSITIONS, Event, Lifecycle, State,
+                                          allowed_events, next_state)
+from device_agent.agent.policy import GateConfig, choose_update, gate_decision, parse_expected_wer
+from device_agent.agent.state import AgentState, SlotRef, UpdateRecord, load_state, save_state
+from device_agent.errors import ConfigError, DataError, LifecycleError
+from packager.channels import ChannelState, NoUpdatePathError, UpdateEdge
+
+
+# --- the table ----------------------------------------------------------------------
+@pytest.mark.parametrize("state, event, expected", TRANSITION_ROWS, ids=lambda v: getattr(v, "value", None))
+def test_every_row_of_the_table(state: State, event: Event, expected: State) -> None:
+    lc = Lifecycle(state)
+    assert lc.can(event)
+    assert lc.fire(event) == expected == next_state(state, event)
+
+
+def test_every_event_not_in_the_table_is_refused() -> None:
+    refused = 0
+    for state, event in itertools.product(State, Event):
+        if (state, event) in TRANSITIONS:
+            continue
+        with pytest.raises(LifecycleError, match=f"cannot '{event.value}' while '{state.value}'"):
+            Lifecycle(state).fire(event)
+        refused += 1
+    assert refused == len(State) * len(Event) - len(TRANSITION_ROWS)
+
+
+@pytest.mark.parametrize("state, event", [
+    (State.VALIDATING, Event.ACTIVATED),  # no activation before the gate said yes
+    (State.APPLYING, Event.GATE_PASSED),  # no gate before the candidate exists
+    (State.DOWNLOADING, Event.APPLIED),  # no apply of unverified bytes
+    (State.ACTIVATING, Event.SELF_TEST_PASSED),  # no commit before the pointer moved and was tested
+    (State.IDLE, Event.ACTIVATED),
+    (State.CHECKING, Event.ROLLBACK),  # operator rollback only when nothing is in progress
+])
+def test_out_of_order_steps_name_what_the_state_accepts(state: State, event: Event) -> None:
+    with pytest.raises(LifecycleError) as info:
+        next_state(state, event)
+    for allowed in allowed_events(state):
+        assert allowed.value in str(info.value)
+
+
+def test_unknown_names_are_refused() -> None:
+    with pytest.raises(LifecycleError, match="unknown"):
+        next_state("sleeping", Event.CHECK)
+    with pytest.raises(LifecycleError, match="unknown"):
+        next_state(State.IDLE, "jump")
+
+
+def test_table_shape() -> None:
+    # every state is reachable from idle and every state leads back to idle
+    reach, frontier = {State.IDLE}, [State.IDLE]
+    while frontier:
+        s = frontier.pop()
+        for e in allowed_events(s):
+            n = TRANSITIONS[(s, e)]
+            if n not in reach:
+                reach.add(n)
+                frontier.append(n)
+    assert reach == set(State)
+    for s in State:
+        if s != State.IDLE:
+            seen, todo = set(), [s]
+            while todo:
+                cur = todo.pop()
+                seen.add(cur)
+                todo += [TRANSITIONS[(cur, e)] for e in allowed_events(cur) if TRANSITIONS[(cur, e)] not in seen]
+            assert State.IDLE in seen, s
+    # terminal states only report; every in-progress state can fail
+    for s in TERMINAL:
+        assert allowed_events(s) == [Event.REPORTED]
+    for s in set(State) - TERMINAL - {State.IDLE}:
+        assert Event.ERROR in allowed_events(s)
+    # the only way into ACTIVATING is a passed gate
+    assert [(s, e) for (s, e), n in TRANSITIONS.items() if n == State.ACTIVATING] == \
+        [(State.VALIDATING, Event.GATE_PASSED)]
+
+
+def test_docs_table_matches_code() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "agent.md").read_text()
+    for s, e, n in TRANSITION_ROWS:
+        assert f"| {s.value} | {e.value} | {n.value} |" in doc, (s, e, n)
+
+
+# --- WER gate (pure) ------------------------------------------------------------------
+GATE = GateConfig(max_wer=0.4, max_regression=0.02, expected_slack=0.05)
+
+
+@pytest.mark.parametrize("candidate, current, expected, passed, reason", [
+    (0.10, 0.12, 0.10, True, "within"),
+    (0.13, 0.12, None, True, "within"),  # small regression allowed
+    (0.20, 0.12, None, False, "regresses"),  # a bad update: WER went up
+    (0.45, None, None, False, "ceiling"),  # first install still has a ceiling
+    (0.30, None, 0.10, False, "expected"),  # far worse than the publisher measured
+    (0.12, 0.12, None, True, "within"),
+])
+def test_gate_decision(candidate, current, expected, passed, reason) -> None:
+    d = gate_decision(candidate, current, expected, GATE)
+    assert d.passed is passed
+    assert any(reason in r for r in d.reasons)
+
+
+def test_gate_names_every_failed_rule() -> None:
+    d = gate_decision(0.9, 0.1, 0.1, GATE)
+    assert not d.passed and len(d.reasons) == 3
+    assert gate_decision(0.9, 0.1, 0.1, GateConfig(1.0, 1.0, None)).passed  # slack None ignores expected WER
+
+
+def test_expected_wer_from_custom_metadata() -> None:
+    assert parse_expected_wer("0.0800") == pytest.approx(0.08)
+    assert parse_expected_wer(None) is None
+    assert parse_expected_wer("nan?") is None and parse_expected_wer("-1") is None
+
+
+# --- update choice (pure) ------------------------------------------------------------
+def _channel(current: str, percent: float = 100.0) -> ChannelState:
+    edges = (UpdateEdge(None, "1", "bundles/m/full-1.otab", 1000), UpdateEdge("1", "2", "bundles/m/1-2.otab", 50),
+             UpdateEdge(None, "2", "bundles/m/full-2.otab", 1000), UpdateEdge("2", "3", "bundles/m/2-3.otab", 60))
+    return ChannelState("m", "stable", current, percent, edges)
+
+
+def test_choose_update_takes_one_cheapest_hop() -> None:
+    c = choose_update(_channel("3"), "1", set(), "dev")
+    assert c.edge.target == "bundles/m/1-2.otab" and [e.target for e in c.plan] == ["bundles/m/1-2.otab",
+                                                                                    "bundles/m/2-3.otab"]
+    assert choose_update(_channel("3"), None, set(), "dev").edge.target in ("bundles/m/full-1.otab",
+                                                                             "bundles/m/full-2.otab")
+    assert choose_update(_channel("3"), "3", set(), "dev").edge is None
+
+
+def test_refused_versions_are_never_chosen() -> None:
+    c = choose_update(_channel("2"), "1", {"2"}, "dev")
+    assert c.edge is None and "refused" in c.reason
+    c = choose_update(_channel("3"), "1", {"2"}, "dev")  # the plan goes through a refused version
+    assert c.edge is None
+
+
+def test_rollout_membership_is_per_device_and_roughly_the_percentage() -> None:
+    inside = sum(choose_update(_channel("2", 30.0), "1", set(), f"dev-{i}").edge is not None for i in range(2000))
+    assert 450 < inside < 750
+    assert choose_update(_channel("2", 0.0), "1", set(), "dev-1").edge is None
+    # stable for one device and release
+    assert len({choose_update(_channel("2", 50.0), "1", set(), "dev-7").edge is None for _ in range(5)}) == 1
+
+
+def test_no_path_is_an_error() -> None:
+    with pytest.raises(NoUpdatePathError):
+        choose_update(ChannelState("m", "stable", "5", 100.0, ()), "1", set(), "dev")
+
+
+# --- config -------------------------------------------------------------------------
+BASE = {"store_url": "file:///srv/store", "model_id": "digits", "device_id": "dev-1", "data_dir": "data",
+        "trust_root": "root.json", "validation_manifest": "val.jsonl"}
+
+
+def _toml(tmp_path: Path, values: dict) -> Path:
+    lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path = tmp_path / "agent.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_config_file_env_and_relative_paths(tmp_path: Path) -> None:
+    path = _toml(tmp_path, {**BASE, "poll_interval": 60, "bandwidth_limit": 100000})
+    cfg = load_config(path, env={"OTA_AGENT_CHANNEL": "beta", "OTA_AGENT_MAX_WER": "0.3",
+                                 "OTA_AGENT_BANDWIDTH_LIMIT": "none"})
+    assert cfg.channel == "beta" and cfg.max_wer == 0.3 and cfg.bandwidth_limit is None
+    assert cfg.poll_interval == 60 and cfg.data_dir == tmp_path / "data"
+    assert cfg.reports_url == cfg.store_url
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("max_wer", -0.1, "max_wer: expected a number"),
+    ("chunk_size", 10, "chunk_size: expected an integer"),
+    ("store_url", "http://x", "store_url: expected"),
+    ("device_id", "a/b", "device_id: expected"),
+    ("retry_limit", True, "retry_limit: expected an integer"),
+    ("poll_jitter", "soon", "poll_jitter: expected a number"),
+])
+def test_config_errors_name_the_key(tmp_path: Path, key: str, value, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(_toml(tmp_path, {**BASE, key: value}), env={})
+
+
+def test_config_missing_unknown_and_bad_env(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="missing \\['device_id'\\]"):
+        load_config(_toml(tmp_path, {k: v for k, v in BASE.items() if k != "device_id"}), env={})
+    with pytest.raises(ConfigError, match="unknown keys \\['colour'\\]"):
+        load_config(_toml(tmp_path, {**BASE, "colour": "red"}), env={})
+    with pytest.raises(ConfigError, match="OTA_AGENT_CHUNK_SIZE"):
+        load_config(_toml(tmp_path, BASE), env={"OTA_AGENT_CHUNK_SIZE": "big"})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.toml", env={})
+    assert isinstance(load_config(None, env={f"OTA_AGENT_{k.upper()}": v for k, v in BASE.items()}), AgentConfig)
+
+
+# --- persisted state ----------------------------------------------------------------
+def test_state_round_trip_is_atomic_json(tmp_path: Path) -> None:
+    st = AgentState(State.VALIDATING, UpdateRecord(
+        "abc", "bundles/m/1-2.otab", 10, {"sha256": "00"}, "targets/bundles/m/00.1-2.otab", "diff", "1", "2",
+        "b" * 32, "t" * 32, 0.1, 1.0, SlotRef("a", "1", "b" * 32), "b", durations={"downloading": 0.5}),
+        refused=["7"], rollback={"to": SlotRef("a", "1", "h"), "from": None})
+    save_state(tmp_path, st)
+    assert load_state(tmp_path) == st
+    assert not [p for p in tmp_path.iterdir() if p.name != "state.json"]  # no temp files left
+    assert load_state(tmp_path / "fresh") == AgentState()
+    (tmp_path / "state.json").write_text("{broken")
+    with pytest.raises(DataError, match="unreadable"):
+        load_state(tmp_path)
+
+
+# --- transport helpers ----------------------------------------------------------------
+def test_backoff_and_throttle() -> None:
+    policy = RetryPolicy(5, 0.5, 3.0)
+    assert [policy.delay(i) for i in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    now, slept = [0.0], []
+    t = Throttle(1000, clock=lambda: now[0], sleep=lambda s: (slept.append(s), now.__setitem__(0, now[0] + s)))
+    for _ in range(4):
+        t.account(500)
+    assert sum(slept) == pytest.approx(2.0)  # 2000 bytes at 1000 B/s
