@@ -9,7 +9,7 @@ Measured (best of N wall times, peak extra Python/numpy memory via tracemalloc):
 - apply_verify:  decode the diff bundle, apply it to the loaded base, check base and target
                  content hashes (device_agent.diff.apply_diff via packager.bundle.apply_bundle)
 - slot_write:    the agent's whole APPLYING step: load base file, apply_verify, encode the new
-                 .otam (zstd level 19, the canonical encoder), write it atomically, read it back
+                 .otam (zstd level 3: slots never leave the device), write it atomically, read it back
                  and hash it again
 
     python bench/apply.py
@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import SHIPPED_MODEL, best_of, write_results  # noqa: E402
 from device_agent.diff import Diff, SparseDelta, apply_diff  # noqa: E402
-from device_agent.model_format import encode_model, load_model, save_model  # noqa: E402
+from device_agent.model_format import FAST_LEVEL, encode_model, load_model, save_model  # noqa: E402
 from packager.bundle import apply_bundle, decode_bundle, encode_diff_bundle  # noqa: E402
 
 
@@ -87,22 +87,33 @@ def main() -> None:
             with open(dest, "rb+") as f:
                 os.fsync(f.fileno())
 
+        fresh: list = []
+
+        def fresh_base() -> None:  # outside the timed region: the device loads its base from the slot
+            fresh[:] = [load_model(model_path)]
+
         def apply_verify() -> None:
-            new = apply_bundle(decode_bundle(bundle_bytes), base)
+            # in place: the freshly loaded base becomes the result, extra memory is O(diff)
+            new = apply_bundle(decode_bundle(bundle_bytes), fresh.pop(), in_place=True)
             assert new.content_hash() == diff.target_hash
 
         def slot_write() -> None:
             from device_agent.atomic import write_atomic
 
             b = load_model(model_path)
-            new = apply_bundle(decode_bundle(bundle_bytes), b)
-            write_atomic(tmp / "slot.otam", encode_model(new))
+            new = apply_bundle(decode_bundle(bundle_bytes), b, in_place=True)
+            write_atomic(tmp / "slot.otam", encode_model(new, FAST_LEVEL))
             assert load_model(tmp / "slot.otam").content_hash() == diff.target_hash
 
+        fresh_base()
         copy(), apply_verify()  # warm caches and lazy imports
         t_copy = best_of(copy, args.repeats)
-        t_apply = best_of(apply_verify, args.repeats)
+        t_apply = float("inf")
+        for _ in range(args.repeats):
+            fresh_base()
+            t_apply = min(t_apply, best_of(apply_verify, 1))
         t_slot = best_of(slot_write, max(1, args.repeats // 2))
+        fresh_base()
         m_apply = peak_extra(apply_verify)
         m_slot = peak_extra(slot_write)
         m_copy = peak_extra(copy)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, ROOT, SHIPPED_MODEL, write_results  # noqa: E402
 from device_agent.device_model import DeviceModel  # noqa: E402
 from device_agent.diff import apply_diff  # noqa: E402
-from device_agent.manifest import read_manifest  # noqa: E402
+from device_agent.manifest import read_manifest, write_manifest  # noqa: E402
 from device_agent.model_format import encode_model, load_model  # noqa: E402
 from device_agent.runtime import Int8Runtime  # noqa: E402
 from device_agent.wer import evaluate  # noqa: E402
@@ -52,14 +52,14 @@ def wer_on(model: DeviceModel, manifest: Path, limit: int) -> float:
     return round(evaluate(Int8Runtime(model).transcribe, utts).wer, 4)
 
 
-def make_config(method: str, budget: float, epochs: int):
+def make_config(method: str, budget: float, epochs: int, threads: int):
     if method == "sparse":
-        return SparseMaskDiffConfig(budget=budget, epochs=epochs)
+        return SparseMaskDiffConfig(budget=budget, epochs=epochs, threads=threads)
     if method == "hashed":
-        return HashedDiffConfig(budget=budget, epochs=epochs)
+        return HashedDiffConfig(budget=budget, epochs=epochs, threads=threads)
     if method == "lora":
-        return LoRADiffConfig(budget=budget, epochs=epochs)
-    return FullFinetuneConfig(epochs=epochs)
+        return LoRADiffConfig(budget=budget, epochs=epochs, threads=threads)
+    return FullFinetuneConfig(epochs=epochs, threads=threads)
 
 
 def main() -> None:
@@ -69,15 +69,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--eval-limit", type=int, default=200)
     parser.add_argument("--updates", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP spinning when cores are shared)")
+    parser.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="base model (default: the shipped one)")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="partial results (resume)")
     parser.add_argument("--replay-limit", type=int, default=2000, help="replay pool drawn from the base training set")
     args = parser.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
-    cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
-    base = load_model(SHIPPED_MODEL)
+    cache_path = args.cache
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    base = load_model(args.model)
+    diff_dir = cache_path.with_name(cache_path.stem + "_diffs")
     base_file = encode_model(base)
     replay = WORK / "replay.jsonl"
-    if not replay.exists():
-        replay.write_text("".join(REPLAY.read_text().splitlines(keepends=True)[: args.replay_limit]))
+    if not replay.exists():  # a small replay pool of base training data (paths re-resolved by write_manifest)
+        write_manifest(replay, read_manifest(REPLAY, check_audio=False)[: args.replay_limit])
     updates = UPDATES[: args.updates]
     base_wers = {"original": wer_on(base, ORIGINAL_TEST, args.eval_limit),
                  **{name: wer_on(base, test, args.eval_limit) for name, _, test in updates}}
@@ -91,14 +96,14 @@ def main() -> None:
         for k, (name, adapt, test) in enumerate(updates):
             key = f"{method}/{budget}/{name}"
             if key in cache and "target_hash" in cache[key]:
-                model = apply_diff(model, _rebuild(cache, key, model, method, budget, adapt, args))
+                model = apply_diff(model, _load_diff(diff_dir, key))
                 continue
             started = time.time()
             if method == "topk":
                 full_key = f"full/1.0/{name}"
-                diff = topk_of(model, _rebuild(cache, full_key, model, "full", 1.0, adapt, args), budget)
+                diff = topk_of(model, _load_diff(diff_dir, full_key), budget)
             else:
-                diff = learn_diff(model, adapt, make_config(method, budget, args.epochs), replay_manifest=replay)
+                diff = learn_diff(model, adapt, make_config(method, budget, args.epochs, args.threads), replay_manifest=replay)
             seconds = time.time() - started
             new_model = apply_diff(model, diff)
             new_file = encode_model(new_model)
@@ -115,30 +120,30 @@ def main() -> None:
                 record["zstd_patch_from_bytes"] = zstd_patch_from_bytes(old_file, new_file)
                 record["bsdiff_bytes"] = bsdiff_bytes(old_file, new_file)
             cache[key] = record
-            _save_diff(diff, model, key)
-            CACHE.parent.mkdir(parents=True, exist_ok=True)
-            CACHE.write_text(json.dumps(cache, indent=1))
+            _save_diff(diff_dir, diff, model, key)
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            cache_path.write_text(json.dumps(cache, indent=1))
             print(json.dumps(record))
             model = new_model
     write_results("update_chain", {"base_wer": base_wers, "full_model_bytes": len(base_file),
                                    "epochs": args.epochs, "eval_limit": args.eval_limit, "records": list(cache.values())})
 
 
-def _diff_path(key: str) -> Path:
-    return WORK / "chain_diffs" / (key.replace("/", "__") + ".otab")
+def _diff_path(diff_dir: Path, key: str) -> Path:
+    return diff_dir / (key.replace("/", "__") + ".otab")
 
 
-def _save_diff(diff, base: DeviceModel, key: str) -> None:
-    path = _diff_path(key)
+def _save_diff(diff_dir: Path, diff, base: DeviceModel, key: str) -> None:
+    path = _diff_path(diff_dir, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode_diff_bundle(diff, base))
 
 
-def _rebuild(cache: dict, key: str, model: DeviceModel, method: str, budget: float, adapt: Path, args):
-    """Reload a cached diff (bundle on disk) so a resumed chain continues from the same model."""
+def _load_diff(diff_dir: Path, key: str):
+    """A cached diff (bundle on disk), so a resumed chain continues from the same model."""
     from packager.bundle import decode_bundle
 
-    return decode_bundle(_diff_path(key).read_bytes()).diff
+    return decode_bundle(_diff_path(diff_dir, key).read_bytes()).diff
 
 
 if __name__ == "__main__":

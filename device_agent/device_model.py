@@ -98,8 +98,8 @@ def content_hash(model: DeviceModel) -> str:
         h.update(struct.pack("<I", len(encoded)) + encoded + struct.pack(f"<B{len(shape)}I", len(shape), *shape))
         if kind == "int8":
             w = model.weights[name]
-            h.update(np.ascontiguousarray(w.q).tobytes())
-            h.update(np.ascontiguousarray(w.scale, dtype="<f4").tobytes())
+            h.update(np.ascontiguousarray(w.q))  # buffer protocol: hashed without a copy
+            h.update(np.ascontiguousarray(w.scale, dtype="<f4"))
         else:
-            h.update(np.ascontiguousarray(model.floats[name], dtype="<f4").tobytes())
+            h.update(np.ascontiguousarray(model.floats[name], dtype="<f4"))
     return h.hexdigest()

@@ -96,11 +96,33 @@ def dense_delta(name: str, delta: TensorDelta, w: QuantizedWeight, seed: int) ->
     return out
 
 
-def apply_diff(base: DeviceModel, diff: Diff, *, check_hashes: bool = True) -> DeviceModel:
-    """Return a new DeviceModel = base + diff (base is not modified).
+HASH_BLOCK = 1 << 20  # entries per block when expanding hashed deltas (bounds temporaries)
+
+
+def _applied(name: str, delta: TensorDelta, w: QuantizedWeight, seed: int, in_place: bool) -> np.ndarray:
+    """New flat int8 values; memory beyond the copy is O(changed entries) or O(HASH_BLOCK)."""
+    flat = w.q.reshape(-1)
+    out = flat if in_place else flat.copy()
+    if isinstance(delta, SparseDelta):
+        p = delta.positions
+        out[p] = np.clip(flat[p].astype(np.int16) + delta.values, -QMAX, QMAX)
+        return out
+    buckets = delta.buckets.astype(np.int16)
+    for start in range(0, flat.size, HASH_BLOCK):
+        p = np.flatnonzero(flat[start:start + HASH_BLOCK]) + start
+        bucket, sign = buckets_and_signs(p, seed, name, delta.num_buckets)
+        out[p] = np.clip(out[p].astype(np.int16) + sign * buckets[bucket], -QMAX, QMAX)
+    return out
+
+
+def apply_diff(base: DeviceModel, diff: Diff, *, check_hashes: bool = True, in_place: bool = False) -> DeviceModel:
+    """Return a DeviceModel = base + diff.
 
     With `check_hashes`, the base must hash to `diff.base_hash` and the result
-    to `diff.target_hash`; otherwise DiffError / no model.
+    to `diff.target_hash`; otherwise DiffError / no model. By default `base` is
+    not modified (changed tensors are copied); `in_place` writes into base's
+    arrays instead, so extra memory is O(changed entries): for a device that
+    loaded the base from disk just to apply it (on failure, reload it).
     """
     if diff.model_id != base.model_id:
         raise DiffError(f"diff is for model {diff.model_id!r}, this model is {base.model_id!r}")
@@ -112,12 +134,11 @@ def apply_diff(base: DeviceModel, diff: Diff, *, check_hashes: bool = True) -> D
     unknown = set(diff.deltas) - set(base.weights)
     if unknown:
         raise DiffError(f"diff changes tensors the model does not have: {sorted(unknown)}")
-    weights = dict(base.weights)
+    weights = dict(base.weights)  # unchanged tensors are shared, not copied
     for name, delta in diff.deltas.items():
         w = base.weights[name]
         check_delta(name, delta, w)
-        q = w.q.reshape(-1).astype(np.int16) + dense_delta(name, delta, w, diff.seed)
-        weights[name] = QuantizedWeight(np.clip(q, -QMAX, QMAX).astype(np.int8).reshape(w.q.shape), w.scale)
+        weights[name] = QuantizedWeight(_applied(name, delta, w, diff.seed, in_place).reshape(w.q.shape), w.scale)
     result = DeviceModel(base.config, base.tokenizer, weights, dict(base.floats), base.model_id,
                          diff.target_version, dict(base.metadata))
     if check_hashes:

@@ -671,14 +671,14 @@ def verify_bundle_for_model(bundle: BundleManifest, model: DeviceModel | None) -
                               f"the model has {got}")
 
 
-def apply_bundle(bundle: Bundle, model: DeviceModel | None) -> DeviceModel:
+def apply_bundle(bundle: Bundle, model: DeviceModel | None, *, in_place: bool = False) -> DeviceModel:
     """Install: the new DeviceModel, its content hash checked against target_hash.
     Diff bundles go through apply_diff (DiffError); full bundles through decode_model
     (ModelFormatError)."""
     verify_bundle_for_model(bundle, model)
     if bundle.kind == "diff":
         assert bundle.diff is not None and model is not None
-        return apply_diff(model, bundle.diff, check_hashes=True)
+        return apply_diff(model, bundle.diff, check_hashes=True, in_place=in_place)
     assert bundle.model_bytes is not None
     new = decode_model(bundle.model_bytes)
     if new.content_hash() != bundle.target_hash or new.version != bundle.target_version:

@@ -90,3 +90,15 @@ def test_unknown_tensor_is_refused() -> None:
     diff = Diff("x", base.model_id, 1, 2, base.content_hash(), "", {"nope": SparseDelta([1], [1])})
     with pytest.raises(DiffError, match="does not have"):
         apply_diff(base, diff, check_hashes=False)
+
+
+def test_in_place_apply_gives_the_same_model() -> None:
+    base = tiny_device_model()
+    diff = _sparse_diff(base)
+    diff.target_hash = apply_diff(base, diff, check_hashes=False).content_hash()
+    hashed = Diff("hashed", base.model_id, 1, 2, base.content_hash(), "", {"joint.out.weight": HashedDelta(3, [1, -1, 2])},
+                  seed=4)
+    hashed.target_hash = apply_diff(base, hashed, check_hashes=False).content_hash()
+    for d in (diff, hashed):
+        scratch = tiny_device_model()
+        assert apply_diff(scratch, d, in_place=True).content_hash() == d.target_hash

@@ -373,7 +373,7 @@ class Agent:
         return Event.VERIFIED
 
     def _applying(self, st: AgentState) -> Event:
-        from device_agent.model_format import encode_model, load_model
+        from device_agent.model_format import FAST_LEVEL, encode_model, load_model
         from packager.bundle import apply_bundle, decode_bundle
 
         rec = st.update
@@ -387,11 +387,12 @@ class Agent:
         base = load_slot(self.data, active) if active is not None else None
         _, final = self._download_paths(rec)
         bundle = decode_bundle(final.read_bytes())
-        model = apply_bundle(bundle, base)  # BundleError on a base mismatch; checks the manifest's target hash
+        # in place: `base` was loaded from the slot file just for this, so extra memory stays O(diff)
+        model = apply_bundle(bundle, base, in_place=True)  # BundleError on a base mismatch; checks the target hash
         if model.content_hash() != rec.target_hash:
             raise ContentHashMismatchError(f"applying {rec.target} produced {model.content_hash()}, the signed "
                                            f"target hash is {rec.target_hash}")
-        data = bundle.model_bytes if bundle.kind == "full" else encode_model(model)
+        data = bundle.model_bytes if bundle.kind == "full" else encode_model(model, FAST_LEVEL)
         del bundle, base, model
         path = write_model(self.data, rec.candidate_slot, data)
         # Re-read what is on disk: the signed hash is checked against the file that will be activated.
