@@ -12,6 +12,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; these are ordinary shared files (keys use their own writer)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
