@@ -175,7 +175,7 @@ def local_seaweedfs(
     Credentials are random unless given. Raises StoreUnreachableError if the
     server does not accept a write within `startup_timeout` seconds.
     """
-    data = Path(data_dir)
+    data = Path(data_dir).resolve()  # weed runs with its own working directory
     data.mkdir(parents=True, exist_ok=True)
     access_key = access_key or "ota" + secrets.token_hex(8)
     secret_key = secret_key or secrets.token_hex(20)
@@ -228,7 +228,7 @@ class SeaweedServer:
 
     def __init__(self, data_dir: str | os.PathLike[str], *, access_key: str | None = None,
                  secret_key: str | None = None, startup_timeout: float = 60.0) -> None:
-        self.data = Path(data_dir)
+        self.data = Path(data_dir).resolve()
         self.data.mkdir(parents=True, exist_ok=True)
         self.access_key = access_key or "ota" + secrets.token_hex(8)
         self.secret_key = secret_key or secrets.token_hex(20)
