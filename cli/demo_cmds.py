@@ -13,13 +13,14 @@ from rich.table import Table
               help="Working and report folder (recreated).")
 @click.option("--store", type=click.Choice(["seaweedfs", "file"]), default="seaweedfs", show_default=True,
               help="Start a local SeaweedFS S3 server, or use a plain directory store.")
-@click.option("--budget", default="2%", show_default=True, help="Diff budget (% of weights or bytes like 20KB).")
-@click.option("--epochs", default=6, show_default=True, help="Diff training epochs.")
+@click.option("--budget", default=None,
+              help="Diff budget: % of weights ('1%') or bytes ('20KB'); default 1.9% of the model file's bytes.")
+@click.option("--epochs", default=12, show_default=True, help="Diff training epochs.")
 @click.option("--adapt", "n_adapt", default=400, show_default=True, help="Utterances in the built-in update.")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Base model to deploy (default: the shipped models/base-v1.otam).")
 @click.option("--tiny", is_flag=True, help="A seconds-long configuration (for tests), not meaningful numbers.")
-def demo(out_dir: str, store: str, budget: str, epochs: int, n_adapt: int, model_path: Path | None,
+def demo(out_dir: str, store: str, budget: str | None, epochs: int, n_adapt: int, model_path: Path | None,
          tiny: bool) -> None:
     """Run the whole mission end to end on embedded defaults and print a summary.
 

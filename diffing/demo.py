@@ -50,8 +50,8 @@ class DemoConfig:
     n_replay: int = 200
     n_original_test: int = 80
     n_device_validation: int = 20  # per domain, on the device
-    budget: str = "2%"
-    epochs: int = 6
+    budget: str | None = None  # default: 1.9% of the full model file's bytes, as a byte budget
+    epochs: int = 12
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -139,8 +139,9 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> DemoReport:
             for name, agent in devices.items():
                 report.devices[name] = {"install": agent.check_once(raise_errors=False)}
 
-        methods = {"sparse": ("stable", SparseMaskDiffConfig(budget=cfg.budget, epochs=cfg.epochs, seed=cfg.seed)),
-                   "hashed": ("beta", HashedDiffConfig(budget=cfg.budget, epochs=cfg.epochs, seed=cfg.seed))}
+        budget = cfg.budget or f"{int(0.019 * len(base_file))}B"  # the bundle stays under 2% of the model
+        methods = {"sparse": ("stable", SparseMaskDiffConfig(budget=budget, epochs=cfg.epochs, seed=cfg.seed)),  # lr 0.5
+                   "hashed": ("beta", HashedDiffConfig(budget=budget, epochs=cfg.epochs, seed=cfg.seed))}
         for method, (channel, config) in methods.items():
             with _stage(report, f"learn_{method}", say):
                 diff = learn_diff(base, data["adapt"], config, replay_manifest=data["replay"])

@@ -33,7 +33,7 @@ class DiffConfig:
 
     budget: float | int = 0.01
     epochs: int = 8
-    lr: float = 0.05  # Adam step in int8 units: deltas move ~lr per step
+    lr: float = 0.3  # Adam step in int8 units: deltas move ~lr per step (0.05 learned too little)
     max_frames: int = 2400
     replay_ratio: float = 0.5  # replay utterances per adaptation utterance and epoch
     seed: int = 0
