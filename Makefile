@@ -20,7 +20,7 @@ system-deps:
 	@command -v espeak-ng >/dev/null && command -v flite >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng flite >/dev/null; }
 
-demo: $(STAMP)
+demo: $(STAMP) system-deps
 	$(BIN)/ota demo
 
 test: $(STAMP) system-deps
