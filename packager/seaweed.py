@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +161,25 @@ def _stop(proc: subprocess.Popen, grace: float = 3.0) -> None:
         proc.wait(5)
 
 
+def _weed_command(volumes: Path, ports: Sequence[int], s3_config: Path) -> list[str]:
+    """The `weed server` command line for one loopback server on the given 8 ports."""
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = ports
+    return [
+        weed_binary(), "server",
+        f"-dir={volumes}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        # gRPC ports default to port+10000, which can overflow or clash: set all.
+        f"-master.port={master}", f"-master.port.grpc={master_grpc}",
+        f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
+        f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+        "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}",
+        # The Iceberg and Lance side services have fixed default ports: turn them off.
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
+        f"-s3.config={s3_config}",
+        # Small volumes: every bucket is its own collection with its own volumes.
+        "-master.volumeSizeLimitMB=64", "-volume.max=0",
+    ]
+
+
 @contextmanager
 def local_seaweedfs(
     data_dir: str | os.PathLike[str],
@@ -185,22 +204,9 @@ def local_seaweedfs(
     volumes.mkdir(exist_ok=True)
 
     ports = _free_ports(8)
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = ports
+    s3 = ports[6]
     _remove_sockets(ports)  # nobody listens on these ports, so any such socket is stale
-    cmd = [
-        weed_binary(), "server",
-        f"-dir={volumes}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        # gRPC ports default to port+10000, which can overflow or clash: set all.
-        f"-master.port={master}", f"-master.port.grpc={master_grpc}",
-        f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-        f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
-        "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}",
-        # The Iceberg and Lance side services have fixed default ports: turn them off.
-        "-s3.port.iceberg=0", "-s3.port.lance=0",
-        f"-s3.config={s3_config}",
-        # Small volumes: every bucket is its own collection with its own volumes.
-        "-master.volumeSizeLimitMB=64", "-volume.max=0",
-    ]
+    cmd = _weed_command(volumes, ports, s3_config)
     endpoint = SeaweedEndpoint(f"http://127.0.0.1:{s3}", access_key, secret_key)
     log = open(data / "weed.log", "ab")
     try:
@@ -249,19 +255,8 @@ class SeaweedServer:
         _write_s3_config(s3_config, self.access_key, self.secret_key)
         volumes = self.data / "volumes"
         volumes.mkdir(exist_ok=True)
-        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = self.ports
         _remove_sockets(self.ports)
-        cmd = [
-            weed_binary(), "server",
-            f"-dir={volumes}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={master}", f"-master.port.grpc={master_grpc}",
-            f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-            f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
-            "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-s3.config={s3_config}",
-            "-master.volumeSizeLimitMB=64", "-volume.max=0",
-        ]
+        cmd = _weed_command(volumes, self.ports, s3_config)
         self._log = open(self.data / "weed.log", "ab")
         self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                       cwd=self.data, start_new_session=True)
