@@ -24,7 +24,7 @@ from device_agent.atomic import write_atomic
 from device_agent.device_model import QMAX, DeviceModel, QuantizedWeight, canonical_json
 from device_agent.errors import ConfigError, ContentHashMismatchError, ModelFormatError
 from device_agent.model_config import ModelConfig, tensor_layout
-from device_agent.sparse_coding import bitmask_decode, bitmask_encode, index_decode, index_encode
+from device_agent.sparse_coding import bitmask_encode, decode_sparse, index_encode
 from device_agent.tokenizer import CharTokenizer
 
 MAGIC = b"OTAMODEL"
@@ -206,19 +206,11 @@ def _decode_weight(entry: dict[str, Any], raw: bytes, shape: tuple[int, ...]) ->
     scale = np.frombuffer(raw[: 4 * n_out], dtype="<f4").astype(np.float32)
     if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
         raise ModelFormatError(f"{entry['name']}: scales must be finite and positive")
-    body = raw[4 * n_out: len(raw) - nnz]
-    values = np.frombuffer(raw[len(raw) - nnz:], dtype=np.int8)
     try:
-        if entry["coding"] == "bitmask":
-            positions = np.flatnonzero(bitmask_decode(body, numel))
-        else:
-            positions = index_decode(body, nnz, numel)
+        positions, values = decode_sparse(entry["coding"], raw[4 * n_out: len(raw) - nnz], raw[len(raw) - nnz:],
+                                          nnz, numel)
     except ValueError as exc:
-        raise ModelFormatError(f"{entry['name']}: bad {entry['coding']} coding: {exc}") from exc
-    if positions.size != nnz:
-        raise ModelFormatError(f"{entry['name']}: coding marks {positions.size} nonzeros, table says {nnz}")
-    if np.any(values == 0) or np.any(values < -QMAX):
-        raise ModelFormatError(f"{entry['name']}: stored values must be nonzero and within [-{QMAX}, {QMAX}]")
+        raise ModelFormatError(f"{entry['name']}: {exc}") from exc
     q = np.zeros(numel, dtype=np.int8)
     q[positions] = values
     return QuantizedWeight(q.reshape(shape), scale)

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from device_agent.device_model import QMAX
+
+BITMASK_CHUNK_BYTES = 1 << 20  # decode bitmasks 8 Mi positions at a time
+
 MAX_VARINT_BYTES = 10  # 64-bit values
 
 
@@ -89,3 +93,32 @@ def index_decode(buf: bytes, count: int, numel: int) -> np.ndarray:
     if positions[-1] >= numel:
         raise ValueError(f"position {int(positions[-1])} is outside a tensor of {numel} entries")
     return positions
+
+
+def bitmask_positions(buf: bytes, numel: int) -> np.ndarray:
+    """Flat positions set in a bitmask, decoded in chunks so memory stays ~ the positions themselves."""
+    expected = (numel + 7) // 8
+    if len(buf) != expected:
+        raise ValueError(f"bitmask is {len(buf)} bytes, expected {expected} for {numel} positions")
+    parts = []
+    for start in range(0, len(buf), BITMASK_CHUNK_BYTES):
+        chunk = buf[start:start + BITMASK_CHUNK_BYTES]
+        parts.append(np.flatnonzero(bitmask_decode(chunk, min(8 * len(chunk), numel - 8 * start))) + 8 * start)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def decode_sparse(coding: str, body: bytes, values: bytes, count: int, numel: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (`bitmask` or `index` coded) plus their int8 values -> (int64 positions, int8 values).
+
+    Shared by the model format and the bundle format; ValueError says what is wrong.
+    """
+    try:
+        positions = bitmask_positions(body, numel) if coding == "bitmask" else index_decode(body, count, numel)
+    except ValueError as exc:
+        raise ValueError(f"bad {coding} coding: {exc}") from None
+    if positions.size != count:
+        raise ValueError(f"{coding} marks {positions.size} positions, the table says {count}")
+    vals = np.frombuffer(values, dtype=np.int8)
+    if vals.size != count or np.any(vals == 0) or np.any(vals < -QMAX):
+        raise ValueError(f"{count} stored values must be nonzero and within [-{QMAX}, {QMAX}]")
+    return positions.astype(np.int64, copy=False), vals

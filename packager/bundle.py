@@ -42,7 +42,7 @@ from device_agent.model_format import MAX_FILE_BYTES as MAX_MODEL_BYTES
 from device_agent.model_format import parse_header as parse_model_header  # the .otam header checks, not a copy
 from device_agent.atomic import write_atomic
 from device_agent.model_format import decode_model
-from device_agent.sparse_coding import bitmask_decode, bitmask_encode, index_decode, index_encode
+from device_agent.sparse_coding import bitmask_encode, decode_sparse, index_encode
 
 MAGIC = b"OTABNDL\0"
 FORMAT_VERSION = 1
@@ -61,7 +61,6 @@ MAX_METADATA_ENTRIES = 64
 MAX_VERSION = 2**53
 MAX_SEED = 2**64 - 1
 DECOMPRESS_INPUT_CHUNK = 128  # compressed bytes fed per step: bounds a lying frame's overshoot to ~4 MiB
-BITMASK_CHUNK_BYTES = 1 << 20  # decode bitmasks 8 Mi positions at a time
 
 # Sparse position codings are named as in .otam files ("bitmask", "index").
 SPARSE_ENCODINGS = ("bitmask", "index")
@@ -507,15 +506,6 @@ def _decompress(info: SectionInfo, packed: bytes) -> bytes:
     return b"".join(parts)
 
 
-def _bitmask_positions(body: bytes, numel: int) -> np.ndarray:
-    """Positions of a bitmask, decoded in chunks so memory stays ~ the positions themselves."""
-    parts = []
-    for start in range(0, len(body), BITMASK_CHUNK_BYTES):
-        chunk = body[start:start + BITMASK_CHUNK_BYTES]
-        parts.append(np.flatnonzero(bitmask_decode(chunk, min(8 * len(chunk), numel - 8 * start))) + 8 * start)
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
 def _decode_delta(info: SectionInfo, raw: bytes) -> TensorDelta:
     where = f"section {info.name}"
     if info.encoding == "hashed":
@@ -525,19 +515,11 @@ def _decode_delta(info: SectionInfo, raw: bytes) -> TensorDelta:
         return HashedDelta(info.num_buckets, buckets)
     count, numel = info.count, info.numel
     assert count is not None and numel is not None  # guaranteed by _check_entry
-    body, values = raw[:len(raw) - count], np.frombuffer(raw[len(raw) - count:], dtype=np.int8).copy()
     try:
-        if info.encoding == "bitmask":
-            positions = _bitmask_positions(body, numel)
-        else:
-            positions = index_decode(body, count, numel)
+        positions, values = decode_sparse(info.encoding, raw[:len(raw) - count], raw[len(raw) - count:], count, numel)
     except ValueError as exc:
-        raise BundleError(f"{where}: bad {info.encoding} coding: {exc}") from None
-    if positions.size != count:
-        raise BundleError(f"{where}: bitmask marks {positions.size} positions, the manifest says count {count}")
-    if np.any(values == 0) or np.any(values < -QMAX):
-        raise BundleError(f"{where}: delta values must be nonzero and within [-{QMAX}, {QMAX}]")
-    return SparseDelta(positions.astype(np.int64), values)
+        raise BundleError(f"{where}: {exc}") from None
+    return SparseDelta(positions, values.copy())
 
 
 def _model_header(model_bytes: bytes) -> dict[str, Any]:
