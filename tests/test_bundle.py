@@ -14,6 +14,7 @@ import pytest
 import xxhash
 import zstandard
 
+from bench.fuzz_bundle import pack, split
 from device_agent.device_model import DeviceModel, QuantizedWeight, canonical_json
 from device_agent.diff import Diff, HashedDelta, SparseDelta, apply_diff
 from device_agent.errors import BundleError, DiffError, DiskFullError
@@ -96,25 +97,14 @@ def pinned_diff(base: DeviceModel) -> Diff:
 
 
 def manifest_of(data: bytes) -> dict:
-    n = struct.unpack_from("<I", data, 12)[0]
-    return json.loads(data[PREAMBLE.size:PREAMBLE.size + n])
+    return split(data)[0]
 
 
 def sections_of(data: bytes) -> list[bytes]:
-    m, n = manifest_of(data), struct.unpack_from("<I", data, 12)[0]
-    start = PREAMBLE.size + n
-    return [data[start + e["offset"]:start + e["offset"] + e["length"]] for e in m["sections"].values()]
+    return split(data)[1]
 
 
-def repack(manifest: dict, sections: list[bytes], fix: bool = True) -> bytes:
-    """Attacker's re-encoding: with `fix`, offsets/lengths/checksums agree with the bytes."""
-    if fix:
-        offset = 0
-        for e, s in zip(manifest["sections"].values(), sections):
-            e.update(offset=offset, length=len(s), xxh64=xxhash.xxh64_hexdigest(s))
-            offset += len(s)
-    body = canonical_json(manifest)
-    return PREAMBLE.pack(MAGIC, 1, 0, len(body)) + body + b"".join(sections)
+repack = pack  # the attacker's re-encoding, shared with the fuzzer
 
 
 def with_body(data: bytes, body: bytes) -> bytes:
