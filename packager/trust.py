@@ -279,30 +279,29 @@ class _Repo:
                 "committed, re-run to publish on top of the new state"
             ) from None
 
+    def _new_version(self, md: Metadata, role: str, expiry: ExpiryPolicy, what: str) -> bytes:
+        """Bump, re-sign and create the next `<version>.<role>.json` (create-only); returns its bytes."""
+        signed = md.signed
+        signed.version = _next_version(self.store, role, signed.version)
+        signed.expires = expiry.expires(role)
+        _sign(md, _role_signers(self.root.signed, role, self.keys_dir))
+        data = md.to_bytes(_SERIALIZER)
+        self._create(f"{METADATA_PREFIX}{signed.version}.{role}.json", data, what)
+        return data
+
     def commit(self, *, new_targets: bool, expiry: ExpiryPolicy, what: str) -> Published:
         """Sign and write targets (if changed), snapshot, then timestamp last."""
-        root = self.root.signed
         if new_targets:
-            targets = self.targets.signed
-            targets.version = _next_version(self.store, "targets", targets.version)
-            targets.expires = expiry.expires("targets")
-            _sign(self.targets, _role_signers(root, "targets", self.keys_dir))
-            data = self.targets.to_bytes(_SERIALIZER)
-            self._create(f"{METADATA_PREFIX}{targets.version}.targets.json", data, what)
-            self.snapshot.signed.meta["targets.json"] = MetaFile(targets.version, len(data), _hashes(data))
-
+            data = self._new_version(self.targets, "targets", expiry, what)
+            self.snapshot.signed.meta["targets.json"] = MetaFile(self.targets.signed.version, len(data), _hashes(data))
+        snap_data = self._new_version(self.snapshot, "snapshot", expiry, what)
         snapshot = self.snapshot.signed
-        snapshot.version = _next_version(self.store, "snapshot", snapshot.version)
-        snapshot.expires = expiry.expires("snapshot")
-        _sign(self.snapshot, _role_signers(root, "snapshot", self.keys_dir))
-        snap_data = self.snapshot.to_bytes(_SERIALIZER)
-        self._create(f"{METADATA_PREFIX}{snapshot.version}.snapshot.json", snap_data, what)
 
         timestamp = self.timestamp.signed
         timestamp.version += 1
         timestamp.expires = expiry.expires("timestamp")
         timestamp.snapshot_meta = MetaFile(snapshot.version, len(snap_data), _hashes(snap_data))
-        _sign(self.timestamp, _role_signers(root, "timestamp", self.keys_dir))
+        _sign(self.timestamp, _role_signers(self.root.signed, "timestamp", self.keys_dir))
         try:
             self.store.put(TIMESTAMP_KEY, self.timestamp.to_bytes(_SERIALIZER), if_match=self.timestamp_etag)
         except StoreConflictError:
