@@ -8,6 +8,12 @@ at batch 1 it is as fast as fbgemm's int8 ops here, and fbgemm's packed
 weights take about twice the int8 size (K is padded to its block size).
 Every kernel call sees exactly one encoder frame, so chunked (streaming) and
 whole-utterance decoding perform the same arithmetic and give the same text.
+
+The prediction network's input side (embedding row -> LSTM input gates + both
+biases) depends only on the previous token, so it is folded at load time into
+a (vocab, 4P) bf16 table when that is smaller than the int8 embedding and
+input matrix it replaces (it is for the default model): one lookup instead of
+a matmul per emitted token.
 """
 from __future__ import annotations
 
@@ -41,20 +47,70 @@ class Int8Linear:
         return self.q.nbytes + self.scale.nbytes + extra
 
 
+def _lstm_bias(model: DeviceModel, prefix: str, layer: int) -> np.ndarray:
+    return model.floats[f"{prefix}.bias_ih_l{layer}"] + model.floats[f"{prefix}.bias_hh_l{layer}"]
+
+
+def _lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    i, f, g, o = gates.chunk(4, dim=1)  # gate order as in torch
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
 class Int8LSTMLayer:
-    """One LSTM layer (gate order i, f, g, o as in torch) stepped one frame at a time."""
+    """One LSTM layer stepped one frame at a time."""
 
     def __init__(self, model: DeviceModel, prefix: str, layer: int) -> None:
-        bias = model.floats[f"{prefix}.bias_ih_l{layer}"] + model.floats[f"{prefix}.bias_hh_l{layer}"]
-        self.ih = Int8Linear(model.weights[f"{prefix}.weight_ih_l{layer}"], bias)
+        self.ih = Int8Linear(model.weights[f"{prefix}.weight_ih_l{layer}"], _lstm_bias(model, prefix, layer))
         self.hh = Int8Linear(model.weights[f"{prefix}.weight_hh_l{layer}"], None)
         self.hidden = model.weights[f"{prefix}.weight_hh_l{layer}"].q.shape[1]
 
     def __call__(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: (1, K), h, c: (1, H)
-        i, f, g, o = (self.ih(x) + self.hh(h)).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        return _lstm_cell(self.ih(x) + self.hh(h), c)
+
+    def nbytes(self) -> int:
+        return self.ih.nbytes() + self.hh.nbytes()
+
+
+class TokenLSTMLayer:
+    """The prediction network's LSTM, whose input is an embedding row. When it
+    is smaller, the input gates of every token are precomputed (bf16, biases
+    included); otherwise the row is dequantized and multiplied per token."""
+
+    def __init__(self, model: DeviceModel, fold: bool | None = None) -> None:
+        """fold: precompute the table (True), never (False), or when smaller (None)."""
+        embed, w_ih = model.weights["predictor.embed.weight"], model.weights["predictor.weight_ih_l0"]
+        bias = _lstm_bias(model, "predictor", 0)
+        self.hh = Int8Linear(model.weights["predictor.weight_hh_l0"], None)
+        self.hidden = model.weights["predictor.weight_hh_l0"].q.shape[1]
+        self.input_gates: torch.Tensor | None = None
+        self.embed_q = self.embed_scale = self.ih = None
+        table_bytes = 2 * embed.q.shape[0] * w_ih.q.shape[0]
+        if fold is None:
+            fold = table_bytes < embed.q.nbytes + 4 * embed.scale.size + Int8Linear(w_ih, bias).nbytes()
+        if fold:
+            # exact integer dot products of every token's embedding row with every gate row,
+            # then both scales and the bias: more precise than the per-token bf16 path
+            acc = embed.q.astype(np.int32) @ w_ih.q.astype(np.int32).T  # (V, 4P)
+            gates = acc * embed.scale[:, None].astype(np.float64) * w_ih.scale[None, :] + bias
+            self.input_gates = torch.from_numpy(gates.astype(np.float32)).to(torch.bfloat16)
+        else:
+            self.embed_q = torch.from_numpy(np.ascontiguousarray(embed.q))  # a row is dequantized on lookup
+            self.embed_scale = torch.from_numpy(embed.scale.astype(np.float32))
+            self.ih = Int8Linear(w_ih, bias)
+
+    def __call__(self, token: int, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.input_gates is not None:
+            x_gates = self.input_gates[token:token + 1].float()
+        else:
+            x_gates = self.ih((self.embed_q[token].float() * self.embed_scale[token]).reshape(1, -1))
+        return _lstm_cell(x_gates + self.hh(h), c)
+
+    def nbytes(self) -> int:
+        if self.input_gates is not None:
+            return self.input_gates.nbytes + self.hh.nbytes()
+        return self.embed_q.nbytes + self.embed_scale.nbytes + self.ih.nbytes() + self.hh.nbytes()
 
 
 LSTMState = list[tuple[torch.Tensor, torch.Tensor]]
@@ -85,20 +141,15 @@ class Int8Runtime:
         self._mean = torch.from_numpy(model.floats["frontend.mean"].copy())
         self._inv_std = torch.from_numpy(model.floats["frontend.inv_std"].copy())
         self._enc = [Int8LSTMLayer(model, "encoder", i) for i in range(cfg.enc_layers)]
-        self._pred = [Int8LSTMLayer(model, "predictor", 0)]
-        embed = model.weights["predictor.embed.weight"]
-        self._embed_q = torch.from_numpy(np.ascontiguousarray(embed.q))  # int8 (V, E); a row is dequantized on lookup
-        self._embed_scale = torch.from_numpy(embed.scale.copy())
+        self._pred = TokenLSTMLayer(model)
         self._enc_proj = Int8Linear(model.weights["joint.enc_proj.weight"], model.floats["joint.enc_proj.bias"])
         self._pred_proj = Int8Linear(model.weights["joint.pred_proj.weight"], model.floats["joint.pred_proj.bias"])
         self._out = Int8Linear(model.weights["joint.out.weight"], model.floats["joint.out.bias"])
 
     def resident_weight_bytes(self) -> int:
         """Bytes of every tensor the runtime keeps for the model's parameters."""
-        linears = [self._enc_proj, self._pred_proj, self._out]
-        linears += [part for layer in self._enc + self._pred for part in (layer.ih, layer.hh)]
-        return sum(lin.nbytes() for lin in linears) + self._embed_q.nbytes + self._embed_scale.nbytes + \
-            self._mean.nbytes + self._inv_std.nbytes
+        parts = [self._enc_proj, self._pred_proj, self._out, self._pred, *self._enc]
+        return sum(part.nbytes() for part in parts) + self._mean.nbytes + self._inv_std.nbytes
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Int8Runtime":
@@ -114,9 +165,9 @@ class Int8Runtime:
 
     def predict(self, token: int, state: LSTMState | None) -> tuple[torch.Tensor, LSTMState]:
         """Previous token (0 = start) -> joint-projected prediction output (1, J)."""
-        emb = (self._embed_q[token].float() * self._embed_scale[token]).reshape(1, -1)
-        out, state = _run_layers(self._pred, emb, state)
-        return self._pred_proj(out), state
+        h, c = state[0] if state else (torch.zeros(1, self._pred.hidden), torch.zeros(1, self._pred.hidden))
+        h, c = self._pred(token, h, c)
+        return self._pred_proj(h), [(h, c)]
 
     def joint(self, enc_proj: torch.Tensor, pred_proj: torch.Tensor) -> torch.Tensor:
         """(N, J) + (N, J) -> logits (N, V)."""
