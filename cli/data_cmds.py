@@ -73,6 +73,24 @@ def register(cli: click.Group) -> None:
             manifests = build_update_set(out_dir, split, n_adapt=n_train, n_test=n_test, seed=seed, workers=workers)
         _summarize(manifests, time.perf_counter() - start)
 
+    @data.command("merge")
+    @click.argument("manifests", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                  help="Manifest to write (audio paths re-resolved relative to it).")
+    def merge(manifests: tuple[Path, ...], out_path: Path) -> None:
+        """Concatenate manifests into one (validated, audio paths kept valid).
+
+        \b
+        Example:
+          ota data merge work/corpus/base/train.jsonl work/corpus/base_s1/train.jsonl \\
+              --out work/corpus/base_x2/train.jsonl
+        """
+        from device_agent.manifest import read_manifest, write_manifest
+
+        utterances = [u for m in manifests for u in read_manifest(m, check_audio=False)]
+        write_manifest(out_path, utterances)
+        click.echo(f"{out_path}: {len(utterances)} utterances from {len(manifests)} manifests")
+
     @data.command("digits")
     @click.argument("fsdd_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
     @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),

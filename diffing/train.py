@@ -60,6 +60,10 @@ class TrainConfig:
     pred_dropout: float = 0.2
     dev_utterances: int = 200  # decoded each epoch for a WER estimate
     seed: int = 0
+    # Fine-tune from another run's checkpoint (weights, CTC head, pruning masks,
+    # feature normalisation): a second stage on more data costs a fraction of a
+    # fresh run. Masks only ever grow sparser.
+    init_from: str | None = None
     threads: int = 2
     config_version: int = TRAIN_CONFIG_VERSION
 
@@ -177,6 +181,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
         compression.load_state_dict(ckpt["compression"])
         step, epoch, history = ckpt["step"], ckpt["epoch"], ckpt["history"]
         log(f"resumed from {ckpt_path} at epoch {epoch}, step {step}")
+    elif cfg.init_from:
+        init = torch.load(cfg.init_from, weights_only=False)
+        if ModelConfig.from_json(init["model_config"]) != cfg.model:
+            raise ConfigError(f"{cfg.init_from} has a different model config than this run")
+        model.load_state_dict(init["model"])
+        ctc_head.load_state_dict(init["ctc_head"])
+        compression.load_state_dict(init["compression"])
+        log(f"initialised from {cfg.init_from} (epoch {init['epoch']}, {compression.sparsity():.1%} zeros)")
 
     # 3) epochs: prune on the cubic schedule, fake-quantize late, checkpoint every epoch
     rng = random.Random(cfg.seed + epoch)
@@ -188,7 +200,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
             target = cubic_schedule((progress_frac - cfg.prune_start) / max(1e-9, cfg.prune_end - cfg.prune_start),
                                     cfg.target_sparsity) if progress_frac >= cfg.prune_start else 0.0
             if target > 0 and (step % 50 == 0 or target == cfg.target_sparsity) and \
-                    abs(compression.sparsity() - target) > 1e-3:
+                    target - compression.sparsity() > 1e-3:  # never un-prune (fine-tunes start sparse)
                 compression.prune_to(weights, target)
             compression.quantize = progress_frac >= cfg.qat_start
             for group in optimizer.param_groups:

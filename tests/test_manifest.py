@@ -92,3 +92,18 @@ def test_oov_ignored_without_tokenizer_and_unreadable_ignored_without_check(tmp_
 def test_missing_manifest_raises(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="manifest not found"):
         read_manifest(tmp_path / "nope.jsonl")
+
+
+def test_cli_merge_keeps_audio_paths_valid(tmp_path: Path, wav: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    a = write_manifest(tmp_path / "a" / "m.jsonl", [Utterance(wav, "one", 0.5)])
+    b = write_manifest(tmp_path / "b" / "m.jsonl", [Utterance(wav, "two", 0.5), Utterance(wav, "three", 0.5)])
+    out = tmp_path / "c" / "merged.jsonl"
+    result = CliRunner().invoke(cli, ["data", "merge", str(a), str(b), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    merged = read_manifest(out)
+    assert [u.text for u in merged] == ["one", "two", "three"]
+    assert all(u.audio_path.resolve() == wav.resolve() for u in merged)

@@ -59,6 +59,24 @@ def test_train_prunes_exports_and_resumes(manifest: Path, tmp_path: Path) -> Non
     assert not any('"epoch"' in line for line in logs)
 
 
+def test_fine_tune_stage_starts_from_a_checkpoint_and_only_prunes_further(manifest: Path, tmp_path: Path) -> None:
+    common = dict(train_manifest=str(manifest), model=TINY_CONFIG, max_frames=400, dev_utterances=2, threads=1)
+    first = load_model(train(TrainConfig(out_dir=str(tmp_path / "a"), epochs=1, target_sparsity=0.5, prune_start=0.0,
+                                         prune_end=0.2, **common), log=lambda _: None, progress=False))
+    logs: list[str] = []
+    second = load_model(train(TrainConfig(out_dir=str(tmp_path / "b"), epochs=1, target_sparsity=0.7, prune_start=0.0,
+                                          prune_end=0.3, qat_start=0.0, init_from=str(tmp_path / "a" / "last.pt"),
+                                          **common), log=logs.append, progress=False))
+    assert any("initialised from" in line and "50.0% zeros" in line for line in logs)
+    assert second.weight_sparsity() >= 0.7 - 1e-3
+    for name, w in first.weights.items():  # a pruned weight is never revived
+        assert not second.weights[name].q[w.q == 0].any()
+    with pytest.raises(ConfigError, match="different model config"):
+        bigger = TINY_CONFIG.to_json() | {"joint_dim": TINY_CONFIG.joint_dim * 2}
+        train(TrainConfig(out_dir=str(tmp_path / "c"), epochs=1, init_from=str(tmp_path / "a" / "last.pt"),
+                          **{**common, "model": bigger}), log=lambda _: None, progress=False)
+
+
 def test_bad_train_config_is_refused(manifest: Path) -> None:
     with pytest.raises(ConfigError, match="target_sparsity"):
         TrainConfig(str(manifest), target_sparsity=1.5)
