@@ -15,6 +15,7 @@ interrupted run resumes.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 import time
@@ -52,7 +53,7 @@ def wer_on(model: DeviceModel, manifest: Path, limit: int) -> float:
     return round(evaluate(Int8Runtime(model).transcribe, utts).wer, 4)
 
 
-def make_config(method: str, budget: float, epochs: int, threads: int):
+def make_config(method: str, budget: int, epochs: int, threads: int):
     if method == "sparse":
         return SparseMaskDiffConfig(budget=budget, epochs=epochs, threads=threads)
     if method == "hashed":
@@ -64,7 +65,8 @@ def make_config(method: str, budget: float, epochs: int, threads: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budgets", default="0.01,0.02,0.05,0.1")
+    parser.add_argument("--budgets", default="0.01,0.02,0.05,0.1",
+                        help="diff budgets as fractions of the full int8 model file's bytes")
     parser.add_argument("--methods", default="full,sparse,hashed,lora")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--eval-limit", type=int, default=200)
@@ -76,16 +78,20 @@ def main() -> None:
     args = parser.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
     cache_path = args.cache
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     base = load_model(args.model)
     diff_dir = cache_path.with_name(cache_path.stem + "_diffs")
     base_file = encode_model(base)
+    setup = {"base_hash": base.content_hash(), "epochs": args.epochs, "eval_limit": args.eval_limit}
+    cache = update_cache(cache_path, {})
+    if cache.setdefault("_setup", setup) != setup:
+        raise SystemExit(f"{cache_path} holds results for {cache['_setup']}, not {setup}: use another --cache")
     replay = WORK / "replay.jsonl"
     if not replay.exists():  # a small replay pool of base training data (paths re-resolved by write_manifest)
         write_manifest(replay, read_manifest(REPLAY, check_audio=False)[: args.replay_limit])
     updates = UPDATES[: args.updates]
-    base_wers = {"original": wer_on(base, ORIGINAL_TEST, args.eval_limit),
-                 **{name: wer_on(base, test, args.eval_limit) for name, _, test in updates}}
+    base_wers = cache.get("_base_wer") or {"original": wer_on(base, ORIGINAL_TEST, args.eval_limit),
+                                           **{name: wer_on(base, test, args.eval_limit) for name, _, test in updates}}
+    cache = update_cache(cache_path, {"_setup": setup, "_base_wer": base_wers})
     print("base model WER:", base_wers)
 
     chains = [(m, b) for m in args.methods.split(",") if m != "full" for b in budgets]
@@ -95,15 +101,18 @@ def main() -> None:
         model = base
         for k, (name, adapt, test) in enumerate(updates):
             key = f"{method}/{budget}/{name}"
+            cache = update_cache(cache_path, {})  # another process may have finished this step
             if key in cache and "target_hash" in cache[key]:
                 model = apply_diff(model, _load_diff(diff_dir, key))
                 continue
             started = time.time()
             if method == "topk":
                 full_key = f"full/1.0/{name}"
-                diff = topk_of(model, _load_diff(diff_dir, full_key), budget)
+                diff = topk_of(model, _load_diff(diff_dir, full_key), int(budget * len(base_file)))
             else:
-                diff = learn_diff(model, adapt, make_config(method, budget, args.epochs, args.threads), replay_manifest=replay)
+                budget_bytes = int(budget * len(base_file))  # budgets are shares of the full model's bytes
+                diff = learn_diff(model, adapt, make_config(method, budget_bytes, args.epochs, args.threads),
+                                  replay_manifest=replay)
             seconds = time.time() - started
             new_model = apply_diff(model, diff)
             new_file = encode_model(new_model)
@@ -119,14 +128,27 @@ def main() -> None:
                 old_file = encode_model(model)
                 record["zstd_patch_from_bytes"] = zstd_patch_from_bytes(old_file, new_file)
                 record["bsdiff_bytes"] = bsdiff_bytes(old_file, new_file)
-            cache[key] = record
             _save_diff(diff_dir, diff, model, key)
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            cache_path.write_text(json.dumps(cache, indent=1))
+            cache = update_cache(cache_path, {key: record})
             print(json.dumps(record))
             model = new_model
-    write_results("update_chain", {"base_wer": base_wers, "full_model_bytes": len(base_file),
-                                   "epochs": args.epochs, "eval_limit": args.eval_limit, "records": list(cache.values())})
+    records = [v for k, v in cache.items() if not k.startswith("_")]
+    write_results("update_chain", {"base_wer": base_wers, "full_model_bytes": len(base_file), "model_hash": setup["base_hash"],
+                                   "epochs": args.epochs, "eval_limit": args.eval_limit, "records": records})
+
+
+def update_cache(path: Path, new: dict) -> dict:
+    """Merge `new` into the cache file under an exclusive lock and return the merged cache,
+    so several chain processes (e.g. one per core, different methods) can share it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cache = json.loads(path.read_text()) if path.exists() else {}
+        cache.update(new)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(path)
+    return cache
 
 
 def _diff_path(diff_dir: Path, key: str) -> Path:

@@ -91,3 +91,23 @@ def test_byte_budget_is_met_by_the_serialized_bundle(manifest: Path) -> None:
     diff = learn_diff(base, manifest, SparseMaskDiffConfig(budget="400B", epochs=3, lr=0.3, replay_ratio=0.0))
     assert 0 < len(encode_diff_bundle(diff, base)) <= 400
     assert apply_diff(base, diff).content_hash() == diff.target_hash
+
+
+def test_byte_budgets_are_filled_not_just_respected(manifest: Path) -> None:
+    from diffing.diffs.baselines import FullFinetuneConfig, topk_of
+    from packager.bundle import encode_diff_bundle
+
+    base = tiny_device_model()
+    full = learn_diff(base, manifest, FullFinetuneConfig(epochs=2, lr=0.3, replay_ratio=0.0))
+    full_size = len(encode_diff_bundle(full, base))
+    for budget in (int(0.5 * full_size), int(0.8 * full_size)):
+        top = topk_of(base, full, budget)  # the entry count comes from measured bytes per entry
+        assert 0.6 * budget <= len(encode_diff_bundle(top, base)) <= budget
+        assert apply_diff(base, top).content_hash() == top.target_hash
+
+
+@pytest.mark.parametrize("config", [SparseMaskDiffConfig, HashedDiffConfig])
+def test_unreachable_byte_budget_is_refused_before_training(manifest: Path, config) -> None:
+    base = tiny_device_model()
+    with pytest.raises(ConfigError, match="cannot be met"):
+        learn_diff(base, manifest, config(budget="100B", epochs=1))

@@ -22,7 +22,7 @@ from device_agent.diff import Diff, dense_delta
 from diffing.diffs.api import DiffConfig, register
 from diffing.diffs.int8_domain import (Int8Twin, finish_diff, fit, load_adaptation_data, round_ste,
                                        sparse_deltas_from_dense, top_k_entries)
-from diffing.diffs.sparse_mask import budget_entries
+from diffing.diffs.sparse_mask import budget_entries, diff_within_budget
 
 LORA_BYTES_PER_VALUE = 2  # fp16 factors
 
@@ -48,12 +48,11 @@ def learn_full(deployed: DeviceModel, train_manifest: str | Path, cfg: FullFinet
     return finish_diff(deployed, "full", sparse_deltas_from_dense(deployed, dense), target_version)
 
 
-def topk_of(deployed: DeviceModel, full: Diff, budget: float | int, bytes_per_entry: float = 1.6) -> Diff:
+def topk_of(deployed: DeviceModel, full: Diff, budget: float | int) -> Diff:
     """Keep the `budget` largest entries of a dense diff, by float-domain size |delta| * scale."""
-    k = budget_entries(deployed, budget, bytes_per_entry)
     dense = {n: dense_delta(n, d, deployed.weights[n], full.seed) for n, d in full.deltas.items()}
-    cut = top_k_entries(deployed, dense, k)
-    return finish_diff(deployed, "topk", sparse_deltas_from_dense(deployed, cut), full.target_version)
+    cut = top_k_entries(deployed, dense, budget_entries(deployed, budget))
+    return diff_within_budget(deployed, "topk", cut, budget, full.target_version)
 
 
 @dataclass

@@ -58,13 +58,14 @@ def load_adaptation_data(deployed: DeviceModel, train_manifest: str | Path, repl
 
 def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay: list[Example], *, epochs: int,
         lr: float, max_frames: int, replay_ratio: float, seed: int, threads: int,
-        after_step: Callable[[int, int], None] | None = None, log: Callable[[str], None] = lambda _: None) -> None:
-    """Adam on `params` with the RNN-T loss over adaptation data mixed with replay."""
+        after_step: Callable[[int, int], None] | None = None, log: Callable[[str], None] = lambda _: None,
+        optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Adam (or the given optimizer) on `params` with the RNN-T loss over adaptation data mixed with replay."""
     torch.set_num_threads(threads)
     model, k = twin.model, twin.model.cfg.features.stack
     rng = random.Random(seed)
     n_replay = min(len(replay), int(round(replay_ratio * len(adapt))))
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = optimizer or torch.optim.Adam(params, lr=lr)
     # 1) the number of steps is fixed up front so schedules can use it
     per_epoch = sum(1 for _ in batches(adapt + replay[:n_replay], max_frames, k, None))
     total, step = per_epoch * epochs, 0

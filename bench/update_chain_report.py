@@ -1,0 +1,150 @@
+"""Tables, claim checks and the bytes-vs-WER plot from `bench/results/update_chain.json`.
+
+    python bench/update_chain_report.py            # prints markdown, writes update_chain.png
+
+Every number comes from the chain's JSON; nothing here trains or decodes.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import RESULTS  # noqa: E402
+
+METHOD_ORDER = ["full", "sparse", "hashed", "topk", "lora"]
+
+
+def load(path: Path = RESULTS / "update_chain.json") -> tuple[dict, list[dict]]:
+    data = json.loads(path.read_text())
+    return data, sorted(data["records"], key=lambda r: (r["index"], METHOD_ORDER.index(r["method"]), r["budget"]))
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def table(data: dict, records: list[dict]) -> str:
+    lines = ["| update | method | budget | bytes | of full model | WER update | WER original | WER earlier (mean) | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    base = data["base_wer"]
+    for name in dict.fromkeys(r["update"] for r in records):
+        lines.append(f"| {name} | base model | | | | {pct(base[name])} | {pct(base['original'])} | | |")
+        for r in (r for r in records if r["update"] == name):
+            earlier = list(r["wer_earlier"].values())
+            budget = "all" if r["method"] == "full" else pct(r["budget"])
+            extra = ""
+            if r["method"] == "full":
+                extra = f" (zstd patch-from {r['zstd_patch_from_bytes']:,} B, bsdiff {r['bsdiff_bytes']:,} B)"
+            lines.append(f"| {name} | {r['method']} | {budget} | {r['bytes']:,}{extra} | {pct(r['bytes_vs_full_model'])} | "
+                         f"{pct(r['wer_update'])} | {pct(r['wer_original'])} | "
+                         f"{pct(sum(earlier) / len(earlier)) if earlier else ''} | {r['train_seconds']} |")
+    return "\n".join(lines)
+
+
+def claims(data: dict, records: list[dict]) -> list[str]:
+    """The issue's must-show comparisons, each with its numbers."""
+    by = {(r["method"], r["budget"], r["update"]): r for r in records}
+    updates = list(dict.fromkeys(r["update"] for r in records))
+    budgets = sorted({r["budget"] for r in records if r["method"] == "sparse"})
+    out = []
+    base_orig = data["base_wer"]["original"]
+    for b in budgets:
+        gaps, forgetting = [], []
+        for u in updates:
+            full, sparse = by.get(("full", 1.0, u)), by.get(("sparse", b, u))
+            if full and sparse:
+                gaps.append(sparse["wer_update"] - full["wer_update"])
+                forgetting.append(sparse["wer_original"] - base_orig)
+        if gaps:
+            out.append(f"sparse {pct(b)} of the model bytes: update WER minus full fine-tune per update "
+                       f"{', '.join(f'{100 * g:+.1f}' for g in gaps)} points (needs <= +1.0 everywhere: "
+                       f"{'met' if max(gaps) <= 0.01 else 'NOT met'}); original-set WER minus base "
+                       f"{', '.join(f'{100 * f:+.1f}' for f in forgetting)} points (<= +1.0: "
+                       f"{'met' if max(forgetting) <= 0.01 else 'NOT met'})")
+    for other in ("topk", "lora"):
+        wins = total = 0
+        for b in budgets:
+            for u in updates:
+                s, o = by.get(("sparse", b, u)), by.get((other, b, u))
+                if s and o:
+                    total += 1
+                    wins += s["wer_update"] < o["wer_update"]
+        if total:
+            out.append(f"sparse beats {other} at the same budget on update WER in {wins}/{total} (budget, update) pairs")
+    ratios = []
+    for u in updates:
+        full = by.get(("full", 1.0, u))
+        if not full:
+            continue
+        matching = [by[("sparse", b, u)] for b in budgets if ("sparse", b, u) in by
+                    and by[("sparse", b, u)]["wer_update"] <= full["wer_update"] + 0.01]
+        if matching:
+            smallest = min(r["bytes"] for r in matching)
+            ratios.append((u, min(full["zstd_patch_from_bytes"], full["bsdiff_bytes"]) / smallest))
+    if ratios:
+        out.append("at equal WER (within 1 point of full fine-tune), generic delta / sparse diff bytes: "
+                   + ", ".join(f"{u} {r:.1f}x" for u, r in ratios))
+    else:
+        out.append("no sparse budget reached full fine-tune WER (+1 point) on any update, so the equal-WER size "
+                   "comparison with zstd patch-from / bsdiff has no pair to compare")
+    for method in ("sparse", "hashed"):
+        times = [by[(method, b, u)]["train_seconds"] / by[("full", 1.0, u)]["train_seconds"]
+                 for b in budgets for u in updates if (method, b, u) in by and ("full", 1.0, u) in by]
+        if times:
+            out.append(f"{method} diff training wall time / full fine-tune, same epochs: mean {sum(times) / len(times):.2f}x, "
+                       f"max {max(times):.2f}x (<= 1.5x: {'met' if max(times) <= 1.5 else 'NOT met'})")
+    for b in sorted({r["budget"] for r in records if r["method"] == "hashed"}):
+        drift = [by[("hashed", b, u)]["wer_update"] - by[("full", 1.0, u)]["wer_update"]
+                 for u in updates if ("hashed", b, u) in by and ("full", 1.0, u) in by]
+        if drift:
+            out.append(f"hashed {pct(b)}: update WER minus full fine-tune along the chain "
+                       f"{', '.join(f'{100 * d:+.1f}' for d in drift)} points")
+    return out
+
+
+def plot(data: dict, records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    updates = list(dict.fromkeys(r["update"] for r in records))
+    fig, axes = plt.subplots(1, len(updates), figsize=(4 * len(updates), 3.6), sharey=False, squeeze=False)
+    for ax, u in zip(axes[0], updates):
+        curves = defaultdict(list)
+        for r in records:
+            if r["update"] == u:
+                curves[r["method"]].append((r["bytes"], r["wer_update"]))
+        for method, points in curves.items():
+            points.sort()
+            marker = "*" if method == "full" else "o"
+            ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker=marker, label=method)
+        full = next((r for r in records if r["update"] == u and r["method"] == "full"), None)
+        if full:
+            for key, marker in (("zstd_patch_from_bytes", "s"), ("bsdiff_bytes", "^")):
+                ax.plot([full[key]], [100 * full["wer_update"]], marker=marker, linestyle="", label=key.split("_bytes")[0])
+        ax.axhline(100 * data["base_wer"][u], color="grey", linestyle=":", label="no update")
+        ax.set_xscale("log")
+        ax.set_title(u)
+        ax.set_xlabel("bytes shipped")
+        ax.set_ylabel("WER on the update's test set (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    data, records = load()
+    print(table(data, records))
+    print()
+    for line in claims(data, records):
+        print("-", line)
+    plot(data, records, RESULTS / "update_chain.png")
+    print(f"\nplot: {RESULTS / 'update_chain.png'}")
+
+
+if __name__ == "__main__":
+    main()
