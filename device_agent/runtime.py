@@ -86,9 +86,10 @@ class TokenLSTMLayer:
         self.hidden = model.weights["predictor.weight_hh_l0"].q.shape[1]
         self.input_gates: torch.Tensor | None = None
         self.embed_q = self.embed_scale = self.ih = None
+        ih = Int8Linear(w_ih, bias)
         table_bytes = 2 * embed.q.shape[0] * w_ih.q.shape[0]
         if fold is None:
-            fold = table_bytes < embed.q.nbytes + 4 * embed.scale.size + Int8Linear(w_ih, bias).nbytes()
+            fold = table_bytes < embed.q.nbytes + 4 * embed.scale.size + ih.nbytes()
         if fold:
             # exact integer dot products of every token's embedding row with every gate row,
             # then both scales and the bias: more precise than the per-token bf16 path
@@ -98,7 +99,7 @@ class TokenLSTMLayer:
         else:
             self.embed_q = torch.from_numpy(np.ascontiguousarray(embed.q))  # a row is dequantized on lookup
             self.embed_scale = torch.from_numpy(embed.scale.astype(np.float32))
-            self.ih = Int8Linear(w_ih, bias)
+            self.ih = ih
 
     def __call__(self, token: int, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.input_gates is not None:

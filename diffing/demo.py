@@ -140,7 +140,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> DemoReport:
                 report.devices[name] = {"install": agent.check_once(raise_errors=False)}
 
         budget = cfg.budget or f"{int(0.019 * len(base_file))}B"  # the bundle stays under 2% of the model
-        methods = {"sparse": ("stable", SparseMaskDiffConfig(budget=budget, epochs=cfg.epochs, seed=cfg.seed)),  # lr 0.5
+        methods = {"sparse": ("stable", SparseMaskDiffConfig(budget=budget, epochs=cfg.epochs, seed=cfg.seed)),
                    "hashed": ("beta", HashedDiffConfig(budget=budget, epochs=cfg.epochs, seed=cfg.seed))}
         for method, (channel, config) in methods.items():
             with _stage(report, f"learn_{method}", say):

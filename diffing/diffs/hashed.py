@@ -16,8 +16,7 @@ from device_agent.diff import Diff, HashedDelta
 from device_agent.hashing import buckets_and_signs
 from diffing.diffs.api import DiffConfig, register
 from diffing.diffs.int8_domain import Int8Twin, finish_diff, fit, load_adaptation_data, round_ste
-from diffing.diffs.sizing import hashed_buckets_for_bytes
-from diffing.diffs.sparse_mask import serialized_bytes
+from diffing.diffs.sizing import hashed_buckets_for_bytes, serialized_bytes
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from device_agent.device_model import DeviceModel
+from device_agent.device_model import QMAX, DeviceModel
 from device_agent.diff import Diff, HashedDelta, SparseDelta, TensorDelta
 from device_agent.errors import ConfigError
 
@@ -23,18 +23,23 @@ START_GUESS = 1.7  # bytes per entry at ~1% density, the starting point of the i
 
 
 def _typical_values(rng: np.random.Generator, n: int, std: float, nonzero: bool) -> np.ndarray:
-    v = np.clip(np.round(rng.normal(0.0, std, n)), -127, 127).astype(np.int8)
+    v = np.clip(np.round(rng.normal(0.0, std, n)), -QMAX, QMAX).astype(np.int8)
     if nonzero:
         v[v == 0] = np.where(rng.random(int((v == 0).sum())) < 0.5, -1, 1)
     return v
 
 
-def _encoded_size(deployed: DeviceModel, deltas: dict[str, TensorDelta], seed: int = 0) -> int:
+def serialized_bytes(diff: Diff, base: DeviceModel) -> int:
+    """Bytes of the bundle that would ship `diff`."""
     from packager.bundle import encode_diff_bundle  # server side: the packager is available
 
+    return len(encode_diff_bundle(diff, base))
+
+
+def _encoded_size(deployed: DeviceModel, deltas: dict[str, TensorDelta], seed: int = 0) -> int:
     h = deployed.content_hash()
-    probe = Diff("probe", deployed.model_id, deployed.version, deployed.version + 1, h, h, deltas, seed)
-    return len(encode_diff_bundle(probe, deployed))
+    return serialized_bytes(Diff("probe", deployed.model_id, deployed.version, deployed.version + 1, h, h, deltas, seed),
+                            deployed)
 
 
 def check_budget_reachable(deployed: DeviceModel, budget_bytes: int) -> None:

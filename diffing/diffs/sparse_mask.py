@@ -21,7 +21,7 @@ from diffing.compression import cubic_schedule
 from diffing.diffs.api import DiffConfig, register
 from diffing.diffs.int8_domain import (Int8Twin, finish_diff, fit, load_adaptation_data, round_ste,
                                        sparse_deltas_from_dense, top_k_entries)
-from diffing.diffs.sizing import sparse_entries_for_bytes
+from diffing.diffs.sizing import serialized_bytes, sparse_entries_for_bytes
 
 
 
@@ -55,11 +55,6 @@ def budget_entries(deployed: DeviceModel, budget: float | int) -> int:
     if isinstance(budget, float):
         return max(1, int(budget * total))
     return sparse_entries_for_bytes(deployed, budget)
-
-
-def serialized_bytes(diff: Diff, base: DeviceModel) -> int:
-    from packager.bundle import encode_diff_bundle  # server side: the packager is available
-    return len(encode_diff_bundle(diff, base))
 
 
 def diff_within_budget(deployed: DeviceModel, method: str, dense: dict[str, np.ndarray], budget: float | int,
