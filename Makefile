@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 
 # Speech synthesis for the corpus builder and its tests.
 system-deps:
-	@command -v espeak-ng >/dev/null && command -v flite >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng flite >/dev/null; }
+	@command -v espeak-ng >/dev/null && command -v flite >/dev/null && \
+	  test -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts && test -d /usr/share/festival/voices/english/ked_diphone || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends espeak-ng flite \
+	      festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts >/dev/null; }
 
 demo: $(STAMP) system-deps
 	$(BIN)/ota demo

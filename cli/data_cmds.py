@@ -55,11 +55,13 @@ def register(cli: click.Group) -> None:
                   help="base corpus, or a held-out update set (writes adapt.jsonl/test.jsonl).")
     @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
                   help="Rendering processes (one per core).")
-    def synth(out_dir: Path, n_train: int, n_test: int, seed: int, split: str, workers: int) -> None:
-        """Render grammar commands with espeak-ng/flite voices.
+    @click.option("--train-voices", default="train", show_default=True, type=click.Choice(["train", "train_wide"]),
+                  help="Base corpus training voices: train_wide adds festival voices and gives natural voices half the utterances.")
+    def synth(out_dir: Path, n_train: int, n_test: int, seed: int, split: str, workers: int, train_voices: str) -> None:
+        """Render grammar commands with espeak-ng/flite (and festival) voices.
 
         \b
-        Needs: apt-get install -y espeak-ng flite
+        Needs: apt-get install -y espeak-ng flite (train_wide also: festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)
         Examples:
           ota data synth --out work/corpus/base --train 6000 --test 400
           ota data synth --out work/corpus/names --split novel_names --train 600 --test 200
@@ -68,7 +70,7 @@ def register(cli: click.Group) -> None:
 
         start = time.perf_counter()
         if split == "base":
-            manifests = build_corpus(out_dir, n_train, n_test, seed=seed, workers=workers)
+            manifests = build_corpus(out_dir, n_train, n_test, seed=seed, voices=(train_voices, "test"), workers=workers)
         else:
             manifests = build_update_set(out_dir, split, n_adapt=n_train, n_test=n_test, seed=seed, workers=workers)
         _summarize(manifests, time.perf_counter() - start)

@@ -10,7 +10,6 @@ content hash.
 """
 from __future__ import annotations
 
-import io
 import json
 import struct
 from pathlib import Path
@@ -25,6 +24,7 @@ from device_agent.device_model import QMAX, DeviceModel, QuantizedWeight, canoni
 from device_agent.errors import ConfigError, ContentHashMismatchError, ModelFormatError
 from device_agent.model_config import ModelConfig, tensor_layout
 from device_agent.sparse_coding import bitmask_encode, decode_sparse, index_encode
+from device_agent.zstd_frames import decompress_exact
 from device_agent.tokenizer import CharTokenizer
 
 MAGIC = b"OTAMODEL"
@@ -43,7 +43,7 @@ FAST_LEVEL = 3  # for files that stay on one device (A/B slots): 100x faster, sl
 
 
 def _compress(raw: bytes, level: int = ZSTD_LEVEL) -> bytes:
-    return zstandard.ZstdCompressor(level=level, write_checksum=False).compress(raw)
+    return zstandard.ZstdCompressor(level=level, write_checksum=False, write_content_size=True).compress(raw)
 
 
 def _encode_weight(w: QuantizedWeight, level: int) -> tuple[str, bytes, bytes, int]:
@@ -190,15 +190,7 @@ def _decompress(entry: dict[str, Any], packed: bytes) -> bytes:
     if xxhash.xxh64_hexdigest(packed) != entry["xxh64"]:
         raise ModelFormatError(f"{entry['name']}: section checksum mismatch (expected xxh64 {entry['xxh64']}, "
                                f"got {xxhash.xxh64_hexdigest(packed)}); the file is corrupt")
-    try:
-        # Reading at most raw_length + 1 bytes bounds memory whatever the frame claims.
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(packed)) as reader:
-            raw = reader.read(entry["raw_length"] + 1)
-    except zstandard.ZstdError as exc:
-        raise ModelFormatError(f"{entry['name']}: zstd data is corrupt: {exc}") from exc
-    if len(raw) != entry["raw_length"]:
-        raise ModelFormatError(f"{entry['name']}: decompressed to {len(raw)}+ bytes, expected {entry['raw_length']}")
-    return raw
+    return decompress_exact(packed, entry["raw_length"], entry["name"], ModelFormatError)
 
 
 def _decode_weight(entry: dict[str, Any], raw: bytes, shape: tuple[int, ...]) -> QuantizedWeight:

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 import xxhash
 from rich.progress import track
 
 from device_agent.audio import load_audio
-from device_agent.features import FeatureConfig, log_mel
+from device_agent.features import FeatureConfig, _hz_to_mel, _mel_to_hz, log_mel
 from device_agent.manifest import Utterance, read_manifest
 from device_agent.tokenizer import CharTokenizer
 
@@ -69,6 +71,46 @@ def spec_augment(x: torch.Tensor, n_mels: int, rng: random.Random, freq_masks: i
         t0 = rng.randint(0, max(0, x.shape[0] - w))
         x[t0:t0 + w] = 0
     return x
+
+
+# Vocal tract length perturbation (Jaitly & Hinton 2013): formants scale with
+# vocal tract length, so stretching the frequency axis by alpha turns one
+# speaker into many. Applied to cached log-mel by interpolating between bins,
+# piecewise linear in Hz so the band edge stays put (Kaldi's VTLN warp).
+VTLP_STEP = 0.01  # alphas are rounded to this grid so warp matrices can be cached
+VTLP_BOUNDARY_HZ = 4800.0
+
+
+@lru_cache(maxsize=64)
+def _vtlp_matrix(alpha: float, cfg: FeatureConfig) -> torch.Tensor:
+    """(n_mels, n_mels) interpolation matrix M with warped = feats @ M."""
+    mel_pts = np.linspace(_hz_to_mel(np.array(20.0)), _hz_to_mel(np.array(cfg.sample_rate / 2)), cfg.n_mels + 2)
+    centres = _mel_to_hz(mel_pts[1:-1])
+    nyquist = cfg.sample_rate / 2
+    cut = VTLP_BOUNDARY_HZ * min(alpha, 1.0) / alpha
+    # the output bin at frequency f reads the input at f / alpha below the cut, linear to Nyquist above
+    source = np.where(centres <= cut, centres / alpha,
+                      cut / alpha + (centres - cut) * (nyquist - cut / alpha) / (nyquist - cut))
+    pos = np.interp(_hz_to_mel(source), _hz_to_mel(centres), np.arange(cfg.n_mels))
+    low = np.clip(np.floor(pos).astype(int), 0, cfg.n_mels - 1)
+    high = np.minimum(low + 1, cfg.n_mels - 1)
+    frac = pos - low
+    m = np.zeros((cfg.n_mels, cfg.n_mels), dtype=np.float32)
+    m[low, np.arange(cfg.n_mels)] += 1.0 - frac
+    m[high, np.arange(cfg.n_mels)] += frac
+    return torch.from_numpy(m)
+
+
+def vtlp(feats: torch.Tensor, cfg: FeatureConfig, rng: random.Random, max_warp: float) -> torch.Tensor:
+    """Warp each utterance of a (B, T, stack * n_mels) raw log-mel batch by its own alpha."""
+    if max_warp <= 0:
+        return feats
+    out = torch.empty_like(feats)
+    for i in range(feats.shape[0]):
+        alpha = round(rng.uniform(1 - max_warp, 1 + max_warp) / VTLP_STEP) * VTLP_STEP
+        view = feats[i].reshape(feats.shape[1], -1, cfg.n_mels)
+        out[i] = (view @ _vtlp_matrix(round(alpha, 4), cfg)).reshape(feats.shape[1], -1)
+    return out
 
 
 @dataclass

@@ -26,7 +26,7 @@ from device_agent.model_config import ModelConfig
 from device_agent.model_format import save_model
 from device_agent.tokenizer import CharTokenizer
 from diffing.compression import CompressionState, cubic_schedule
-from diffing.data import batches, feature_stats, load_examples, spec_augment
+from diffing.data import batches, feature_stats, load_examples, spec_augment, vtlp
 from diffing.export import export_model
 from diffing.model import RNNT
 from diffing.rnnt_loss import rnnt_loss
@@ -53,6 +53,7 @@ class TrainConfig:
     prune_end: float = 0.6  # ... and reaches the target
     qat_start: float = 0.7  # fraction of training when fake quantization turns on
     spec_augment: bool = True
+    vtlp: float = 0.0  # max vocal-tract warp: alpha drawn from [1 - vtlp, 1 + vtlp] per utterance
     # Auxiliary CTC on the encoder (head discarded at export): on a small, repetitive
     # command grammar, RNN-T alone can settle into a language-model solution that
     # emits everything at frame 0; CTC forces the encoder to carry the acoustics.
@@ -74,6 +75,8 @@ class TrainConfig:
             raise ConfigError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}")
         if not 0.0 <= self.prune_start <= self.prune_end <= 1.0:
             raise ConfigError(f"need 0 <= prune_start <= prune_end <= 1, got {self.prune_start}, {self.prune_end}")
+        if not 0.0 <= self.vtlp < 0.5:
+            raise ConfigError(f"vtlp (max warp) must be in [0, 0.5), got {self.vtlp}")
         if self.epochs < 1 or self.max_frames < 16 or self.lr <= 0:
             raise ConfigError("epochs >= 1, max_frames >= 16 and lr > 0 are required")
         if self.config_version != TRAIN_CONFIG_VERSION:
@@ -206,7 +209,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, cfg)
 
-            feats = model.normalize(batch.feats)
+            feats = model.normalize(vtlp(batch.feats, feats_cfg, rng, cfg.vtlp))
             if cfg.spec_augment:
                 feats = torch.stack([spec_augment(f, feats_cfg.n_mels, rng) for f in feats])
             enc, _ = model.encoder(feats, None, model.weight_transform)  # (B, T, H)

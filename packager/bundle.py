@@ -43,6 +43,7 @@ from device_agent.model_format import parse_header as parse_model_header  # the 
 from device_agent.atomic import write_atomic
 from device_agent.model_format import decode_model
 from device_agent.sparse_coding import bitmask_encode, decode_sparse, index_encode
+from device_agent.zstd_frames import decompress_exact
 
 MAGIC = b"OTABNDL\0"
 FORMAT_VERSION = 1
@@ -55,12 +56,10 @@ MAX_SECTIONS = 4096
 MAX_NUMEL = 1 << 28  # 4 * 8192 * 8192: the largest matrix ModelConfig allows
 MAX_SECTION_RAW_BYTES = 64 << 20  # a delta bigger than this should ship as a full bundle
 MAX_BUNDLE_BYTES = 1 << 30
-MAX_WINDOW_BYTES = 1 << 23  # zstd level 19 never needs a window above 8 MiB
 MAX_NAME_CHARS = 128
 MAX_METADATA_ENTRIES = 64
 MAX_VERSION = 2**53
 MAX_SEED = 2**64 - 1
-DECOMPRESS_INPUT_CHUNK = 128  # compressed bytes fed per step: bounds a lying frame's overshoot to ~4 MiB
 
 # Sparse position codings are named as in .otam files ("bitmask", "index").
 SPARSE_ENCODINGS = ("bitmask", "index")
@@ -471,39 +470,7 @@ def _read_manifest(stream: BinaryIO) -> BundleManifest:
 
 # --- section decoding (step 10) ---------------------------------------------------
 def _decompress(info: SectionInfo, packed: bytes) -> bytes:
-    where = f"section {info.name}"
-    try:
-        params = zstandard.get_frame_parameters(packed)
-    except zstandard.ZstdError as exc:
-        raise BundleError(f"{where}: not a zstd frame: {exc}") from None
-    # Checked before any decompression: the frame must promise exactly raw_length bytes.
-    if params.content_size != info.raw_length:
-        got = "no size" if params.content_size == zstandard.CONTENTSIZE_UNKNOWN else f"{params.content_size} bytes"
-        raise BundleError(f"{where}: zstd frame declares {got}, the manifest says raw_length {info.raw_length}")
-    if params.window_size > MAX_WINDOW_BYTES:
-        raise BundleError(f"{where}: zstd window {params.window_size} exceeds the limit of {MAX_WINDOW_BYTES} bytes")
-    if params.dict_id != 0:
-        raise BundleError(f"{where}: zstd frame needs dictionary {params.dict_id}; bundles use no dictionary")
-    d = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES).decompressobj()
-    parts, total, pos = [], 0, 0
-    try:
-        # Small input steps: output can never run far past raw_length, whatever the frame holds.
-        while pos < len(packed) and not d.eof:
-            piece = d.decompress(packed[pos:pos + DECOMPRESS_INPUT_CHUNK])
-            pos += DECOMPRESS_INPUT_CHUNK
-            total += len(piece)
-            if total > info.raw_length:
-                raise BundleError(f"{where}: decompresses past its raw_length {info.raw_length} (decompression bomb?)")
-            parts.append(piece)
-    except zstandard.ZstdError as exc:
-        raise BundleError(f"{where}: zstd data is corrupt (or longer than it declares): {exc}") from None
-    if not d.eof:
-        raise BundleError(f"{where}: zstd frame is truncated ({total} of {info.raw_length} bytes decoded)")
-    if d.unused_data or pos < len(packed):
-        raise BundleError(f"{where}: bytes after the zstd frame; a section holds exactly one frame")
-    if total != info.raw_length:
-        raise BundleError(f"{where}: decompressed to {total} bytes, expected raw_length {info.raw_length}")
-    return b"".join(parts)
+    return decompress_exact(packed, info.raw_length, f"section {info.name}", BundleError)
 
 
 def _decode_delta(info: SectionInfo, raw: bytes) -> TensorDelta:

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 import numpy as np
+import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
+from device_agent.errors import ConfigError
 from device_agent.manifest import read_manifest
 from device_agent.tokenizer import CharTokenizer
 from diffing.synth import grammar, voices
@@ -63,10 +65,14 @@ def test_held_out_commands_all_carry_something_new() -> None:
 def test_voice_sets_are_disjoint_and_accents_held_out() -> None:
     sets = {name: voices.voice_set(name) for name in voices.VOICE_SETS}
     ids = {name: {v.id for v in vs} for name, vs in sets.items()}
-    names = list(ids)
+    # train_wide is train plus festival voices; every other pair is disjoint
+    assert ids["train"] < ids["train_wide"]
+    assert {v.engine for v in sets["train_wide"]} == {"espeak", "flite", "festival"}
+    names = [n for n in ids if n != "train_wide"]
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             assert not ids[a] & ids[b], (a, b)
+    assert not (ids["train_wide"] - ids["train"]) & (ids["test"] | ids["novel_accent_test"])
     assert len(ids["train"]) > 100 and len(ids["test"]) > 20
 
     def variants(name: str) -> set[str]:
@@ -82,7 +88,9 @@ def test_voice_sets_are_disjoint_and_accents_held_out() -> None:
 
 
 def test_render_and_augment_are_real_and_deterministic() -> None:
-    for voice in (voices.Voice("espeak", "en-us+m3", "en-us"), voices.Voice("flite", "slt", "flite-slt")):
+    for voice in (voices.Voice("espeak", "en-us+m3", "en-us"), voices.Voice("flite", "slt", "flite-slt"),
+                  voices.Voice("festival", "ked_diphone", "festival-ked_diphone"),
+                  voices.Voice("festival", "cmu_us_slt_arctic_hts", "festival-cmu_us_slt_arctic_hts")):
         audio = voices.render("set a timer for ten minutes", voice, voices.Prosody(1.1, 0.9))
         assert audio.dtype == np.float32 and 0.7 < len(audio) / 16000 < 5
         assert np.sqrt(np.mean(audio**2)) > 0.01
@@ -114,6 +122,27 @@ def test_tiny_corpus_renders_real_audio(tmp_path: Path) -> None:
     a, _ = sf.read(str(train[0].audio_path))
     b, _ = sf.read(str(read_manifest(again["train"])[0].audio_path))
     assert np.array_equal(a, b)
+
+
+def test_wide_training_voices_give_natural_voices_half_the_draws() -> None:
+    pool = voices.voice_set("train_wide")
+    rng = np.random.default_rng(3)
+    drawn = [voices.pick_voice(pool, rng, voices.NATURAL_SHARE["train_wide"]) for _ in range(2000)]
+    natural = sum(v.engine != "espeak" for v in drawn) / len(drawn)
+    assert 0.45 < natural < 0.55
+    assert {v.engine for v in drawn} == {"espeak", "flite", "festival"}
+    # the default pool keeps its old 20% share, so old corpora rebuild bit-for-bit
+    rng = np.random.default_rng(3)
+    assert 0.15 < sum(voices.pick_voice(voices.voice_set("train"), rng).engine == "flite" for _ in range(2000)) / 2000 < 0.25
+
+
+def test_festival_pitch_setting_changes_the_audio() -> None:
+    voice = voices.Voice("festival", "kal_diphone", "festival-kal_diphone")
+    low = voices.render("call mom", voice, voices.Prosody(1.0, 0.8))
+    high = voices.render("call mom", voice, voices.Prosody(1.0, 1.2))
+    assert not (len(low) == len(high) and np.allclose(low, high))
+    with pytest.raises(ConfigError, match="unknown festival voice"):
+        voices.render("call mom", voices.Voice("festival", "nobody", "x"))
 
 
 def test_update_set_uses_held_out_accents(tmp_path: Path) -> None:

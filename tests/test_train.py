@@ -1,6 +1,7 @@
 """Base training: pruning reaches the target, QAT export, resumable checkpoints."""
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,9 @@ import torch
 from device_agent.errors import ConfigError
 from device_agent.manifest import Utterance, write_manifest
 from device_agent.model_format import load_model
+from device_agent.features import FeatureConfig
 from diffing.compression import CompressionState, cubic_schedule, fake_quant_per_channel, magnitude_mask
+from diffing.data import _vtlp_matrix, vtlp
 from diffing.train import TrainConfig, train
 from tests.tiny import TINY_CONFIG
 
@@ -40,6 +43,25 @@ def test_fake_quant_matches_export_grid_and_passes_gradients() -> None:
     assert magnitude_mask(torch.arange(10.0), 0.3).sum() == 7
 
 
+def test_vtlp_moves_formants_with_alpha_and_keeps_shapes() -> None:
+    cfg = FeatureConfig()
+    assert torch.allclose(_vtlp_matrix(1.0, cfg), torch.eye(cfg.n_mels))
+    for alpha in (0.9, 1.1):  # every output bin is a convex mix of input bins
+        assert torch.allclose(_vtlp_matrix(alpha, cfg).sum(0), torch.ones(cfg.n_mels))
+    peak = torch.zeros(cfg.n_mels)
+    peak[30] = 1.0
+    assert int((peak @ _vtlp_matrix(1.1, cfg)).argmax()) > 30 > int((peak @ _vtlp_matrix(0.9, cfg)).argmax())
+    batch = torch.randn(3, 7, cfg.stacked_dim)
+    assert vtlp(batch, cfg, random.Random(0), 0.0) is batch
+    warped = vtlp(batch, cfg, random.Random(0), 0.1)
+    assert warped.shape == batch.shape and not torch.allclose(warped, batch)
+    assert torch.equal(warped, vtlp(batch, cfg, random.Random(0), 0.1))  # seeded
+    # each stacked slot is warped alike: a frame repeated in every slot stays repeated
+    same = batch[:, :, : cfg.n_mels].repeat(1, 1, cfg.stack)
+    out = vtlp(same, cfg, random.Random(1), 0.1).view(3, 7, cfg.stack, cfg.n_mels)
+    assert torch.allclose(out[:, :, 0], out[:, :, 2])
+
+
 def test_train_prunes_exports_and_resumes(manifest: Path, tmp_path: Path) -> None:
     cfg = dict(train_manifest=str(manifest), dev_manifest=str(manifest), out_dir=str(tmp_path / "run"),
                model=TINY_CONFIG, max_frames=400, target_sparsity=0.6, prune_start=0.0, prune_end=0.5,
@@ -66,7 +88,7 @@ def test_fine_tune_stage_starts_from_a_checkpoint_and_only_prunes_further(manife
     logs: list[str] = []
     second = load_model(train(TrainConfig(out_dir=str(tmp_path / "b"), epochs=1, target_sparsity=0.7, prune_start=0.0,
                                           prune_end=0.3, qat_start=0.0, init_from=str(tmp_path / "a" / "last.pt"),
-                                          **common), log=logs.append, progress=False))
+                                          vtlp=0.1, **common), log=logs.append, progress=False))
     assert any("initialised from" in line and "50.0% zeros" in line for line in logs)
     assert second.weight_sparsity() >= 0.7 - 1e-3
     for name, w in first.weights.items():  # a pruned weight is never revived
@@ -80,5 +102,7 @@ def test_fine_tune_stage_starts_from_a_checkpoint_and_only_prunes_further(manife
 def test_bad_train_config_is_refused(manifest: Path) -> None:
     with pytest.raises(ConfigError, match="target_sparsity"):
         TrainConfig(str(manifest), target_sparsity=1.5)
+    with pytest.raises(ConfigError, match="vtlp"):
+        TrainConfig(str(manifest), vtlp=0.6)
     with pytest.raises(ConfigError, match="unknown train config keys"):
         TrainConfig.from_json({"train_manifest": "x", "exec": "rm -rf"})

@@ -24,7 +24,8 @@ from device_agent.audio import SAMPLE_RATE, save_wav
 from device_agent.manifest import Utterance, write_manifest
 from diffing.synth.augment import PEAK, augment
 from diffing.synth.grammar import SPLITS, sample_commands
-from diffing.synth.voices import VOICE_SETS, Prosody, Voice, pick_voice, render, sample_prosody, voice_set
+from diffing.synth.voices import (DEFAULT_NATURAL_SHARE, NATURAL_SHARE, VOICE_SETS, Prosody, Voice, pick_voice,
+                                  render, sample_prosody, voice_set)
 
 UPDATE_KINDS = ("novel_names", "novel_places", "novel_accent", "novel_intent")
 
@@ -100,7 +101,7 @@ def plan(out_dir: Path, part: Part, split: str, seed: int) -> list[Job]:
     jobs = []
     for i, text in enumerate(texts):
         rng = np.random.default_rng([part_seed, i])
-        voice = pick_voice(pool, rng)
+        voice = pick_voice(pool, rng, NATURAL_SHARE.get(part.voices, DEFAULT_NATURAL_SHARE))
         prosody = sample_prosody(rng)
         aug_seed = (part_seed, i, 1) if part.augment else None
         jobs.append(Job(out_dir / "audio" / part.name / f"{part.name}_{i:06d}.wav", text, voice, prosody, aug_seed))

@@ -1,9 +1,13 @@
-"""Synthetic voices (espeak-ng accents x variants, flite) and a fixed voice split.
+"""Synthetic voices (espeak-ng accents x variants, flite, festival) and a fixed voice split.
 
 Split rules (stable per voice, not per install, so adding a voice elsewhere
 never moves one across the split):
 - `test` voices use espeak variants that no `train` voice uses (a hash of the
   variant name picks ~20% of variants), plus one flite voice: unseen speakers.
+- `train_wide` is `train` plus three festival voices (two more diphone
+  speakers and an HTS voice), with half the utterances on these "natural"
+  (non-formant) voices: espeak's ~500 formant voices teach little about a
+  natural voice never heard, which is where the base model errs most.
 - `novel_accent_*` voices use accents that neither `train` nor `test` use;
   its adapt/test halves follow the same variant rule.
 """
@@ -37,16 +41,24 @@ FLITE_VOICES = {
     "rms": ("test", 100.0),
     "awb": ("novel_accent_test", 110.0),
 }
-# Share of utterances given to flite voices: four natural voices would be
-# drowned by ~500 espeak voices under a uniform draw.
-FLITE_SHARE = 0.2
-VOICE_SETS = ("train", "test", "novel_accent_adapt", "novel_accent_test")
+# festival voices (apt: festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts):
+# (split, mean F0 Hz or None where the voice's own F0 model is kept).
+FESTIVAL_VOICES = {
+    "kal_diphone": ("train_wide", 105.0),
+    "ked_diphone": ("train_wide", 105.0),
+    "cmu_us_slt_arctic_hts": ("train_wide", None),
+}
+# Share of utterances given to natural (flite, festival) voices: a handful of
+# them would be drowned by ~500 espeak voices under a uniform draw.
+NATURAL_SHARE = {"train_wide": 0.5}
+DEFAULT_NATURAL_SHARE = 0.2
+VOICE_SETS = ("train", "train_wide", "test", "novel_accent_adapt", "novel_accent_test")
 RENDER_TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str  # "espeak" | "flite"
+    engine: str  # "espeak" | "flite" | "festival"
     name: str  # espeak "en-us+m3" or flite "slt"
     accent: str
 
@@ -80,6 +92,14 @@ def _flite() -> str:
     return exe
 
 
+def _text2wave() -> str:
+    exe = shutil.which("text2wave")
+    if exe is None:
+        raise ConfigError("festival's text2wave not found on PATH; install it: apt-get install -y festival "
+                          "festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts")
+    return exe
+
+
 @lru_cache(maxsize=1)
 def espeak_accents() -> tuple[str, ...]:
     """English accents of the espeak-ng formant synthesizer (mbrola voices skipped)."""
@@ -107,6 +127,8 @@ def voice_set(name: str) -> list[Voice]:
     """Voices of one set, in a fixed order."""
     if name not in VOICE_SETS:
         raise ValueError(f"unknown voice set {name!r}; expected one of {VOICE_SETS}")
+    if name == "train_wide":
+        return voice_set("train") + [Voice("festival", v, f"festival-{v}") for v in FESTIVAL_VOICES]
     novel = name.startswith("novel_accent")
     want_test = name.endswith("test")
     accents = [a for a in espeak_accents() if (a in NOVEL_ACCENTS) == novel]
@@ -120,11 +142,11 @@ def voice_set(name: str) -> list[Voice]:
     return voices
 
 
-def pick_voice(voices: list[Voice], rng: np.random.Generator) -> Voice:
-    """Uniform over espeak voices, except a fixed share goes to flite voices."""
-    flite = [v for v in voices if v.engine == "flite"]
+def pick_voice(voices: list[Voice], rng: np.random.Generator, natural_share: float = DEFAULT_NATURAL_SHARE) -> Voice:
+    """Uniform over espeak voices, except a fixed share goes to natural (flite, festival) voices."""
+    natural = [v for v in voices if v.engine != "espeak"]
     espeak = [v for v in voices if v.engine == "espeak"]
-    pool = flite if flite and (not espeak or rng.random() < FLITE_SHARE) else espeak
+    pool = natural if natural and (not espeak or rng.random() < natural_share) else espeak
     return pool[int(rng.integers(len(pool)))]
 
 
@@ -141,8 +163,10 @@ def render(text: str, voice: Voice, prosody: Prosody = Prosody()) -> np.ndarray:
             f0 = FLITE_VOICES[voice.name][1] * prosody.pitch
             cmd = [_flite(), "-voice", voice.name, "--setf", f"duration_stretch={1 / prosody.rate:.3f}",
                    "--setf", f"int_f0_target_mean={f0:.1f}", "-t", text, "-o", tmp]
+        elif voice.engine == "festival":
+            cmd = [_text2wave(), "-F", "16000", "-o", tmp, *_festival_settings(voice.name, prosody), text_file(tmp, text)]
         else:
-            raise ConfigError(f"unknown TTS engine {voice.engine!r}; expected 'espeak' or 'flite'")
+            raise ConfigError(f"unknown TTS engine {voice.engine!r}; expected 'espeak', 'flite' or 'festival'")
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RENDER_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -152,3 +176,22 @@ def render(text: str, voice: Voice, prosody: Prosody = Prosody()) -> np.ndarray:
         return load_audio(tmp)
     finally:
         Path(tmp).unlink(missing_ok=True)
+        Path(tmp + ".txt").unlink(missing_ok=True)
+
+
+def text_file(wav_tmp: str, text: str) -> str:
+    """text2wave reads its text from a file; keep it next to the WAV so one cleanup removes both."""
+    Path(wav_tmp + ".txt").write_text(text + "\n")
+    return wav_tmp + ".txt"
+
+
+def _festival_settings(name: str, prosody: Prosody) -> list[str]:
+    """-eval arguments: select the voice, stretch durations, move the F0 target (diphone voices)."""
+    if name not in FESTIVAL_VOICES:
+        raise ConfigError(f"unknown festival voice {name!r}; expected one of {sorted(FESTIVAL_VOICES)}")
+    args = ["-eval", f"(voice_{name})", "-eval", f"(Parameter.set 'Duration_Stretch {1 / prosody.rate:.3f})"]
+    f0 = FESTIVAL_VOICES[name][1]
+    if f0 is not None:
+        args += ["-eval", f"(set! int_lr_params '((target_f0_mean {f0 * prosody.pitch:.1f}) (target_f0_std 15) "
+                          "(model_f0_mean 170) (model_f0_std 34)))"]
+    return args

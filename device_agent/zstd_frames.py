@@ -1,0 +1,47 @@
+"""Bounded zstd decompression shared by model files and update bundles.
+
+Both formats store one zstd frame per section next to the length it must
+decompress to. Everything a hostile frame could lie about is checked before
+or while decoding, so memory stays bounded by that length whatever the bytes
+say: the declared content size, the window, a dictionary, trailing bytes.
+"""
+from __future__ import annotations
+
+import zstandard
+
+MAX_WINDOW_BYTES = 1 << 23  # zstd level 19 never needs a window above 8 MiB
+INPUT_CHUNK = 128  # compressed bytes fed per step: bounds a lying frame's overshoot to ~4 MiB
+
+
+def decompress_exact(packed: bytes, raw_length: int, where: str, error: type[Exception]) -> bytes:
+    """Decompress one frame that must yield exactly `raw_length` bytes; raise `error(where: ...)` otherwise."""
+    try:
+        params = zstandard.get_frame_parameters(packed)
+    except zstandard.ZstdError as exc:
+        raise error(f"{where}: not a zstd frame: {exc}") from None
+    if params.content_size != raw_length:
+        got = "no size" if params.content_size == zstandard.CONTENTSIZE_UNKNOWN else f"{params.content_size} bytes"
+        raise error(f"{where}: zstd frame declares {got}, but its raw length should be {raw_length} bytes")
+    if params.window_size > MAX_WINDOW_BYTES:
+        raise error(f"{where}: zstd window {params.window_size} exceeds the limit of {MAX_WINDOW_BYTES} bytes")
+    if params.dict_id != 0:
+        raise error(f"{where}: zstd frame needs dictionary {params.dict_id}; these frames use no dictionary")
+    d = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES).decompressobj()
+    parts, total, pos = [], 0, 0
+    try:
+        while pos < len(packed) and not d.eof:
+            piece = d.decompress(packed[pos:pos + INPUT_CHUNK])
+            pos += INPUT_CHUNK
+            total += len(piece)
+            if total > raw_length:
+                raise error(f"{where}: decompresses past its raw length {raw_length} (decompression bomb?)")
+            parts.append(piece)
+    except zstandard.ZstdError as exc:
+        raise error(f"{where}: zstd data is corrupt (or longer than it declares): {exc}") from None
+    if not d.eof:
+        raise error(f"{where}: zstd frame is truncated ({total} of {raw_length} bytes decoded)")
+    if d.unused_data or pos < len(packed):
+        raise error(f"{where}: bytes after the zstd frame; a section holds exactly one frame")
+    if total != raw_length:
+        raise error(f"{where}: decompressed to {total} bytes, expected raw length {raw_length}")
+    return b"".join(parts)
