@@ -93,6 +93,21 @@ def test_byte_budget_is_met_by_the_serialized_bundle(manifest: Path) -> None:
     assert apply_diff(base, diff).content_hash() == diff.target_hash
 
 
+def test_hashed_byte_budget_holds_when_the_sizing_guess_is_too_generous(manifest: Path, monkeypatch) -> None:
+    from diffing.diffs import hashed
+    from packager.bundle import encode_diff_bundle
+
+    base = tiny_device_model()
+    # a sizing guess far too generous (every nonzero entry its own bucket) stands in for values
+    # that spread wider than sized: the learner must retrain smaller, not ship over budget
+    monkeypatch.setattr(hashed, "hashed_buckets_for_bytes", lambda model, b: sum(w.nnz for w in model.weights.values()))
+    logs: list[str] = []
+    diff = learn_diff(base, manifest, HashedDiffConfig(budget="2000B", epochs=2, lr=1.0, replay_ratio=0.0), log=logs.append)
+    assert any("over the 2000-byte budget" in line for line in logs)
+    assert len(encode_diff_bundle(diff, base)) <= 2000
+    assert apply_diff(base, diff).content_hash() == diff.target_hash
+
+
 def test_byte_budgets_are_filled_not_just_respected(manifest: Path) -> None:
     from diffing.diffs.baselines import FullFinetuneConfig, topk_of
     from packager.bundle import encode_diff_bundle

@@ -13,10 +13,11 @@ import torch
 
 from device_agent.device_model import QMAX, DeviceModel
 from device_agent.diff import Diff, HashedDelta
+from device_agent.errors import DiffError
 from device_agent.hashing import buckets_and_signs
 from diffing.diffs.api import DiffConfig, register
 from diffing.diffs.int8_domain import Int8Twin, finish_diff, fit, load_adaptation_data, round_ste
-from diffing.diffs.sizing import hashed_buckets_for_bytes, serialized_bytes
+from diffing.diffs.sizing import hashed_buckets_for_bytes, min_hashed_bytes, serialized_bytes
 
 
 @dataclass
@@ -25,12 +26,23 @@ class HashedDiffConfig(DiffConfig):
     hash_seed: int = 0x5EED
 
 
-def bucket_counts(deployed: DeviceModel, budget: float | int) -> dict[str, int]:
-    """Split the bucket budget across matrices in proportion to their nonzero entries."""
-    total = sum(w.q.size for w in deployed.weights.values())
+# A byte budget is a promise: if the trained values spread wider than the sizing
+# assumed, retrain with proportionally fewer buckets (buckets cannot be dropped
+# after training, every entry uses one).
+MAX_ATTEMPTS = 4
+SHRINK_MARGIN = 0.97
+
+
+def total_buckets(deployed: DeviceModel, budget: float | int) -> int:
+    """A fraction budget counts entries; a byte budget is measured (a bucket compresses to under a byte)."""
+    if isinstance(budget, float):
+        return int(budget * sum(w.q.size for w in deployed.weights.values()))
+    return hashed_buckets_for_bytes(deployed, budget)
+
+
+def bucket_counts(deployed: DeviceModel, buckets: int) -> dict[str, int]:
+    """Split `buckets` across matrices in proportion to their nonzero entries."""
     nnz = {n: w.nnz for n, w in deployed.weights.items()}
-    # a fraction budget counts entries; a byte budget is measured (a bucket compresses to well under a byte)
-    buckets = budget * total if isinstance(budget, float) else hashed_buckets_for_bytes(deployed, budget)
     return {n: max(1, min(c, int(buckets * c / max(1, sum(nnz.values()))))) for n, c in nnz.items() if c}
 
 
@@ -38,8 +50,31 @@ def bucket_counts(deployed: DeviceModel, budget: float | int) -> dict[str, int]:
 def learn_hashed(deployed: DeviceModel, train_manifest: str | Path, cfg: HashedDiffConfig, *,
                  replay_manifest: str | Path | None, target_version: int, progress: bool,
                  log: Callable[[str], None]) -> Diff:
-    counts = bucket_counts(deployed, cfg.budget)  # first: an unreachable budget fails before any work
+    buckets = total_buckets(deployed, cfg.budget)  # first: an unreachable budget fails before any work
     adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
+    # (buckets, bytes) of each attempt; the floor is one zero bucket per matrix
+    tried = [(len([w for w in deployed.weights.values() if w.nnz]), min_hashed_bytes(deployed))]
+    for _ in range(MAX_ATTEMPTS):
+        diff = _train(deployed, bucket_counts(deployed, buckets), adapt, replay, cfg, target_version, log)
+        if not isinstance(cfg.budget, int) or (size := serialized_bytes(diff, deployed)) <= cfg.budget:
+            return diff
+        tried.append((buckets, size))
+        buckets = _buckets_for(cfg.budget * SHRINK_MARGIN, tried[-2], tried[-1])
+        log(f"hashed diff is {size} bytes, over the {cfg.budget}-byte budget (its values spread wider than "
+            f"the sizing assumed); retraining with {buckets} buckets")
+    raise DiffError(f"hashed diff still takes {size} bytes after {MAX_ATTEMPTS} attempts, over the "
+                    f"{cfg.budget}-byte budget; give a larger budget")
+
+
+def _buckets_for(target_bytes: float, a: tuple[int, int], b: tuple[int, int]) -> int:
+    """Secant through the last two (buckets, bytes) points; fewer buckets spread wider, so bytes are not linear."""
+    slope = (b[1] - a[1]) / max(1, b[0] - a[0])
+    guess = b[0] - (b[1] - target_bytes) / slope if slope > 0 else b[0] * target_bytes / b[1]
+    return max(1, min(b[0] - 1, int(guess)))
+
+
+def _train(deployed: DeviceModel, counts: dict[str, int], adapt: list, replay: list, cfg: HashedDiffConfig,
+           target_version: int, log: Callable[[str], None]) -> Diff:
     layout = {}
     for name, b in counts.items():
         w = deployed.weights[name]
@@ -62,9 +97,5 @@ def learn_hashed(deployed: DeviceModel, train_manifest: str | Path, cfg: HashedD
     with torch.no_grad():
         deltas = {n: HashedDelta(counts[n], torch.clamp(torch.round(v), -QMAX, QMAX).to(torch.int8).numpy())
                   for n, v in values.items()}
-    diff = finish_diff(deployed, "hashed", deltas, target_version, seed=cfg.hash_seed)
     log(f"hashed diff: {sum(counts.values())} buckets over {len(counts)} matrices")
-    if isinstance(cfg.budget, int) and (size := serialized_bytes(diff, deployed)) > cfg.budget:
-        # buckets cannot be dropped after training (every entry uses one); say so rather than hide it
-        log(f"hashed diff is {size} bytes, over the {cfg.budget}-byte budget: its values spread wider than the sizing assumed")
-    return diff
+    return finish_diff(deployed, "hashed", deltas, target_version, seed=cfg.hash_seed)

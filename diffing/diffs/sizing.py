@@ -44,7 +44,7 @@ def _encoded_size(deployed: DeviceModel, deltas: dict[str, TensorDelta], seed: i
 
 def check_budget_reachable(deployed: DeviceModel, budget_bytes: int) -> None:
     """ConfigError, before any training, if a bundle of one changed entry already exceeds the budget."""
-    name, w = next(iter(deployed.weights.items()))
+    name = next(iter(deployed.weights))
     smallest = _encoded_size(deployed, {name: SparseDelta(np.array([0]), np.array([1], dtype=np.int8))})
     if smallest > budget_bytes:
         raise ConfigError(f"a budget of {budget_bytes} bytes cannot be met: a diff bundle for this model takes "
@@ -80,6 +80,11 @@ def sparse_entries_for_bytes(deployed: DeviceModel, budget_bytes: int) -> int:
     return _fixed_point(budget_bytes, int(sizes.sum()), size_of)
 
 
+def min_hashed_bytes(deployed: DeviceModel) -> int:
+    """A hashed diff always covers every matrix: the bundle with one bucket each is its floor."""
+    return _encoded_size(deployed, {n: HashedDelta(1, np.zeros(1, dtype=np.int8)) for n, w in deployed.weights.items() if w.nnz})
+
+
 def hashed_buckets_for_bytes(deployed: DeviceModel, budget_bytes: int) -> int:
     """Total buckets of a hashed diff (split across matrices by nonzero count) that fit `budget_bytes`."""
     check_budget_reachable(deployed, budget_bytes)
@@ -91,5 +96,10 @@ def hashed_buckets_for_bytes(deployed: DeviceModel, budget_bytes: int) -> int:
         counts = {n: max(1, min(c, int(k * c / total))) for n, c in nnz.items()}
         deltas: dict[str, TensorDelta] = {n: HashedDelta(b, _typical_values(rng, b, HASHED_STD, nonzero=False)) for n, b in counts.items()}
         return _encoded_size(deployed, deltas), sum(counts.values())
+
+    smallest = min_hashed_bytes(deployed)
+    if smallest > budget_bytes:
+        raise ConfigError(f"a budget of {budget_bytes} bytes cannot be met by a hashed diff: one bucket for each of "
+                          f"the model's {len(nnz)} matrices already takes {smallest} bytes")
 
     return _fixed_point(budget_bytes, total, size_of)
