@@ -25,6 +25,12 @@ from device_agent.wer import evaluate  # noqa: E402
 from diffing.train import model_from_checkpoint  # noqa: E402
 
 
+def group_wer(results: list, utts: list, member) -> dict:  # type: ignore[no-untyped-def]
+    rows = [r for r, u in zip(results, utts) if member(u)]
+    words = sum(r.words for r in rows)
+    return {"wer": round(sum(r.errors for r in rows) / max(1, words), 4), "words": words}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
@@ -50,16 +56,18 @@ def main() -> None:
         int8_seconds = time.time() - started
         flt = evaluate(float_transcribe, utts)
         speakers = sorted({u.speaker for u in utts if u.speaker})
-        per_speaker = {}
-        for s in speakers:
-            rows = [r for r, u in zip(int8.utterances, utts) if u.speaker == s]
-            per_speaker[s] = round(sum(r.errors for r in rows) / max(1, sum(r.words for r in rows)), 4)
+        per_speaker = {s: group_wer(int8.utterances, utts, lambda u, s=s: u.speaker == s) for s in speakers}
+        # synthetic speakers are "engine:voice": a formant voice and a natural one fail very differently
+        engines = sorted({s.split(":")[0] for s in speakers if ":" in s})
+        per_engine = {e: group_wer(int8.utterances, utts, lambda u, e=e: (u.speaker or "").startswith(e + ":"))
+                      for e in engines}
         results["sets"][name] = {
             "manifest": str(manifest), "utterances": len(utts), "words": int8.words,
             "wer_int8": round(int8.wer, 4), "wer_float": round(flt.wer, 4),
             "int8_minus_float_points": round(100 * (int8.wer - flt.wer), 2),
             "int8_rtf_1thread": round(int8_seconds / sum(u.duration for u in utts), 4),
             "per_speaker_wer_int8": per_speaker if len(speakers) <= 10 else None,
+            "per_engine_wer_int8": per_engine or None,
             "examples": [{"ref": r.reference, "hyp": r.hypothesis} for r in int8.utterances[:5]],
         }
         print(name, json.dumps({k: v for k, v in results["sets"][name].items() if k != "examples"}))

@@ -128,7 +128,8 @@ def voice_set(name: str) -> list[Voice]:
     if name not in VOICE_SETS:
         raise ValueError(f"unknown voice set {name!r}; expected one of {VOICE_SETS}")
     if name == "train_wide":
-        return voice_set("train") + [Voice("festival", v, f"festival-{v}") for v in FESTIVAL_VOICES]
+        return voice_set("train") + [Voice("festival", v, f"festival-{v}")
+                                     for v, (split, _) in FESTIVAL_VOICES.items() if split == name]
     novel = name.startswith("novel_accent")
     want_test = name.endswith("test")
     accents = [a for a in espeak_accents() if (a in NOVEL_ACCENTS) == novel]
@@ -164,7 +165,7 @@ def render(text: str, voice: Voice, prosody: Prosody = Prosody()) -> np.ndarray:
             cmd = [_flite(), "-voice", voice.name, "--setf", f"duration_stretch={1 / prosody.rate:.3f}",
                    "--setf", f"int_f0_target_mean={f0:.1f}", "-t", text, "-o", tmp]
         elif voice.engine == "festival":
-            cmd = [_text2wave(), "-F", "16000", "-o", tmp, *_festival_settings(voice.name, prosody), text_file(tmp, text)]
+            cmd = [_text2wave(), "-F", "16000", "-o", tmp, *_festival_settings(voice.name, prosody), _text_file(tmp, text)]
         else:
             raise ConfigError(f"unknown TTS engine {voice.engine!r}; expected 'espeak', 'flite' or 'festival'")
         try:
@@ -179,7 +180,7 @@ def render(text: str, voice: Voice, prosody: Prosody = Prosody()) -> np.ndarray:
         Path(tmp + ".txt").unlink(missing_ok=True)
 
 
-def text_file(wav_tmp: str, text: str) -> str:
+def _text_file(wav_tmp: str, text: str) -> str:
     """text2wave reads its text from a file; keep it next to the WAV so one cleanup removes both."""
     Path(wav_tmp + ".txt").write_text(text + "\n")
     return wav_tmp + ".txt"
