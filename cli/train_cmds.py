@@ -28,13 +28,15 @@ from device_agent.wer import evaluate
 @click.option("--model-id", default="speech-commands", show_default=True, help="Model id written into the export.")
 @click.option("--vtlp", default=0.0, show_default=True, type=click.FloatRange(0.0, 0.5, max_open=True),
               help="Vocal tract length perturbation: warp each utterance's frequency axis by up to this factor.")
+@click.option("--speed", default=0.0, show_default=True, type=click.FloatRange(0.0, 0.5, max_open=True),
+              help="Speed perturbation: scale each utterance's frequencies and duration together by up to this factor.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False),
               help="Fine-tune from this checkpoint (weights, masks, normalisation); QAT on from the start.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="torch threads (1 is fastest when other jobs share the cores).")
 def train(train_manifest: str, dev_manifest: str | None, out_dir: str, epochs: int, sparsity: float, lr: float,
-          model_id: str, vtlp: float, seed: int, init_from: str | None, threads: int) -> None:
+          model_id: str, vtlp: float, speed: float, seed: int, init_from: str | None, threads: int) -> None:
     """Train a streaming RNN-T with pruning and QAT, then export an int8 model.
 
     Rerunning the same command resumes from OUT/last.pt.
@@ -48,7 +50,7 @@ def train(train_manifest: str, dev_manifest: str | None, out_dir: str, epochs: i
     # A fine-tune starts pruned and quantization-aware: short warm-up, masks and fake quantization from step 0.
     stage = dict(init_from=init_from, warmup_steps=100, prune_start=0.0, prune_end=0.3, qat_start=0.0) if init_from else {}
     cfg = TrainConfig(train_manifest, dev_manifest, out_dir, epochs=epochs, target_sparsity=sparsity, lr=lr,
-                      model_id=model_id, vtlp=vtlp, seed=seed, threads=threads, **stage)
+                      model_id=model_id, vtlp=vtlp, speed=speed, seed=seed, threads=threads, **stage)
     path = run(cfg, log=click.echo)
     click.echo(f"exported {path}")
 

@@ -5,7 +5,7 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -113,6 +113,14 @@ def vtlp(feats: torch.Tensor, cfg: FeatureConfig, rng: random.Random, max_warp: 
     return out
 
 
+def speed_perturb(feats: torch.Tensor, cfg: FeatureConfig, alpha: float) -> torch.Tensor:
+    """Speed perturbation on unstacked log-mel (T, n_mels): what resampling audio by `alpha` does,
+    frequencies scaled by alpha (formants and pitch) and duration by 1/alpha, without re-reading audio."""
+    warped = feats.float() @ _vtlp_matrix(round(alpha, 4), cfg)
+    frames = max(1, round(feats.shape[0] / alpha))
+    return torch.nn.functional.interpolate(warped.T[None], size=frames, mode="linear", align_corners=True)[0].T
+
+
 @dataclass
 class Batch:
     feats: torch.Tensor  # (B, T, stack * n_mels) stacked, unnormalized
@@ -127,8 +135,9 @@ def stack(feats: torch.Tensor, k: int) -> torch.Tensor:
     return feats[:usable].reshape(-1, feats.shape[1] * k)
 
 
-def collate(examples: list[Example], k: int) -> Batch:
-    stacked = [stack(e.feats.float(), k) for e in examples]
+def collate(examples: list[Example], k: int, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Batch:
+    """Stack and pad; `transform` (per utterance, before stacking) is for augmentations that change length."""
+    stacked = [stack(transform(e.feats) if transform else e.feats.float(), k) for e in examples]
     T = max(s.shape[0] for s in stacked)
     U = max(len(e.tokens) for e in examples)
     feats = torch.zeros(len(examples), T, stacked[0].shape[1])
@@ -140,7 +149,8 @@ def collate(examples: list[Example], k: int) -> Batch:
                  torch.tensor([len(e.tokens) for e in examples]), [e.text for e in examples])
 
 
-def batches(examples: list[Example], max_frames: int, k: int, rng: random.Random | None) -> Iterator[Batch]:
+def batches(examples: list[Example], max_frames: int, k: int, rng: random.Random | None,
+            transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[Batch]:
     """Length-sorted buckets of at most `max_frames` padded frames; shuffled order if `rng`."""
     order = sorted(range(len(examples)), key=lambda i: examples[i].feats.shape[0])
     groups, current, longest = [], [], 0
@@ -156,4 +166,4 @@ def batches(examples: list[Example], max_frames: int, k: int, rng: random.Random
     if rng is not None:
         rng.shuffle(groups)
     for g in groups:
-        yield collate([examples[i] for i in g], k)
+        yield collate([examples[i] for i in g], k, transform)

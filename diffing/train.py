@@ -26,7 +26,7 @@ from device_agent.model_config import ModelConfig
 from device_agent.model_format import save_model
 from device_agent.tokenizer import CharTokenizer
 from diffing.compression import CompressionState, cubic_schedule
-from diffing.data import batches, feature_stats, load_examples, spec_augment, vtlp
+from diffing.data import batches, feature_stats, load_examples, spec_augment, speed_perturb, vtlp
 from diffing.export import export_model
 from diffing.model import RNNT
 from diffing.rnnt_loss import rnnt_loss
@@ -54,6 +54,9 @@ class TrainConfig:
     qat_start: float = 0.7  # fraction of training when fake quantization turns on
     spec_augment: bool = True
     vtlp: float = 0.0  # max vocal-tract warp: alpha drawn from [1 - vtlp, 1 + vtlp] per utterance
+    # Speed perturbation on features: alpha from [1 - speed, 1 + speed] scales frequencies and
+    # duration together, like resampling audio (a slow, low voice is not always the same speaker).
+    speed: float = 0.0
     # Auxiliary CTC on the encoder (head discarded at export): on a small, repetitive
     # command grammar, RNN-T alone can settle into a language-model solution that
     # emits everything at frame 0; CTC forces the encoder to carry the acoustics.
@@ -75,8 +78,8 @@ class TrainConfig:
             raise ConfigError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}")
         if not 0.0 <= self.prune_start <= self.prune_end <= 1.0:
             raise ConfigError(f"need 0 <= prune_start <= prune_end <= 1, got {self.prune_start}, {self.prune_end}")
-        if not 0.0 <= self.vtlp < 0.5:
-            raise ConfigError(f"vtlp (max warp) must be in [0, 0.5), got {self.vtlp}")
+        if not 0.0 <= self.vtlp < 0.5 or not 0.0 <= self.speed < 0.5:
+            raise ConfigError(f"vtlp and speed (max warps) must be in [0, 0.5), got {self.vtlp}, {self.speed}")
         if self.epochs < 1 or self.max_frames < 16 or self.lr <= 0:
             raise ConfigError("epochs >= 1, max_frames >= 16 and lr > 0 are required")
         if self.config_version != TRAIN_CONFIG_VERSION:
@@ -198,7 +201,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
     model.train()
     while epoch < cfg.epochs:
         started, total_loss, n = time.time(), 0.0, 0
-        for batch in batches(train_set, cfg.max_frames, feats_cfg.stack, rng):
+        perturb = (lambda f: speed_perturb(f, feats_cfg, rng.uniform(1 - cfg.speed, 1 + cfg.speed))) if cfg.speed else None
+        for batch in batches(train_set, cfg.max_frames, feats_cfg.stack, rng, perturb):
             progress_frac = step / total_steps
             target = cubic_schedule((progress_frac - cfg.prune_start) / max(1e-9, cfg.prune_end - cfg.prune_start),
                                     cfg.target_sparsity) if progress_frac >= cfg.prune_start else 0.0

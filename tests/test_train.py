@@ -12,7 +12,7 @@ from device_agent.manifest import Utterance, write_manifest
 from device_agent.model_format import load_model
 from device_agent.features import FeatureConfig
 from diffing.compression import CompressionState, cubic_schedule, fake_quant_per_channel, magnitude_mask
-from diffing.data import _vtlp_matrix, vtlp
+from diffing.data import _vtlp_matrix, speed_perturb, vtlp
 from diffing.train import TrainConfig, train
 from tests.tiny import TINY_CONFIG
 
@@ -62,6 +62,17 @@ def test_vtlp_moves_formants_with_alpha_and_keeps_shapes() -> None:
     assert torch.allclose(out[:, :, 0], out[:, :, 2])
 
 
+def test_speed_perturbation_scales_duration_and_frequencies_together() -> None:
+    cfg = FeatureConfig()
+    feats = torch.randn(90, cfg.n_mels).half()  # the cache stores half precision
+    assert torch.allclose(speed_perturb(feats, cfg, 1.0), feats.float())
+    assert speed_perturb(feats, cfg, 1.2).shape == (75, cfg.n_mels)  # faster: fewer frames
+    assert speed_perturb(feats, cfg, 0.9).shape == (100, cfg.n_mels)
+    peak = torch.zeros(40, cfg.n_mels)
+    peak[:, 30] = 1.0  # a steady formant moves up when sped up, down when slowed
+    assert int(speed_perturb(peak, cfg, 1.2)[10].argmax()) > 30 > int(speed_perturb(peak, cfg, 0.85)[10].argmax())
+
+
 def test_train_prunes_exports_and_resumes(manifest: Path, tmp_path: Path) -> None:
     cfg = dict(train_manifest=str(manifest), dev_manifest=str(manifest), out_dir=str(tmp_path / "run"),
                model=TINY_CONFIG, max_frames=400, target_sparsity=0.6, prune_start=0.0, prune_end=0.5,
@@ -88,7 +99,7 @@ def test_fine_tune_stage_starts_from_a_checkpoint_and_only_prunes_further(manife
     logs: list[str] = []
     second = load_model(train(TrainConfig(out_dir=str(tmp_path / "b"), epochs=1, target_sparsity=0.7, prune_start=0.0,
                                           prune_end=0.3, qat_start=0.0, init_from=str(tmp_path / "a" / "last.pt"),
-                                          vtlp=0.1, **common), log=logs.append, progress=False))
+                                          vtlp=0.1, speed=0.2, **common), log=logs.append, progress=False))
     assert any("initialised from" in line and "50.0% zeros" in line for line in logs)
     assert second.weight_sparsity() >= 0.7 - 1e-3
     for name, w in first.weights.items():  # a pruned weight is never revived
@@ -104,5 +115,7 @@ def test_bad_train_config_is_refused(manifest: Path) -> None:
         TrainConfig(str(manifest), target_sparsity=1.5)
     with pytest.raises(ConfigError, match="vtlp"):
         TrainConfig(str(manifest), vtlp=0.6)
+    with pytest.raises(ConfigError, match="speed"):
+        TrainConfig(str(manifest), speed=-0.1)
     with pytest.raises(ConfigError, match="unknown train config keys"):
         TrainConfig.from_json({"train_manifest": "x", "exec": "rm -rf"})
