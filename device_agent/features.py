@@ -37,13 +37,18 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
+def mel_points_hz(cfg: FeatureConfig) -> np.ndarray:
+    """Edges and centres of the triangular filters: n_mels + 2 points, equally spaced in mel."""
+    mel_pts = np.linspace(_hz_to_mel(np.array(20.0)), _hz_to_mel(np.array(cfg.sample_rate / 2)), cfg.n_mels + 2)
+    return _mel_to_hz(mel_pts)
+
+
 @lru_cache(maxsize=4)
 def mel_filterbank(cfg: FeatureConfig) -> torch.Tensor:
     """HTK-style triangular filters, (n_fft // 2 + 1, n_mels), float32."""
     n_freqs = cfg.n_fft // 2 + 1
     freqs = np.linspace(0, cfg.sample_rate / 2, n_freqs)
-    mel_pts = np.linspace(_hz_to_mel(np.array(20.0)), _hz_to_mel(np.array(cfg.sample_rate / 2)), cfg.n_mels + 2)
-    hz_pts = _mel_to_hz(mel_pts)
+    hz_pts = mel_points_hz(cfg)
     down = (freqs[:, None] - hz_pts[None, :-2]) / (hz_pts[1:-1] - hz_pts[:-2])[None, :]
     up = (hz_pts[None, 2:] - freqs[:, None]) / (hz_pts[2:] - hz_pts[1:-1])[None, :]
     return torch.from_numpy(np.maximum(0.0, np.minimum(down, up)).astype(np.float32))

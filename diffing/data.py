@@ -13,7 +13,7 @@ import xxhash
 from rich.progress import track
 
 from device_agent.audio import load_audio
-from device_agent.features import FeatureConfig, _hz_to_mel, _mel_to_hz, log_mel
+from device_agent.features import FeatureConfig, log_mel, mel_points_hz
 from device_agent.manifest import Utterance, read_manifest
 from device_agent.tokenizer import CharTokenizer
 
@@ -84,14 +84,13 @@ VTLP_BOUNDARY_HZ = 4800.0
 @lru_cache(maxsize=64)
 def _vtlp_matrix(alpha: float, cfg: FeatureConfig) -> torch.Tensor:
     """(n_mels, n_mels) interpolation matrix M with warped = feats @ M."""
-    mel_pts = np.linspace(_hz_to_mel(np.array(20.0)), _hz_to_mel(np.array(cfg.sample_rate / 2)), cfg.n_mels + 2)
-    centres = _mel_to_hz(mel_pts[1:-1])
+    centres = mel_points_hz(cfg)[1:-1]
     nyquist = cfg.sample_rate / 2
     cut = VTLP_BOUNDARY_HZ * min(alpha, 1.0) / alpha
     # the output bin at frequency f reads the input at f / alpha below the cut, linear to Nyquist above
     source = np.where(centres <= cut, centres / alpha,
                       cut / alpha + (centres - cut) * (nyquist - cut / alpha) / (nyquist - cut))
-    pos = np.interp(_hz_to_mel(source), _hz_to_mel(centres), np.arange(cfg.n_mels))
+    pos = np.interp(np.log1p(source / 700.0), np.log1p(centres / 700.0), np.arange(cfg.n_mels))  # in mel
     low = np.clip(np.floor(pos).astype(int), 0, cfg.n_mels - 1)
     high = np.minimum(low + 1, cfg.n_mels - 1)
     frac = pos - low
@@ -115,7 +114,8 @@ def vtlp(feats: torch.Tensor, cfg: FeatureConfig, rng: random.Random, max_warp: 
 
 def speed_perturb(feats: torch.Tensor, cfg: FeatureConfig, alpha: float) -> torch.Tensor:
     """Speed perturbation on unstacked log-mel (T, n_mels): what resampling audio by `alpha` does,
-    frequencies scaled by alpha (formants and pitch) and duration by 1/alpha, without re-reading audio."""
+    frequencies scaled by alpha (formants and pitch) and duration by 1/alpha, without re-reading audio.
+    Alpha is continuous here: building a warp matrix costs microseconds."""
     warped = feats.float() @ _vtlp_matrix(round(alpha, 4), cfg)
     frames = max(1, round(feats.shape[0] / alpha))
     return torch.nn.functional.interpolate(warped.T[None], size=frames, mode="linear", align_corners=True)[0].T
