@@ -76,8 +76,10 @@ def test_baselines_share_the_harness(manifest: Path) -> None:
     top = topk_of(base, full, 0.02)
     assert 0 < top.nonzero_entries() <= int(0.02 * total) < full.nonzero_entries()
     assert apply_diff(base, top).content_hash() == top.target_hash
-    lora = learn_diff(base, manifest, LoRADiffConfig(budget=0.2, epochs=2, replay_ratio=0.0))
-    assert int(lora.metadata["rank"]) == lora_rank(base, 0.2) >= 1
+    lora = learn_diff(base, manifest, LoRADiffConfig(budget=0.5, epochs=2, replay_ratio=0.0))
+    assert int(lora.metadata["rank"]) == lora_rank(base, 0.5) >= 1
+    with pytest.raises(ConfigError, match="rank 1 on every matrix"):  # LoRA cannot go below rank 1
+        learn_diff(base, manifest, LoRADiffConfig(budget=0.001, epochs=1))
     assert apply_diff(base, lora).content_hash() == lora.target_hash
     base_file, new_file = encode_model(base), encode_model(apply_diff(base, full))
     assert 0 < zstd_patch_from_bytes(base_file, new_file) < len(new_file) + 64

@@ -19,6 +19,7 @@ import zstandard
 
 from device_agent.device_model import DeviceModel
 from device_agent.diff import Diff, dense_delta
+from device_agent.errors import ConfigError
 from diffing.diffs.api import DiffConfig, register
 from diffing.diffs.int8_domain import (Int8Twin, finish_diff, fit, load_adaptation_data, round_ste,
                                        sparse_deltas_from_dense, top_k_entries)
@@ -66,15 +67,18 @@ def lora_rank(deployed: DeviceModel, budget: float | int) -> int:
     total = sum(w.q.size for w in deployed.weights.values())
     budget_bytes = budget * total if isinstance(budget, float) else budget
     per_rank = sum((w.q.shape[0] + w.q.shape[1]) * LORA_BYTES_PER_VALUE for w in deployed.weights.values())
-    return max(1, int(budget_bytes // per_rank))
+    if budget_bytes < per_rank:  # rank 1 on every matrix is LoRA's smallest diff
+        raise ConfigError(f"a LoRA budget of {int(budget_bytes)} bytes cannot be met: rank 1 on every matrix "
+                          f"already takes {per_rank} bytes")
+    return int(budget_bytes // per_rank)
 
 
 @register("lora", LoRADiffConfig)
 def learn_lora(deployed: DeviceModel, train_manifest: str | Path, cfg: LoRADiffConfig, *,
                replay_manifest: str | Path | None, target_version: int, progress: bool,
                log: Callable[[str], None]) -> Diff:
+    rank = lora_rank(deployed, cfg.budget)  # first: an unreachable budget fails before any work
     adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
-    rank = lora_rank(deployed, cfg.budget)
     gen = torch.Generator().manual_seed(cfg.seed)
     factors = {n: (torch.zeros(w.q.shape[0], rank, requires_grad=True),
                    (torch.randn(rank, w.q.shape[1], generator=gen) * 0.01).requires_grad_())
