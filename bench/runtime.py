@@ -122,7 +122,8 @@ def main() -> None:
     print(json.dumps(results, indent=2))
     print(f"speed int8/fp32-eager: {results['speedup_vs_fp32_eager']}x "
           f"(mkldnn off: {results['speedup_vs_fp32_eager_mkldnn_off']}x); "
-          f"resident weights {results['resident_rss_bytes']['ratio']:.1%} of fp32; "
+          f"resident weight tensors {results['weight_bytes']['ratio']:.1%} of fp32 "
+          f"(RSS growth {results['resident_rss_bytes']['ratio']:.1%}); "
           f"file {results['file_bytes']['ratio']:.1%} of fp32 state_dict -> {path}")
 
 
