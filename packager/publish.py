@@ -21,8 +21,10 @@ from packager.trust import Published, current_target_bytes, publish_targets
 
 
 def bundle_target_name(manifest: BundleManifest) -> str:
+    """Named by the model it produces: two channels can each ship their own 1 -> 2 (e.g. a sparse
+    diff on stable, a hashed one on beta) without one overwriting the other's bundle."""
     start = "full" if manifest.kind == "full" else str(manifest.base_version)
-    return f"bundles/{manifest.model_id}/{start}-{manifest.target_version}.otab"
+    return f"bundles/{manifest.model_id}/{start}-{manifest.target_version}-{manifest.target_hash[:16]}.otab"
 
 
 def bundle_custom(manifest: BundleManifest, expected_wer: float | None) -> dict[str, Any]:

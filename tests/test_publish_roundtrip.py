@@ -57,6 +57,27 @@ def test_round_trip_through_seaweedfs_and_tuf(s3_store: Store, tmp_path: Path) -
     assert updater.get_target(release.target).custom["expected_wer"] == "0.0800"
 
 
+def test_two_channels_keep_their_own_diff_for_the_same_versions(file_store: Store, tmp_path: Path) -> None:
+    # stable ships one 1 -> 2 diff, beta another: neither may replace the other's bundle
+    root = init_repository(file_store, tmp_path / "keys")
+    base = tiny_device_model()
+    stable_diff = _diff_v2(base)
+    beta_diff = _diff_v2(base)
+    beta_diff.deltas = {n: SparseDelta(d.positions, -d.values) for n, d in beta_diff.deltas.items()}
+    beta_diff.target_hash = apply_diff(base, beta_diff, check_hashes=False).content_hash()
+    assert beta_diff.target_hash != stable_diff.target_hash
+    full = encode_full_bundle(encode_model(base), base)
+    for channel, diff in (("stable", stable_diff), ("beta", beta_diff)):
+        publish_bundle(file_store, tmp_path / "keys", full, channel=channel)
+        publish_bundle(file_store, tmp_path / "keys", encode_diff_bundle(diff, base), channel=channel)
+    updater = TrustedUpdater(file_store, tmp_path / "device-meta", root)
+    updater.refresh()
+    for channel, diff in (("stable", stable_diff), ("beta", beta_diff)):
+        [edge] = plan_update(fetch_channel(updater, base.model_id, channel), "1", "2")
+        model = apply_bundle(decode_bundle(updater.read_target(updater.get_target(edge.target))), base)
+        assert model.content_hash() == diff.target_hash, channel
+
+
 def test_diff_without_its_base_on_the_channel_is_refused(s3_store: Store, tmp_path: Path) -> None:
     init_repository(s3_store, tmp_path / "keys")
     base = tiny_device_model()
