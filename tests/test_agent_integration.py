@@ -284,7 +284,7 @@ def test_hostile_store_never_changes_the_active_model(attack: str, s3_store: S3S
     assert agent.check_once()["outcome"] == "no_update"
     set_rollout(s3_store, repo.keys, base.model_id, "stable", 100.0)
 
-    bundle_key = next(k for k in s3_store.list("targets/bundles/") if "/1-2-" in k and k.endswith(".otab"))
+    bundle_key = next(k for k in s3_store.list("targets/bundles/") if "1-2-" in k.rsplit("/", 1)[-1] and k.endswith(".otab"))
     if attack == "wrong_signature":
         doc = json.loads(s3_store.get("metadata/timestamp.json"))
         doc["signed"]["version"] += 1  # changed without the timestamp key

@@ -137,7 +137,7 @@ def test_cli_publish_flow_on_the_file_store(tmp_path: Path) -> None:
     for args in steps:
         result = runner.invoke(cli, args)
         assert result.exit_code == 0, (args, result.output)
-    assert "bundles/tiny/1-2.otab" in result.output and "channels/tiny/stable.json" in result.output
+    assert "bundles/tiny/1-2-" in result.output and "channels/tiny/stable.json" in result.output
     assert (tmp_path / "d.otab").stat().st_size < (tmp_path / "full.otab").stat().st_size / 5
 
 
