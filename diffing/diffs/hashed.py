@@ -27,8 +27,8 @@ class HashedDiffConfig(DiffConfig):
 
 
 # A byte budget is a promise: if the trained values spread wider than the sizing
-# assumed, retrain with proportionally fewer buckets (buckets cannot be dropped
-# after training, every entry uses one).
+# assumed, retrain with fewer buckets (buckets cannot be dropped after training,
+# every entry uses one). Each retrain costs a full training run.
 MAX_ATTEMPTS = 4
 SHRINK_MARGIN = 0.97
 
