@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, SHIPPED_MODEL  # noqa: E402
-from bench.update_chain import ORIGINAL_TEST, UPDATES, WORK, wer_on  # noqa: E402
+from bench.update_chain import ORIGINAL_TEST, REPLAY, UPDATES, base_replay_pool, wer_on  # noqa: E402
 from device_agent.diff import apply_diff  # noqa: E402
 from device_agent.model_format import encode_model, load_model  # noqa: E402
 from diffing.diffs import DIFF_METHODS, learn_diff  # noqa: E402
@@ -32,11 +32,14 @@ def main() -> None:
     parser.add_argument("--budget-share", type=float, default=0.02, help="budget as a share of the model file's bytes")
     parser.add_argument("--update", default="novel_names", choices=[u[0] for u in UPDATES])
     parser.add_argument("--model", type=Path, default=SHIPPED_MODEL)
-    parser.add_argument("--replay", type=Path, default=WORK / "replay.jsonl")
+    parser.add_argument("--replay", type=Path, 
+                        help="replay manifest (default: the chain's pool from the base training data)")
     parser.add_argument("--eval-limit", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--save", type=Path, help="also write the diff bundle here")
     args = parser.parse_args()
     base = load_model(args.model)
+    args.replay = args.replay or base_replay_pool(REPLAY, 2000)
     model_bytes = len(encode_model(base))
     config_cls = DIFF_METHODS[args.method][0]
     fields = {"budget": int(args.budget_share * model_bytes), "threads": args.threads, **json.loads(args.config)}
@@ -45,8 +48,12 @@ def main() -> None:
     diff = learn_diff(base, adapt, config_cls(**fields), replay_manifest=args.replay, log=print)
     seconds = time.time() - started
     new = apply_diff(base, diff)
-    size = len(encode_model(new)) if args.method == "full" else len(encode_diff_bundle(diff, base))
+    bundle = encode_diff_bundle(diff, base)
+    size = len(encode_model(new)) if args.method == "full" else len(bundle)
+    if args.save:
+        args.save.write_bytes(bundle)
     record = {"method": args.method, "config": fields, "update": args.update, "model_hash": base.content_hash(),
+              "replay": str(args.replay),
               "bytes": size, "share_of_model": round(size / model_bytes, 4), "entries": diff.nonzero_entries(),
               "train_seconds": round(seconds, 1), "wer_update": wer_on(new, test, args.eval_limit),
               "wer_original": wer_on(new, ORIGINAL_TEST, args.eval_limit)}

@@ -9,6 +9,14 @@ test set, plus the generic binary deltas (zstd patch-from, bsdiff4) of the
 full fine-tune. Results are cached per (method, budget, update), so an
 interrupted run resumes.
 
+Replay: every update mixes in replay of earlier data (half as many utterances
+as its adaptation set, drawn afresh each epoch). With `--replay cumulative`
+(default) the pool is base training data plus the adaptation sets of all
+earlier updates in the chain, so a method is asked to keep what earlier
+updates taught; `--replay base` draws from base training data only (the
+protocol of the first chain runs, under which every method forgets earlier
+updates).
+
     python bench/update_chain.py [--budgets 0.01,0.02,0.05,0.1] [--methods sparse,hashed,lora,full] \
         [--epochs 6] [--eval-limit 200] [--updates 5]
 """
@@ -17,6 +25,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -43,7 +52,7 @@ UPDATES = [  # (name, adaptation manifest, test manifest)
     ("novel_places", WORK / "updates/novel_places/adapt.jsonl", WORK / "updates/novel_places/test.jsonl"),
 ]
 ORIGINAL_TEST = WORK / "corpus/base/test.jsonl"
-REPLAY = WORK / "corpus/base/train.jsonl"
+REPLAY = WORK / "corpus/base_x3/train.jsonl"  # the shipped model's training data (docs/BASE-MODEL.md)
 CACHE = RESULTS / "update_chain.partial.json"
 
 
@@ -74,20 +83,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP spinning when cores are shared)")
     parser.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="base model (default: the shipped one)")
     parser.add_argument("--cache", type=Path, default=CACHE, help="partial results (resume)")
-    parser.add_argument("--replay-limit", type=int, default=2000, help="replay pool drawn from the base training set")
+    parser.add_argument("--results", default="update_chain", help="name of the results JSON in bench/results")
+    parser.add_argument("--replay-from", type=Path, default=REPLAY, help="the base model's training manifest")
+    parser.add_argument("--replay-limit", type=int, default=2000, help="utterances drawn from it for the replay pool")
+    parser.add_argument("--replay", choices=["cumulative", "base"], default="cumulative",
+                        help="replay pool: base training data plus earlier updates' adaptation sets, or base data only")
     args = parser.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
     cache_path = args.cache
     base = load_model(args.model)
     diff_dir = cache_path.with_name(cache_path.stem + "_diffs")
     base_file = encode_model(base)
-    setup = {"base_hash": base.content_hash(), "epochs": args.epochs, "eval_limit": args.eval_limit}
+    setup = {"base_hash": base.content_hash(), "epochs": args.epochs, "eval_limit": args.eval_limit,
+             "replay": args.replay, "replay_from": str(args.replay_from), "replay_limit": args.replay_limit}
     cache = update_cache(cache_path, {})
     if cache.setdefault("_setup", setup) != setup:
         raise SystemExit(f"{cache_path} holds results for {cache['_setup']}, not {setup}: use another --cache")
-    replay = WORK / "replay.jsonl"
-    if not replay.exists():  # a small replay pool of base training data (paths re-resolved by write_manifest)
-        write_manifest(replay, read_manifest(REPLAY, check_audio=False)[: args.replay_limit])
+    replay = base_replay_pool(args.replay_from, args.replay_limit)
     updates = UPDATES[: args.updates]
     base_wers = cache.get("_base_wer") or {"original": wer_on(base, ORIGINAL_TEST, args.eval_limit),
                                            **{name: wer_on(base, test, args.eval_limit) for name, _, test in updates}}
@@ -112,7 +124,7 @@ def main() -> None:
             else:
                 budget_bytes = int(budget * len(base_file))  # budgets are shares of the full model's bytes
                 diff = learn_diff(model, adapt, make_config(method, budget_bytes, args.epochs, args.threads),
-                                  replay_manifest=replay)
+                                  replay_manifest=replay_pool(replay, updates[:k], args.replay))
             seconds = time.time() - started
             new_model = apply_diff(model, diff)
             new_file = encode_model(new_model)
@@ -133,8 +145,31 @@ def main() -> None:
             print(json.dumps(record))
             model = new_model
     records = [v for k, v in cache.items() if not k.startswith("_")]
-    write_results("update_chain", {"base_wer": base_wers, "full_model_bytes": len(base_file), "model_hash": setup["base_hash"],
-                                   "epochs": args.epochs, "eval_limit": args.eval_limit, "records": records})
+    write_results(args.results, {"base_wer": base_wers, "full_model_bytes": len(base_file),
+                                 "model_hash": setup["base_hash"], "epochs": args.epochs, "eval_limit": args.eval_limit,
+                                 "replay": args.replay,
+                                 "records": records})
+
+
+def base_replay_pool(train_manifest: Path, limit: int) -> Path:
+    """A fixed random sample of the base model's training data (merged corpora are not shuffled)."""
+    pool = WORK / f"replay_{train_manifest.parent.name}_{limit}.jsonl"
+    if not pool.exists():
+        utts = read_manifest(train_manifest, check_audio=False)
+        write_manifest(pool, random.Random(0).sample(utts, min(limit, len(utts))))
+    return pool
+
+
+def replay_pool(base_replay: Path, earlier: list[tuple[str, Path, Path]], protocol: str) -> Path:
+    """The replay manifest for the next update: base data, plus earlier updates' adaptation sets."""
+    if protocol == "base" or not earlier:
+        return base_replay
+    pool = WORK / ("replay_after_" + "_".join(name for name, _, _ in earlier) + ".jsonl")
+    utts = read_manifest(base_replay, check_audio=False)
+    for _, adapt, _ in earlier:
+        utts += read_manifest(adapt, check_audio=False)
+    write_manifest(pool, utts)
+    return pool
 
 
 def update_cache(path: Path, new: dict) -> dict:

@@ -1,6 +1,6 @@
 """Tables, claim checks and the bytes-vs-WER plot from `bench/results/update_chain.json`.
 
-    python bench/update_chain_report.py            # prints markdown, writes update_chain.png
+    python bench/update_chain_report.py [NAME]     # prints markdown, writes NAME.png (default update_chain)
 
 Every number comes from the chain's JSON; nothing here trains or decodes.
 """
@@ -144,13 +144,14 @@ def plot(data: dict, records: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    data, records = load()
+    name = sys.argv[1] if len(sys.argv) > 1 else "update_chain"  # e.g. update_chain_stage2 for the first chain
+    data, records = load(RESULTS / f"{name}.json")
     print(table(data, records))
     print()
     for line in claims(data, records):
         print("-", line)
-    plot(data, records, RESULTS / "update_chain.png")
-    print(f"\nplot: {RESULTS / 'update_chain.png'}")
+    plot(data, records, RESULTS / f"{name}.png")
+    print(f"\nplot: {RESULTS / f'{name}.png'}")
 
 
 if __name__ == "__main__":

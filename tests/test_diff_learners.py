@@ -12,7 +12,7 @@ from device_agent.manifest import Utterance, write_manifest
 from diffing.data import load_examples
 from diffing.diffs import HashedDiffConfig, SparseMaskDiffConfig, learn_diff
 from diffing.diffs.api import parse_budget
-from diffing.diffs.int8_domain import mean_loss
+from diffing.diffs.int8_domain import mean_kl, mean_loss
 from tests.tiny import tiny_device_model
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
@@ -93,6 +93,39 @@ def test_byte_budget_is_met_by_the_serialized_bundle(manifest: Path) -> None:
     diff = learn_diff(base, manifest, SparseMaskDiffConfig(budget="400B", epochs=3, lr=0.3, replay_ratio=0.0))
     assert 0 < len(encode_diff_bundle(diff, base)) <= 400
     assert apply_diff(base, diff).content_hash() == diff.target_hash
+
+
+def test_sparse_byte_budget_is_filled(manifest: Path) -> None:
+    from packager.bundle import encode_diff_bundle
+
+    base = tiny_device_model()
+    logs: list[str] = []
+    diff = learn_diff(base, manifest, SparseMaskDiffConfig(budget="1500B", epochs=3, replay_ratio=0.0), log=logs.append)
+    # the final prune measures real encoded bytes, so a clustered diff is not left far under budget
+    assert 0.8 * 1500 <= len(encode_diff_bundle(diff, base)) <= 1500, logs
+
+
+def test_distillation_keeps_replay_outputs_closer_to_the_deployed_model(manifest: Path, tmp_path: Path) -> None:
+    from diffing.diffs.baselines import FullFinetuneConfig
+
+    base = tiny_device_model()
+    examples = load_examples(manifest, base.tokenizer, base.config.features, None, False)
+    # replay = other digits of the same speaker; the update pushes hard on one word
+    adapt = write_manifest(tmp_path / "adapt.jsonl", [Utterance(p, "seven", 0.5, "jackson")
+                                                      for p in sorted(FSDD.glob("*_jackson_[3-5].wav"))])
+    drift = {}
+    for distill in (0.0, 5.0):
+        diff = learn_diff(base, adapt, FullFinetuneConfig(epochs=3, lr=1.0, replay_ratio=1.0, distill=distill),
+                          replay_manifest=manifest)
+        drift[distill] = mean_kl(base, apply_diff(base, diff), examples)
+    assert 0 < drift[5.0] < drift[0.0], drift
+
+
+def test_lr_schedule_and_distill_are_validated() -> None:
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        SparseMaskDiffConfig(lr_schedule="linear")
+    with pytest.raises(ConfigError, match="distill"):
+        SparseMaskDiffConfig(distill=-1.0)
 
 
 def test_hashed_byte_budget_holds_when_the_sizing_guess_is_too_generous(manifest: Path, monkeypatch) -> None:

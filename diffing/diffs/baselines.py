@@ -42,8 +42,7 @@ def learn_full(deployed: DeviceModel, train_manifest: str | Path, cfg: FullFinet
     adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
     deltas = {n: torch.zeros(w.q.shape, requires_grad=True) for n, w in deployed.weights.items()}
     twin = Int8Twin(deployed, lambda name: round_ste(deltas[name]))
-    fit(twin, list(deltas.values()), adapt, replay, epochs=cfg.epochs, lr=cfg.lr, max_frames=cfg.max_frames,
-        replay_ratio=cfg.replay_ratio, seed=cfg.seed, threads=cfg.threads, log=log)
+    fit(twin, list(deltas.values()), adapt, replay, cfg, log=log)
     with torch.no_grad():
         dense = {n: torch.round(d).to(torch.int16).numpy() for n, d in deltas.items()}
     return finish_diff(deployed, "full", sparse_deltas_from_dense(deployed, dense), target_version)
@@ -86,8 +85,7 @@ def learn_lora(deployed: DeviceModel, train_manifest: str | Path, cfg: LoRADiffC
     twin = Int8Twin(deployed, lambda n: None)
     # the delta in int8 units is the float low-rank update divided by the channel scale
     twin.delta_fn = lambda n: round_ste((factors[n][0] @ factors[n][1]) / twin.scale[n])
-    fit(twin, [p for pair in factors.values() for p in pair], adapt, replay, epochs=cfg.epochs, lr=cfg.lr,
-        max_frames=cfg.max_frames, replay_ratio=cfg.replay_ratio, seed=cfg.seed, threads=cfg.threads, log=log)
+    fit(twin, [p for pair in factors.values() for p in pair], adapt, replay, cfg, log=log)
     with torch.no_grad():
         dense = {n: torch.round((a.half().float() @ b.half().float()) / twin.scale[n]).to(torch.int16).numpy()
                  for n, (a, b) in factors.items()}

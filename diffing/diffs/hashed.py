@@ -92,8 +92,7 @@ def _train(deployed: DeviceModel, counts: dict[str, int], adapt: list, replay: l
         return dense.view(deployed.weights[name].q.shape)
 
     twin = Int8Twin(deployed, delta)
-    fit(twin, list(values.values()), adapt, replay, epochs=cfg.epochs, lr=cfg.lr, max_frames=cfg.max_frames,
-        replay_ratio=cfg.replay_ratio, seed=cfg.seed, threads=cfg.threads, log=log)
+    fit(twin, list(values.values()), adapt, replay, cfg, log=log)
     with torch.no_grad():
         deltas = {n: HashedDelta(counts[n], torch.clamp(torch.round(v), -QMAX, QMAX).to(torch.int8).numpy())
                   for n, v in values.items()}

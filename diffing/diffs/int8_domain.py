@@ -6,6 +6,7 @@ uses a straight-through estimator so gradients reach the float `delta`.
 """
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Callable
@@ -16,7 +17,8 @@ import torch
 from device_agent.device_model import QMAX, DeviceModel
 from device_agent.diff import Diff, SparseDelta, apply_diff
 from device_agent.tokenizer import CharTokenizer
-from diffing.data import Example, batches, load_examples, spec_augment
+from diffing.data import Batch, Example, batches, load_examples, spec_augment
+from diffing.diffs.api import DiffConfig
 from diffing.export import float_model_from_device
 from diffing.model import RNNT
 from diffing.rnnt_loss import rnnt_loss
@@ -56,37 +58,73 @@ def load_adaptation_data(deployed: DeviceModel, train_manifest: str | Path, repl
     return adapt, replay
 
 
-def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay: list[Example], *, epochs: int,
-        lr: float, max_frames: int, replay_ratio: float, seed: int, threads: int,
-        after_step: Callable[[int, int], None] | None = None, log: Callable[[str], None] = lambda _: None,
-        optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Adam (or the given optimizer) on `params` with the RNN-T loss over adaptation data mixed with replay."""
-    torch.set_num_threads(threads)
+def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay: list[Example],
+        cfg: DiffConfig, *, after_step: Callable[[int, int], None] | None = None,
+        log: Callable[[str], None] = lambda _: None, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Adam (or the given optimizer) on `params`: RNN-T loss on adaptation and replay batches, plus
+    `cfg.distill` x the KL from the deployed model's output lattice on replay batches (learning without
+    forgetting: replay labels alone say what to output, the deployed model says how sure to be)."""
+    epochs, lr, max_frames, schedule, distill = cfg.epochs, cfg.lr, cfg.max_frames, cfg.lr_schedule, cfg.distill
+    torch.set_num_threads(cfg.threads)
     model, k = twin.model, twin.model.cfg.features.stack
-    rng = random.Random(seed)
-    n_replay = min(len(replay), int(round(replay_ratio * len(adapt))))
+    rng = random.Random(cfg.seed)
+    n_replay = min(len(replay), int(round(cfg.replay_ratio * len(adapt))))
     optimizer = optimizer or torch.optim.Adam(params, lr=lr)
     # 1) the number of steps is fixed up front so schedules can use it
-    per_epoch = sum(1 for _ in batches(adapt + replay[:n_replay], max_frames, k, None))
+    per_epoch = sum(1 for _ in batches(adapt, max_frames, k, None))
+    per_epoch += sum(1 for _ in batches(replay[:n_replay], max_frames, k, None))
     total, step = per_epoch * epochs, 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)) if schedule == "cosine" else 1.0)
     for epoch in range(epochs):
-        examples = adapt + rng.sample(replay, n_replay)
+        # 2) each step is one adaptation batch or one replay batch, in random order
+        steps = [(b, False) for b in batches(adapt, max_frames, k, rng)]
+        steps += [(b, True) for b in batches(rng.sample(replay, n_replay), max_frames, k, rng)]
+        rng.shuffle(steps)
         loss_sum, n = 0.0, 0
-        for batch in batches(examples, max_frames, k, rng):
+        for batch, is_replay in steps:
             feats = torch.stack([spec_augment(f, model.cfg.features.n_mels, rng) for f in model.normalize(batch.feats)])
-            enc, _ = model.encoder(feats, None, model.weight_transform)  # (B, T, H)
-            start = batch.targets.new_zeros(batch.targets.shape[0], 1)
-            pred, _ = model.predict(torch.cat([start, batch.targets], dim=1))  # (B, U+1, P)
-            logits = model.joint_logits(enc[:, :, None, :], pred[:, None, :, :])  # (B, T, U+1, V)
+            logits = _lattice_logits(model, feats, batch.targets)
             loss = rnnt_loss(logits, batch.targets, batch.feat_lens, batch.target_lens)
+            if is_replay and distill > 0:
+                loss = loss + distill * _kl_from_deployed(model, feats, batch, logits)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             step += 1
             if after_step is not None:
                 after_step(step, total)
             loss_sum, n = loss_sum + loss.item(), n + 1
         log(f"epoch {epoch + 1}/{epochs}: loss {loss_sum / max(n, 1):.3f}")
+
+
+def _lattice_logits(model: RNNT, feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Normalized features (B, T, D) and targets (B, U) -> joint logits (B, T, U+1, V) under the weight transform."""
+    enc, _ = model.encoder(feats, None, model.weight_transform)
+    start = targets.new_zeros(targets.shape[0], 1)
+    pred, _ = model.predict(torch.cat([start, targets], dim=1))
+    return model.joint_logits(enc[:, :, None, :], pred[:, None, :, :])
+
+
+def _kl_from_deployed(model: RNNT, feats: torch.Tensor, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+    """Mean KL(deployed || current) over the valid (t, u) nodes of the lattice."""
+    transform, model.weight_transform = model.weight_transform, None  # without deltas: the deployed weights
+    try:
+        with torch.no_grad():
+            teacher = torch.log_softmax(_lattice_logits(model, feats, batch.targets), dim=-1)
+    finally:
+        model.weight_transform = transform
+    kl = (teacher.exp() * (teacher - torch.log_softmax(logits, dim=-1))).sum(-1)  # (B, T, U+1)
+    valid = _valid_nodes(batch, kl.shape)
+    return (kl * valid).sum() / valid.sum()
+
+
+def _valid_nodes(batch: Batch, shape: torch.Size) -> torch.Tensor:
+    """(B, T, U+1) mask of lattice nodes inside each utterance's frames and targets."""
+    t_ok = torch.arange(shape[1])[None, :] < batch.feat_lens[:, None]
+    u_ok = torch.arange(shape[2])[None, :] <= batch.target_lens[:, None]
+    return (t_ok[:, :, None] & u_ok[:, None, :]).float()
 
 
 def finish_diff(deployed: DeviceModel, method: str, deltas: dict, target_version: int, seed: int = 0,
@@ -134,3 +172,18 @@ def mean_loss(deployed: DeviceModel, examples: list[Example], max_frames: int = 
         total += float(rnnt_loss(logits, batch.targets, batch.feat_lens, batch.target_lens, reduction="sum"))
         n += len(batch.texts)
     return total / max(n, 1)
+
+
+@torch.no_grad()
+def mean_kl(deployed: DeviceModel, updated: DeviceModel, examples: list[Example], max_frames: int = 2400) -> float:
+    """Mean per-node KL(deployed || updated) of the output lattice: how far an update moved the model's answers."""
+    old, new = float_model_from_device(deployed), float_model_from_device(updated)
+    k = old.cfg.features.stack
+    total, n = 0.0, 0
+    for batch in batches(examples, max_frames, k, None):
+        feats = old.normalize(batch.feats)
+        p, q = (torch.log_softmax(_lattice_logits(m, feats, batch.targets), dim=-1) for m in (old, new))
+        kl = (p.exp() * (p - q)).sum(-1)
+        valid = _valid_nodes(batch, kl.shape)
+        total, n = total + float((kl * valid).sum()), n + float(valid.sum())
+    return total / max(n, 1.0)

@@ -80,6 +80,17 @@ def sparse_entries_for_bytes(deployed: DeviceModel, budget_bytes: int) -> int:
     return _fixed_point(budget_bytes, int(sizes.sum()), size_of)
 
 
+def largest_prefix_within(budget_bytes: int, limit: int, size_of: Callable[[int], int]) -> int:
+    """The largest k in [1, limit] with size_of(k) <= budget_bytes (size_of non-decreasing), by bisection."""
+    lo, hi = 1, limit
+    if size_of(hi) <= budget_bytes:
+        return hi
+    while hi - lo > max(1, limit // 200):  # 0.5% resolution: a dozen encodes
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if size_of(mid) <= budget_bytes else (lo, mid)
+    return lo
+
+
 def min_hashed_bytes(deployed: DeviceModel) -> int:
     """A hashed diff always covers every matrix: the bundle with one bucket each is its floor."""
     return _encoded_size(deployed, {n: HashedDelta(1, np.zeros(1, dtype=np.int8)) for n, w in deployed.weights.items() if w.nnz})

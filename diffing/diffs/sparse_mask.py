@@ -21,8 +21,14 @@ from diffing.compression import cubic_schedule
 from diffing.diffs.api import DiffConfig, register
 from diffing.diffs.int8_domain import (Int8Twin, finish_diff, fit, load_adaptation_data, round_ste,
                                        sparse_deltas_from_dense, top_k_entries)
-from diffing.diffs.sizing import serialized_bytes, sparse_entries_for_bytes
+from diffing.diffs.sizing import largest_prefix_within, serialized_bytes, sparse_entries_for_bytes
 
+# For a byte budget the schedule prunes towards OVERSHOOT x the sizing estimate, then the
+# final prune keeps as many top-ranked entries as actually encode within FILL x the budget.
+# Why: trained diffs cluster in a few matrices (joint output, predictor), so they encode
+# smaller than the uniform-position estimate, which left ~12% of the budget unused.
+OVERSHOOT = 1.3
+FILL = 0.96
 
 
 @dataclass
@@ -73,12 +79,14 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
                       replay_manifest: str | Path | None, target_version: int, progress: bool,
                       log: Callable[[str], None]) -> Diff:
     k_final = budget_entries(deployed, cfg.budget)  # first: an unreachable budget fails before any work
+    by_bytes = isinstance(cfg.budget, int)
+    total_entries = sum(w.q.size for w in deployed.weights.values())
+    k_sched = min(total_entries, int(k_final * OVERSHOOT)) if by_bytes else k_final
     adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
     deltas = {n: torch.zeros(w.q.shape, requires_grad=True) for n, w in deployed.weights.items()}
     masks = {n: torch.ones(w.q.shape, dtype=torch.bool) for n, w in deployed.weights.items()}
     twin = Int8Twin(deployed, lambda name: round_ste(deltas[name] * masks[name]))
     optimizer = torch.optim.Adam(list(deltas.values()), lr=cfg.lr)
-    total_entries = sum(m.numel() for m in masks.values())
 
     def importance(name: str) -> torch.Tensor:
         d = deltas[name] * masks[name]
@@ -87,19 +95,45 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
             return state["exp_avg_sq"] * d * d
         return d.abs() * twin.scale[name]
 
+    finalised: list[int] = []  # the byte-exact selection happens once, at prune_end
+
+    def entries_within_bytes(scores: torch.Tensor, limit: int) -> int:
+        """How many of the top-ranked entries, with their current rounded deltas, encode within FILL x budget."""
+        order = scores.topk(limit).indices.numpy()
+        flat = torch.cat([torch.round(deltas[n]).flatten() for n in deltas]).numpy()
+        # an entry that rounds to 0 now still costs a position once it moves: count it as +-1
+        values = np.where(flat[order] == 0, 1, flat[order])
+
+        def size_of(k: int) -> int:
+            dense = np.zeros(flat.size, dtype=np.int16)
+            dense[order[:k]] = values[:k]
+            parts, offset = {}, 0
+            for n in deltas:
+                parts[n] = dense[offset:offset + masks[n].numel()].reshape(masks[n].shape)
+                offset += masks[n].numel()
+            return serialized_bytes(finish_diff(deployed, "sparse", sparse_deltas_from_dense(deployed, parts),
+                                                target_version), deployed)
+
+        return largest_prefix_within(int(FILL * cfg.budget), limit, size_of)
+
     @torch.no_grad()
     def prune(step: int, total: int) -> None:
-        # 1) scheduled density: 1 before prune_start, k_final / total after prune_end
+        # 1) scheduled density: 1 before prune_start, k_sched / total at prune_end (then, for a
+        #    byte budget, the entries that encode within it)
         progress_frac = step / total
         if progress_frac < cfg.prune_start or (step % cfg.prune_every and progress_frac < cfg.prune_end):
             return
         span = max(1e-9, cfg.prune_end - cfg.prune_start)
-        removed = cubic_schedule((progress_frac - cfg.prune_start) / span, 1.0 - k_final / total_entries)
-        keep = max(k_final, int(round((1.0 - removed) * total_entries)))
-        if sum(int(m.sum()) for m in masks.values()) <= keep:
+        removed = cubic_schedule((progress_frac - cfg.prune_start) / span, 1.0 - k_sched / total_entries)
+        keep = max(k_sched, int(round((1.0 - removed) * total_entries)))
+        final = progress_frac >= cfg.prune_end
+        if sum(int(m.sum()) for m in masks.values()) <= keep and not (final and by_bytes and not finalised):
             return
         # 2) global top-k by the chosen importance score
         scores = torch.cat([importance(n).flatten() for n in deltas])
+        if final and by_bytes and not finalised:
+            keep = entries_within_bytes(scores, min(keep, int((scores > 0).sum())))
+            finalised.append(keep)
         flat_keep = torch.zeros(scores.numel(), dtype=torch.bool)
         flat_keep[scores.topk(keep, sorted=False).indices] = True  # exactly `keep` entries
         offset = 0
@@ -109,9 +143,7 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
             deltas[n].mul_(masks[n])
             offset += size
 
-    fit(twin, list(deltas.values()), adapt, replay, epochs=cfg.epochs, lr=cfg.lr, max_frames=cfg.max_frames,
-        replay_ratio=cfg.replay_ratio, seed=cfg.seed, threads=cfg.threads, after_step=prune, log=log,
-        optimizer=optimizer)
+    fit(twin, list(deltas.values()), adapt, replay, cfg, after_step=prune, log=log, optimizer=optimizer)
 
     # 3) integer deltas, trimmed until a byte budget is met
     with torch.no_grad():
