@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--budget-share", type=float, default=0.02, help="budget as a share of the model file's bytes")
     parser.add_argument("--update", default="novel_names", choices=[u[0] for u in UPDATES])
     parser.add_argument("--model", type=Path, default=SHIPPED_MODEL)
-    parser.add_argument("--replay", type=Path, 
+    parser.add_argument("--replay", type=Path,
                         help="replay manifest (default: the chain's pool from the base training data)")
     parser.add_argument("--eval-limit", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)

@@ -9,8 +9,8 @@ test set, plus the generic binary deltas (zstd patch-from, bsdiff4) of the
 full fine-tune. Results are cached per (method, budget, update), so an
 interrupted run resumes.
 
-Replay: every update mixes in replay of earlier data (half as many utterances
-as its adaptation set, drawn afresh each epoch). With `--replay cumulative`
+Replay: every update mixes in replay of earlier data (`replay_ratio`, 1.5 by
+default, replay utterances per adaptation utterance, drawn afresh each epoch). With `--replay cumulative`
 (default) the pool is base training data plus the adaptation sets of all
 earlier updates in the chain, so a method is asked to keep what earlier
 updates taught; `--replay base` draws from base training data only (the

@@ -99,12 +99,14 @@ def claims(data: dict, records: list[dict]) -> list[str]:
     walltime = RESULTS / "diff_walltime.json"
     if walltime.exists():  # the clean, back-to-back measurement
         w = json.loads(walltime.read_text())
-        out.append(f"back to back, one thread, {w['epochs']} epochs, model {w['model_hash'][:8]} ({w['command']}): "
+        out.append(f"back to back, one thread, {w['epochs']} epochs, model {w['model_hash'][:8]} "
+                   f"({w['command']}): "
                    + ", ".join(f"{k} {v}x" for k, v in w["ratio_vs_full"].items())
                    + f" the full fine-tune's {w['seconds']['full']} s (<= 1.5x: "
                    + f"{'met' if max(w['ratio_vs_full'].values()) <= 1.5 else 'NOT met'})")
     # forgetting of earlier updates: their WER after the last update minus right after they were learned
-    chains = sorted({(r["method"], r["budget"]) for r in records}, key=lambda mb: (METHOD_ORDER.index(mb[0]), mb[1]))
+    chains = sorted({(r["method"], r["budget"]) for r in records},
+                    key=lambda mb: (METHOD_ORDER.index(mb[0]), mb[1]))
     for method, b in chains:
         last = by.get((method, b, updates[-1]))
         if last and last["wer_earlier"]:
