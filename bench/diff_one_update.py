@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, SHIPPED_MODEL  # noqa: E402
-from bench.update_chain import ORIGINAL_TEST, REPLAY, UPDATES, base_replay_pool, wer_on  # noqa: E402
+from bench.update_chain import ORIGINAL_TEST, REPLAY, REPLAY_LIMIT, UPDATES, base_replay_pool, wer_on  # noqa: E402
 from device_agent.diff import apply_diff  # noqa: E402
 from device_agent.model_format import encode_model, load_model  # noqa: E402
 from diffing.diffs import DIFF_METHODS, learn_diff  # noqa: E402
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--save", type=Path, help="also write the diff bundle here")
     args = parser.parse_args()
     base = load_model(args.model)
-    args.replay = args.replay or base_replay_pool(REPLAY, 2000)
+    args.replay = args.replay or base_replay_pool(REPLAY, REPLAY_LIMIT)
     model_bytes = len(encode_model(base))
     config_cls = DIFF_METHODS[args.method][0]
     fields = {"budget": int(args.budget_share * model_bytes), "threads": args.threads, **json.loads(args.config)}

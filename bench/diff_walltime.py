@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import SHIPPED_MODEL, write_results  # noqa: E402
-from bench.update_chain import REPLAY, UPDATES, base_replay_pool  # noqa: E402
+from bench.update_chain import REPLAY, REPLAY_LIMIT, UPDATES, base_replay_pool  # noqa: E402
 from device_agent.model_format import encode_model, load_model  # noqa: E402
 from diffing.diffs import HashedDiffConfig, SparseMaskDiffConfig, learn_diff  # noqa: E402
 from diffing.diffs.baselines import FullFinetuneConfig  # noqa: E402
@@ -34,7 +34,7 @@ def main() -> None:
     configs = {"full": FullFinetuneConfig(epochs=args.epochs, threads=1),
                "sparse": SparseMaskDiffConfig(budget=budget, epochs=args.epochs, threads=1),
                "hashed": HashedDiffConfig(budget=budget, epochs=args.epochs, threads=1)}
-    replay = base_replay_pool(REPLAY, 2000)  # the chain's replay pool
+    replay = base_replay_pool(REPLAY, REPLAY_LIMIT)  # the chain's replay pool
     seconds = {}
     for name, cfg in configs.items():
         started = time.perf_counter()

@@ -10,10 +10,10 @@ full fine-tune. Results are cached per (method, budget, update), so an
 interrupted run resumes.
 
 Replay: every update mixes in replay of earlier data (`replay_ratio`, 1.5 by
-default, replay utterances per adaptation utterance, drawn afresh each epoch). With `--replay cumulative`
-(default) the pool is base training data plus the adaptation sets of all
-earlier updates in the chain, so a method is asked to keep what earlier
-updates taught; `--replay base` draws from base training data only (the
+default, replay utterances per adaptation utterance, drawn afresh each
+epoch). With `--replay cumulative` (default) the pool is base training data
+plus the adaptation sets of all earlier updates in the chain, so a method
+is asked to keep what earlier updates taught; `--replay base` draws from base training data only (the
 protocol of the first chain runs, under which every method forgets earlier
 updates).
 
@@ -53,6 +53,7 @@ UPDATES = [  # (name, adaptation manifest, test manifest)
 ]
 ORIGINAL_TEST = WORK / "corpus/base/test.jsonl"
 REPLAY = WORK / "corpus/base_x3/train.jsonl"  # the shipped model's training data (docs/BASE-MODEL.md)
+REPLAY_LIMIT = 2000  # utterances of base training data in the replay pool
 CACHE = RESULTS / "update_chain.partial.json"
 
 
@@ -85,7 +86,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=CACHE, help="partial results (resume)")
     parser.add_argument("--results", default="update_chain", help="name of the results JSON in bench/results")
     parser.add_argument("--replay-from", type=Path, default=REPLAY, help="the base model's training manifest")
-    parser.add_argument("--replay-limit", type=int, default=2000, help="utterances drawn from it for the replay pool")
+    parser.add_argument("--replay-limit", type=int, default=REPLAY_LIMIT,
+                        help="utterances drawn from it for the replay pool")
     parser.add_argument("--replay", choices=["cumulative", "base"], default="cumulative",
                         help="replay pool: base training data plus earlier updates' adaptation sets, or base data only")
     args = parser.parse_args()

@@ -29,7 +29,7 @@ class FeatureConfig:
         return self.n_mels * self.stack
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+def hz_to_mel(hz: np.ndarray) -> np.ndarray:
     return 2595.0 * np.log10(1.0 + hz / 700.0)
 
 
@@ -39,7 +39,7 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
 
 def mel_points_hz(cfg: FeatureConfig) -> np.ndarray:
     """Edges and centres of the triangular filters: n_mels + 2 points, equally spaced in mel."""
-    mel_pts = np.linspace(_hz_to_mel(np.array(20.0)), _hz_to_mel(np.array(cfg.sample_rate / 2)), cfg.n_mels + 2)
+    mel_pts = np.linspace(hz_to_mel(np.array(20.0)), hz_to_mel(np.array(cfg.sample_rate / 2)), cfg.n_mels + 2)
     return _mel_to_hz(mel_pts)
 
 

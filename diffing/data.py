@@ -13,7 +13,7 @@ import xxhash
 from rich.progress import track
 
 from device_agent.audio import load_audio
-from device_agent.features import FeatureConfig, log_mel, mel_points_hz
+from device_agent.features import FeatureConfig, hz_to_mel, log_mel, mel_points_hz
 from device_agent.manifest import Utterance, read_manifest
 from device_agent.tokenizer import CharTokenizer
 
@@ -90,7 +90,7 @@ def _vtlp_matrix(alpha: float, cfg: FeatureConfig) -> torch.Tensor:
     # the output bin at frequency f reads the input at f / alpha below the cut, linear to Nyquist above
     source = np.where(centres <= cut, centres / alpha,
                       cut / alpha + (centres - cut) * (nyquist - cut / alpha) / (nyquist - cut))
-    pos = np.interp(np.log1p(source / 700.0), np.log1p(centres / 700.0), np.arange(cfg.n_mels))  # in mel
+    pos = np.interp(hz_to_mel(source), hz_to_mel(centres), np.arange(cfg.n_mels))
     low = np.clip(np.floor(pos).astype(int), 0, cfg.n_mels - 1)
     high = np.minimum(low + 1, cfg.n_mels - 1)
     frac = pos - low

@@ -115,16 +115,18 @@ def _kl_from_deployed(model: RNNT, feats: torch.Tensor, batch: Batch, logits: to
             teacher = torch.log_softmax(_lattice_logits(model, feats, batch.targets), dim=-1)
     finally:
         model.weight_transform = transform
-    kl = (teacher.exp() * (teacher - torch.log_softmax(logits, dim=-1))).sum(-1)  # (B, T, U+1)
-    valid = _valid_nodes(batch, kl.shape)
-    return (kl * valid).sum() / valid.sum()
+    kl_sum, nodes = _lattice_kl(teacher, torch.log_softmax(logits, dim=-1), batch)
+    return kl_sum / nodes
 
 
-def _valid_nodes(batch: Batch, shape: torch.Size) -> torch.Tensor:
-    """(B, T, U+1) mask of lattice nodes inside each utterance's frames and targets."""
-    t_ok = torch.arange(shape[1])[None, :] < batch.feat_lens[:, None]
-    u_ok = torch.arange(shape[2])[None, :] <= batch.target_lens[:, None]
-    return (t_ok[:, :, None] & u_ok[:, None, :]).float()
+def _lattice_kl(p: torch.Tensor, q: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities (B, T, U+1, V) -> (sum of KL(p || q) over the valid lattice nodes, their count);
+    valid: inside each utterance's frames and targets."""
+    kl = (p.exp() * (p - q)).sum(-1)  # (B, T, U+1)
+    t_ok = torch.arange(kl.shape[1])[None, :] < batch.feat_lens[:, None]
+    u_ok = torch.arange(kl.shape[2])[None, :] <= batch.target_lens[:, None]
+    valid = (t_ok[:, :, None] & u_ok[:, None, :]).float()
+    return (kl * valid).sum(), valid.sum()
 
 
 def finish_diff(deployed: DeviceModel, method: str, deltas: dict, target_version: int, seed: int = 0,
@@ -142,10 +144,17 @@ def top_k_entries(deployed: DeviceModel, dense: dict[str, np.ndarray], k: int) -
                              * deployed.weights[n].scale[:, None] for n, d in dense.items()], axis=None)
     keep = np.zeros(scores.size, dtype=bool)
     keep[np.argsort(-scores, kind="stable")[:k]] = True
+    kept = split_flat(keep, {n: d.shape for n, d in dense.items()})
+    return {n: np.where(kept[n], d, 0) for n, d in dense.items()}
+
+
+def split_flat(flat, shapes: dict[str, tuple[int, ...]]) -> dict:
+    """A flat array (numpy or torch) cut back into per-tensor pieces, in `shapes`' order."""
     out, offset = {}, 0
-    for n, d in dense.items():
-        out[n] = np.where(keep[offset:offset + d.size].reshape(d.shape), d, 0)
-        offset += d.size
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        out[name] = flat[offset:offset + size].reshape(shape)
+        offset += size
     return out
 
 
@@ -183,7 +192,6 @@ def mean_kl(deployed: DeviceModel, updated: DeviceModel, examples: list[Example]
     for batch in batches(examples, max_frames, k, None):
         feats = old.normalize(batch.feats)
         p, q = (torch.log_softmax(_lattice_logits(m, feats, batch.targets), dim=-1) for m in (old, new))
-        kl = (p.exp() * (p - q)).sum(-1)
-        valid = _valid_nodes(batch, kl.shape)
-        total, n = total + float((kl * valid).sum()), n + float(valid.sum())
+        kl_sum, nodes = _lattice_kl(p, q, batch)
+        total, n = total + float(kl_sum), n + float(nodes)
     return total / max(n, 1.0)

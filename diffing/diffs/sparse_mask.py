@@ -20,7 +20,7 @@ from device_agent.errors import ConfigError
 from diffing.compression import cubic_schedule
 from diffing.diffs.api import DiffConfig, register
 from diffing.diffs.int8_domain import (Int8Twin, finish_diff, fit, load_adaptation_data, round_ste,
-                                       sparse_deltas_from_dense, top_k_entries)
+                                       sparse_deltas_from_dense, split_flat, top_k_entries)
 from diffing.diffs.sizing import largest_prefix_within, serialized_bytes, sparse_entries_for_bytes
 
 # For a byte budget the schedule prunes towards OVERSHOOT x the sizing estimate, then the
@@ -85,6 +85,7 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
     deltas = {n: torch.zeros(w.q.shape, requires_grad=True) for n, w in deployed.weights.items()}
     masks = {n: torch.ones(w.q.shape, dtype=torch.bool) for n, w in deployed.weights.items()}
+    shapes = {n: w.q.shape for n, w in deployed.weights.items()}
     twin = Int8Twin(deployed, lambda name: round_ste(deltas[name] * masks[name]))
     optimizer = torch.optim.Adam(list(deltas.values()), lr=cfg.lr)
 
@@ -107,10 +108,7 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
         def size_of(k: int) -> int:
             dense = np.zeros(flat.size, dtype=np.int16)
             dense[order[:k]] = values[:k]
-            parts, offset = {}, 0
-            for n in deltas:
-                parts[n] = dense[offset:offset + masks[n].numel()].reshape(masks[n].shape)
-                offset += masks[n].numel()
+            parts = split_flat(dense, shapes)
             return serialized_bytes(finish_diff(deployed, "sparse", sparse_deltas_from_dense(deployed, parts),
                                                 target_version), deployed)
 
@@ -126,22 +124,19 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
         span = max(1e-9, cfg.prune_end - cfg.prune_start)
         removed = cubic_schedule((progress_frac - cfg.prune_start) / span, 1.0 - k_sched / total_entries)
         keep = max(k_sched, int(round((1.0 - removed) * total_entries)))
-        final = progress_frac >= cfg.prune_end
-        if sum(int(m.sum()) for m in masks.values()) <= keep and not (final and by_bytes and not finalised):
+        select_by_bytes = by_bytes and progress_frac >= cfg.prune_end and not finalised
+        if sum(int(m.sum()) for m in masks.values()) <= keep and not select_by_bytes:
             return
         # 2) global top-k by the chosen importance score
         scores = torch.cat([importance(n).flatten() for n in deltas])
-        if final and by_bytes and not finalised:
+        if select_by_bytes:
             keep = entries_within_bytes(scores, min(keep, int((scores > 0).sum())))
             finalised.append(keep)
         flat_keep = torch.zeros(scores.numel(), dtype=torch.bool)
         flat_keep[scores.topk(keep, sorted=False).indices] = True  # exactly `keep` entries
-        offset = 0
-        for n in deltas:
-            size = masks[n].numel()
-            masks[n] &= flat_keep[offset:offset + size].view_as(masks[n])
+        for n, keep_n in split_flat(flat_keep, shapes).items():
+            masks[n] &= keep_n
             deltas[n].mul_(masks[n])
-            offset += size
 
     fit(twin, list(deltas.values()), adapt, replay, cfg, after_step=prune, log=log, optimizer=optimizer)
 
