@@ -13,9 +13,9 @@ Replay: every update mixes in replay of earlier data (`replay_ratio`, 1.5 by
 default, replay utterances per adaptation utterance, drawn afresh each
 epoch). With `--replay cumulative` (default) the pool is base training data
 plus the adaptation sets of all earlier updates in the chain, so a method
-is asked to keep what earlier updates taught; `--replay base` draws from base training data only (the
-protocol of the first chain runs, under which every method forgets earlier
-updates).
+is asked to keep what earlier updates taught; `--replay base` draws from
+base training data only (the protocol of the first chain runs, under which
+every method forgets earlier updates).
 
     python bench/update_chain.py [--budgets 0.01,0.02,0.05,0.1] [--methods sparse,hashed,lora,full] \
         [--epochs 6] [--eval-limit 200] [--updates 5]
