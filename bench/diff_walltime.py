@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import SHIPPED_MODEL, write_results  # noqa: E402
 from bench.update_chain import REPLAY, REPLAY_LIMIT, UPDATES, base_replay_pool  # noqa: E402
 from device_agent.model_format import encode_model, load_model  # noqa: E402
-from diffing.diffs import HashedDiffConfig, SparseMaskDiffConfig, learn_diff  # noqa: E402
+from diffing.diffs import HashedDiffConfig, HybridDiffConfig, SparseMaskDiffConfig, learn_diff  # noqa: E402
 from diffing.diffs.baselines import FullFinetuneConfig  # noqa: E402
 
 
@@ -33,7 +33,8 @@ def main() -> None:
     _, adapt, _ = next(u for u in UPDATES if u[0] == args.update)
     configs = {"full": FullFinetuneConfig(epochs=args.epochs, threads=1),
                "sparse": SparseMaskDiffConfig(budget=budget, epochs=args.epochs, threads=1),
-               "hashed": HashedDiffConfig(budget=budget, epochs=args.epochs, threads=1)}
+               "hashed": HashedDiffConfig(budget=budget, epochs=args.epochs, threads=1),
+               "hybrid": HybridDiffConfig(budget=budget, epochs=args.epochs, threads=1)}
     replay = base_replay_pool(REPLAY, REPLAY_LIMIT)  # the chain's replay pool
     seconds = {}
     for name, cfg in configs.items():

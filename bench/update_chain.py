@@ -38,7 +38,7 @@ from device_agent.manifest import read_manifest, write_manifest  # noqa: E402
 from device_agent.model_format import encode_model, load_model  # noqa: E402
 from device_agent.runtime import Int8Runtime  # noqa: E402
 from device_agent.wer import evaluate  # noqa: E402
-from diffing.diffs import HashedDiffConfig, SparseMaskDiffConfig, learn_diff  # noqa: E402
+from diffing.diffs import HashedDiffConfig, HybridDiffConfig, SparseMaskDiffConfig, learn_diff  # noqa: E402
 from diffing.diffs.baselines import (FullFinetuneConfig, LoRADiffConfig, bsdiff_bytes, topk_of,  # noqa: E402
                                      zstd_patch_from_bytes)
 from packager.bundle import encode_diff_bundle  # noqa: E402
@@ -68,6 +68,8 @@ def make_config(method: str, budget: int, epochs: int, threads: int):
         return SparseMaskDiffConfig(budget=budget, epochs=epochs, threads=threads)
     if method == "hashed":
         return HashedDiffConfig(budget=budget, epochs=epochs, threads=threads)
+    if method == "hybrid":
+        return HybridDiffConfig(budget=budget, epochs=epochs, threads=threads)
     if method == "lora":
         return LoRADiffConfig(budget=budget, epochs=epochs, threads=threads)
     return FullFinetuneConfig(epochs=epochs, threads=threads)

@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS  # noqa: E402
 
-METHOD_ORDER = ["full", "sparse", "hashed", "topk", "lora"]
+METHOD_ORDER = ["full", "sparse", "hybrid", "hashed", "topk", "lora"]
 
 
 def load(path: Path = RESULTS / "update_chain.json") -> tuple[dict, list[dict]]:
@@ -51,15 +51,16 @@ def claims(data: dict, records: list[dict]) -> list[str]:
     budgets = sorted({r["budget"] for r in records if r["method"] == "sparse"})
     out = []
     base_orig = data["base_wer"]["original"]
-    for b in budgets:
+    for method, b in sorted({(r["method"], r["budget"]) for r in records if r["method"] in ("sparse", "hybrid")},
+                            key=lambda mb: (mb[1], mb[0])):
         gaps, forgetting = [], []
         for u in updates:
-            full, sparse = by.get(("full", 1.0, u)), by.get(("sparse", b, u))
+            full, sparse = by.get(("full", 1.0, u)), by.get((method, b, u))
             if full and sparse:
                 gaps.append(sparse["wer_update"] - full["wer_update"])
                 forgetting.append(sparse["wer_original"] - base_orig)
         if gaps:
-            out.append(f"sparse {pct(b)} of the model bytes: update WER minus full fine-tune per update "
+            out.append(f"{method} {pct(b)} of the model bytes: update WER minus full fine-tune per update "
                        f"{', '.join(f'{100 * g:+.1f}' for g in gaps)} points (needs <= +1.0 everywhere: "
                        f"{'met' if max(gaps) <= 0.01 else 'NOT met'}); original-set WER minus base "
                        f"{', '.join(f'{100 * f:+.1f}' for f in forgetting)} points (<= +1.0: "
@@ -90,9 +91,10 @@ def claims(data: dict, records: list[dict]) -> list[str]:
     else:
         out.append("no sparse budget reached full fine-tune WER (+1 point) on any update, so the equal-WER size "
                    "comparison with zstd patch-from / bsdiff has no pair to compare")
-    for method in ("sparse", "hashed"):
+    for method in ("sparse", "hybrid", "hashed"):
         times = [by[(method, b, u)]["train_seconds"] / by[("full", 1.0, u)]["train_seconds"]
-                 for b in budgets for u in updates if (method, b, u) in by and ("full", 1.0, u) in by]
+                 for b in sorted({r["budget"] for r in records}) for u in updates
+                 if (method, b, u) in by and ("full", 1.0, u) in by]
         if times:
             out.append(f"{method} diff training wall time / full fine-tune in the chain (processes sharing cores, "
                        f"so noisy): mean {sum(times) / len(times):.2f}x, max {max(times):.2f}x")

@@ -17,8 +17,9 @@ def diff() -> None:
 
 
 @diff.command()
-@click.option("--method", type=click.Choice(["sparse", "hashed", "full", "lora"]), default="sparse", show_default=True,
-              help="sparse: pruned integer deltas; hashed: shared buckets; full/lora: baselines.")
+@click.option("--method", type=click.Choice(["sparse", "hashed", "hybrid", "full", "lora"]), default="sparse",
+              show_default=True, help="sparse: pruned integer deltas; hashed: shared buckets; hybrid: hashed "
+              "encoder + sparse elsewhere; full/lora: baselines.")
 @click.option("--budget", default="1%", show_default=True,
               help="Nonzero delta entries as a % of weights ('1%'), or payload bytes ('20KB').")
 @click.option("--base", "base_path", required=True, type=click.Path(dir_okay=False),

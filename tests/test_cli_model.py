@@ -69,3 +69,24 @@ def test_every_command_has_help_with_an_example() -> None:
         assert result.exit_code == 0, path
         if not hasattr(command, "commands"):
             assert "Example" in result.output, f"`ota {' '.join(path)} --help` has no example"
+
+
+def test_diff_train_apply_inspect_hybrid(model_file: Path, tmp_path: Path) -> None:
+    from device_agent.manifest import Utterance, write_manifest
+    from device_agent.model_format import load_model
+
+    words = "zero one two three four five six seven eight nine".split()
+    data = write_manifest(tmp_path / "adapt.jsonl", [Utterance(p, words[int(p.name[0])], 0.5, "jackson")
+                                                     for p in sorted(FSDD.glob("*_jackson_0.wav"))])
+    out = tmp_path / "v2.otab"
+    trained = CliRunner().invoke(cli, ["diff", "train", "--method", "hybrid", "--budget", "2500B", "--base",
+                                       str(model_file), "--data", str(data), "--epochs", "1", "--out", str(out)])
+    assert trained.exit_code == 0, trained.output
+    record = json.loads(trained.output.strip().splitlines()[-1])
+    assert record["bytes"] == out.stat().st_size <= 2500
+    info = CliRunner().invoke(cli, ["diff", "inspect", str(out)])
+    assert info.exit_code == 0 and "hybrid" in info.output and "hashed" in info.output, info.output
+    applied = CliRunner().invoke(cli, ["diff", "apply", str(out), "--base", str(model_file),
+                                       "--out", str(tmp_path / "v2.otam")])
+    assert applied.exit_code == 0, applied.output
+    assert load_model(tmp_path / "v2.otam").content_hash() == record["target_hash"]

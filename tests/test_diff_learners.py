@@ -10,7 +10,7 @@ from device_agent.diff import HashedDelta, SparseDelta, apply_diff
 from device_agent.errors import ConfigError
 from device_agent.manifest import Utterance, write_manifest
 from diffing.data import load_examples
-from diffing.diffs import HashedDiffConfig, SparseMaskDiffConfig, learn_diff
+from diffing.diffs import HashedDiffConfig, HybridDiffConfig, SparseMaskDiffConfig, learn_diff
 from diffing.diffs.api import parse_budget
 from diffing.diffs.int8_domain import mean_kl, mean_loss
 from tests.tiny import tiny_device_model
@@ -161,3 +161,43 @@ def test_unreachable_byte_budget_is_refused_before_training(manifest: Path, conf
     base = tiny_device_model()
     with pytest.raises(ConfigError, match="cannot be met"):
         learn_diff(base, manifest, config(budget="100B", epochs=1))
+
+
+def test_hybrid_diff_hashes_the_chosen_matrices_within_the_byte_budget(manifest: Path) -> None:
+    from packager.bundle import apply_bundle, decode_bundle, encode_diff_bundle
+
+    base = tiny_device_model()
+    diff = learn_diff(base, manifest, HybridDiffConfig(budget="2500B", epochs=3, replay_ratio=0.0))
+    assert diff.method == "hybrid"
+    kinds = {name: type(d) for name, d in diff.deltas.items()}
+    assert {n for n, k in kinds.items() if k is HashedDelta} == {n for n, w in base.weights.items()
+                                                                  if n.startswith("encoder.") and w.nnz}
+    assert any(k is SparseDelta for k in kinds.values())
+    data = encode_diff_bundle(diff, base)
+    assert len(data) <= 2500
+    # the shipped bundle (seed included) reproduces the server's predicted model on the device
+    updated = apply_bundle(decode_bundle(data), base)
+    assert updated.content_hash() == diff.target_hash
+    examples = load_examples(manifest, base.tokenizer, base.config.features, None, False)
+    assert mean_loss(updated, examples) < mean_loss(base, examples)
+
+
+def test_hybrid_config_is_validated() -> None:
+    with pytest.raises(ConfigError, match="hashed_share"):
+        HybridDiffConfig(hashed_prefixes=())
+    with pytest.raises(ConfigError, match="hashed_share"):
+        HybridDiffConfig(hashed_share=1.0)
+    with pytest.raises(ConfigError, match="no weight matrix"):
+        learn_diff(tiny_device_model(), "unused.jsonl", HybridDiffConfig(budget="20KB", hashed_prefixes=("decoder.",)))
+    with pytest.raises(ConfigError, match="cannot be met"):
+        learn_diff(tiny_device_model(), "unused.jsonl", HybridDiffConfig(budget="400B"))
+
+
+def test_hybrid_fraction_budget_counts_entries_and_buckets(manifest: Path) -> None:
+    base = tiny_device_model()
+    diff = learn_diff(base, manifest, HybridDiffConfig(budget=0.05, epochs=2, replay_ratio=0.0, hashed_share=0.3))
+    total = sum(w.q.size for w in base.weights.values())
+    buckets = sum(d.num_buckets for d in diff.deltas.values() if isinstance(d, HashedDelta))
+    entries = sum(d.values.size for d in diff.deltas.values() if isinstance(d, SparseDelta))
+    assert abs(buckets - 0.3 * 0.05 * total) <= len(diff.deltas) and 0 < entries <= 0.7 * 0.05 * total
+    assert apply_diff(base, diff).content_hash() == diff.target_hash

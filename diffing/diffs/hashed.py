@@ -4,6 +4,7 @@ Only bucket values, the seed and B are shipped; zeros stay zero.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -73,28 +74,37 @@ def _buckets_for(target_bytes: float, a: tuple[int, int], b: tuple[int, int]) ->
     return max(1, min(b[0] - 1, int(guess)))
 
 
+class HashedLayout:
+    """Which bucket and sign each nonzero entry of each hashed matrix uses; expands trainable
+    bucket values into the dense delta the twin trains through (what the device's apply computes)."""
+
+    def __init__(self, deployed: DeviceModel, counts: dict[str, int], seed: int) -> None:
+        self.counts, self.shapes = counts, {n: deployed.weights[n].q.shape for n in counts}
+        self.layout: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for name, b in counts.items():
+            positions = np.flatnonzero(deployed.weights[name].q)
+            bucket, sign = buckets_and_signs(positions, seed, name, b)
+            self.layout[name] = (torch.from_numpy(positions), torch.from_numpy(bucket), torch.from_numpy(sign).float())
+        self.values = {n: torch.zeros(b, requires_grad=True) for n, b in counts.items()}
+
+    def delta(self, name: str) -> torch.Tensor | None:
+        if name not in self.layout:
+            return None
+        positions, bucket, sign = self.layout[name]
+        dense = torch.zeros(math.prod(self.shapes[name]))
+        dense = dense.index_put((positions,), sign * round_ste(self.values[name])[bucket])
+        return dense.view(self.shapes[name])
+
+    @torch.no_grad()
+    def deltas(self) -> dict[str, HashedDelta]:
+        return {n: HashedDelta(self.counts[n], torch.clamp(torch.round(v), -QMAX, QMAX).to(torch.int8).numpy())
+                for n, v in self.values.items()}
+
+
 def _train(deployed: DeviceModel, counts: dict[str, int], adapt: list, replay: list, cfg: HashedDiffConfig,
            target_version: int, log: Callable[[str], None]) -> Diff:
-    layout = {}
-    for name, b in counts.items():
-        w = deployed.weights[name]
-        positions = np.flatnonzero(w.q)
-        bucket, sign = buckets_and_signs(positions, cfg.hash_seed, name, b)
-        layout[name] = (torch.from_numpy(positions), torch.from_numpy(bucket), torch.from_numpy(sign).float(), w.q.size)
-    values = {n: torch.zeros(b, requires_grad=True) for n, b in counts.items()}
-
-    def delta(name: str) -> torch.Tensor | None:
-        if name not in layout:
-            return None
-        positions, bucket, sign, numel = layout[name]
-        dense = torch.zeros(numel)
-        dense = dense.index_put((positions,), sign * round_ste(values[name])[bucket])
-        return dense.view(deployed.weights[name].q.shape)
-
-    twin = Int8Twin(deployed, delta)
-    fit(twin, list(values.values()), adapt, replay, cfg, log=log)
-    with torch.no_grad():
-        deltas = {n: HashedDelta(counts[n], torch.clamp(torch.round(v), -QMAX, QMAX).to(torch.int8).numpy())
-                  for n, v in values.items()}
+    hashed = HashedLayout(deployed, counts, cfg.hash_seed)
+    twin = Int8Twin(deployed, hashed.delta)
+    fit(twin, list(hashed.values.values()), adapt, replay, cfg, log=log)
     log(f"hashed diff: {sum(counts.values())} buckets over {len(counts)} matrices")
-    return finish_diff(deployed, "hashed", deltas, target_version, seed=cfg.hash_seed)
+    return finish_diff(deployed, "hashed", hashed.deltas(), target_version, seed=cfg.hash_seed)

@@ -7,7 +7,7 @@ small deltas like trained ones, and iterate to a fixed point.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 
@@ -91,16 +91,18 @@ def largest_prefix_within(budget_bytes: int, limit: int, size_of: Callable[[int]
     return lo
 
 
-def min_hashed_bytes(deployed: DeviceModel) -> int:
-    """A hashed diff always covers every matrix: the bundle with one bucket each is its floor."""
-    return _encoded_size(deployed, {n: HashedDelta(1, np.zeros(1, dtype=np.int8)) for n, w in deployed.weights.items() if w.nnz})
+def min_hashed_bytes(deployed: DeviceModel, names: Collection[str] | None = None) -> int:
+    """A hashed diff always covers every matrix (or every one of `names`): one bucket each is its floor."""
+    return _encoded_size(deployed, {n: HashedDelta(1, np.zeros(1, dtype=np.int8)) for n, w in deployed.weights.items()
+                                    if w.nnz and (names is None or n in names)})
 
 
-def hashed_buckets_for_bytes(deployed: DeviceModel, budget_bytes: int) -> int:
-    """Total buckets of a hashed diff (split across matrices by nonzero count) that fit `budget_bytes`."""
+def hashed_buckets_for_bytes(deployed: DeviceModel, budget_bytes: int, names: Collection[str] | None = None) -> int:
+    """Total buckets of a hashed diff over all matrices (or `names`), split by nonzero count, that fit
+    `budget_bytes`."""
     check_budget_reachable(deployed, budget_bytes)
     rng = np.random.default_rng(0)
-    nnz = {n: w.nnz for n, w in deployed.weights.items() if w.nnz}
+    nnz = {n: w.nnz for n, w in deployed.weights.items() if w.nnz and (names is None or n in names)}
     total = sum(nnz.values())
 
     def size_of(k: int) -> tuple[int, int]:
@@ -108,9 +110,9 @@ def hashed_buckets_for_bytes(deployed: DeviceModel, budget_bytes: int) -> int:
         deltas: dict[str, TensorDelta] = {n: HashedDelta(b, _typical_values(rng, b, HASHED_STD, nonzero=False)) for n, b in counts.items()}
         return _encoded_size(deployed, deltas), sum(counts.values())
 
-    smallest = min_hashed_bytes(deployed)
+    smallest = min_hashed_bytes(deployed, nnz)
     if smallest > budget_bytes:
         raise ConfigError(f"a budget of {budget_bytes} bytes cannot be met by a hashed diff: one bucket for each of "
-                          f"the model's {len(nnz)} matrices already takes {smallest} bytes")
+                          f"its {len(nnz)} matrices already takes {smallest} bytes")
 
     return _fixed_point(budget_bytes, total, size_of)

@@ -4,6 +4,9 @@ of nonzero entries is pruned on a cubic schedule down to the budget.
 Pruned zeros of the base may become nonzero (a diff may revive a weight), so
 a diff with k entries moves the model's zero count by at most k: a 1% diff
 keeps a 60%-sparse model within 59-61% zeros.
+
+The hybrid method is the same learner with a hashed delta (zeros stay zero)
+over some matrices, trained jointly with the sparse entries over the rest.
 """
 from __future__ import annotations
 
@@ -15,13 +18,15 @@ import numpy as np
 import torch
 
 from device_agent.device_model import DeviceModel
-from device_agent.diff import Diff
-from device_agent.errors import ConfigError
+from device_agent.diff import Diff, HashedDelta
+from device_agent.errors import ConfigError, DiffError
 from diffing.compression import cubic_schedule
 from diffing.diffs.api import DiffConfig, register
+from diffing.diffs.hashed import HashedLayout
 from diffing.diffs.int8_domain import (Int8Twin, finish_diff, fit, load_adaptation_data, round_ste,
                                        sparse_deltas_from_dense, split_flat, top_k_entries)
-from diffing.diffs.sizing import largest_prefix_within, serialized_bytes, sparse_entries_for_bytes
+from diffing.diffs.sizing import (hashed_buckets_for_bytes, largest_prefix_within, min_hashed_bytes,
+                                  serialized_bytes, sparse_entries_for_bytes)
 
 # For a byte budget the schedule prunes towards OVERSHOOT x the sizing estimate, then the
 # final prune keeps as many top-ranked entries as actually encode within FILL x the budget.
@@ -55,6 +60,28 @@ class SparseMaskDiffConfig(DiffConfig):
             raise ConfigError(f"score must be 'obd' or 'magnitude', got {self.score!r}")
 
 
+@dataclass
+class HybridDiffConfig(SparseMaskDiffConfig):
+    """Sparse entries plus a hashed delta: matrices whose names start with one of `hashed_prefixes`
+    get a hashed delta (every nonzero entry moves, through shared buckets) worth `hashed_share` of
+    the budget; sparse entries compete for the rest over the other matrices. Why: a new speaker
+    (real voices, FSDD) needs small changes everywhere in the acoustic encoder, new words need
+    a few large changes in the prediction network and joint (docs/diffs.md)."""
+
+    hashed_prefixes: tuple[str, ...] = ("encoder.",)
+    # one update at 2% of the model's bytes, names / FSDD WER: share 0.3 -> 34.4% / 22.0%,
+    # 0.5 -> 38.3% / 21.0%, 0.7 -> 40.1% / 23.0% (sparse alone: 37.7% / 52.0%)
+    hashed_share: float = 0.3
+    hash_seed: int = 0x5EED
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.hashed_prefixes = tuple(self.hashed_prefixes)
+        if not 0 < self.hashed_share < 1 or not self.hashed_prefixes:
+            raise ConfigError(f"hashed_share must be in (0, 1) and hashed_prefixes non-empty, got "
+                              f"{self.hashed_share} and {self.hashed_prefixes}")
+
+
 def budget_entries(deployed: DeviceModel, budget: float | int) -> int:
     """Entries a budget allows: a fraction of all entries, or what fits in `budget` bytes."""
     total = sum(w.q.size for w in deployed.weights.values())
@@ -64,13 +91,22 @@ def budget_entries(deployed: DeviceModel, budget: float | int) -> int:
 
 
 def diff_within_budget(deployed: DeviceModel, method: str, dense: dict[str, np.ndarray], budget: float | int,
-                       target_version: int) -> Diff:
-    """Integer deltas -> Diff; for a byte budget, drop the smallest entries until the bundle fits."""
-    diff = finish_diff(deployed, method, sparse_deltas_from_dense(deployed, dense), target_version)
+                       target_version: int, fixed: dict[str, HashedDelta] | None = None, seed: int = 0) -> Diff:
+    """Integer deltas (plus `fixed` hashed deltas) -> Diff; for a byte budget, drop the smallest
+    sparse entries until the bundle fits."""
+    fixed = fixed or {}
+
+    def make(dense: dict[str, np.ndarray]) -> Diff:
+        return finish_diff(deployed, method, {**sparse_deltas_from_dense(deployed, dense), **fixed}, target_version,
+                           seed=seed)
+
+    diff = make(dense)
     while isinstance(budget, int) and (size := serialized_bytes(diff, deployed)) > budget:
-        keep = int(diff.nonzero_entries() * min(0.98, budget / size))
-        dense = top_k_entries(deployed, dense, keep)
-        diff = finish_diff(deployed, method, sparse_deltas_from_dense(deployed, dense), target_version)
+        entries = sum(int(np.count_nonzero(d)) for d in dense.values())
+        if entries == 0:
+            raise DiffError(f"the hashed part alone takes {size} bytes, over the {budget}-byte budget")
+        dense = top_k_entries(deployed, dense, int(entries * min(0.98, budget / size)))
+        diff = make(dense)
     return diff
 
 
@@ -78,16 +114,21 @@ def diff_within_budget(deployed: DeviceModel, method: str, dense: dict[str, np.n
 def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: SparseMaskDiffConfig, *,
                       replay_manifest: str | Path | None, target_version: int, progress: bool,
                       log: Callable[[str], None]) -> Diff:
-    k_final = budget_entries(deployed, cfg.budget)  # first: an unreachable budget fails before any work
+    hashed, sparse_budget = _hashed_part(deployed, cfg)  # first: an unreachable budget fails before any work
+    k_final = budget_entries(deployed, sparse_budget)
     by_bytes = isinstance(cfg.budget, int)
-    total_entries = sum(w.q.size for w in deployed.weights.values())
+    sparse_names = [n for n in deployed.weights if n not in hashed.counts]
+    total_entries = sum(deployed.weights[n].q.size for n in sparse_names)
     k_sched = min(total_entries, int(k_final * OVERSHOOT)) if by_bytes else k_final
     adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
-    deltas = {n: torch.zeros(w.q.shape, requires_grad=True) for n, w in deployed.weights.items()}
-    masks = {n: torch.ones(w.q.shape, dtype=torch.bool) for n, w in deployed.weights.items()}
-    shapes = {n: w.q.shape for n, w in deployed.weights.items()}
-    twin = Int8Twin(deployed, lambda name: round_ste(deltas[name] * masks[name]))
-    optimizer = torch.optim.Adam(list(deltas.values()), lr=cfg.lr)
+    deltas = {n: torch.zeros(deployed.weights[n].q.shape, requires_grad=True) for n in sparse_names}
+    masks = {n: torch.ones(deployed.weights[n].q.shape, dtype=torch.bool) for n in sparse_names}
+    shapes = {n: deployed.weights[n].q.shape for n in sparse_names}
+    method = "hybrid" if hashed.counts else "sparse"
+    seed = cfg.hash_seed if isinstance(cfg, HybridDiffConfig) else 0
+    twin = Int8Twin(deployed, lambda name: round_ste(deltas[name] * masks[name]) if name in deltas
+                    else hashed.delta(name))
+    optimizer = torch.optim.Adam(list(deltas.values()) + list(hashed.values.values()), lr=cfg.lr)
 
     def importance(name: str) -> torch.Tensor:
         d = deltas[name] * masks[name]
@@ -109,8 +150,9 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
             dense = np.zeros(flat.size, dtype=np.int16)
             dense[order[:k]] = values[:k]
             parts = split_flat(dense, shapes)
-            return serialized_bytes(finish_diff(deployed, "sparse", sparse_deltas_from_dense(deployed, parts),
-                                                target_version), deployed)
+            return serialized_bytes(finish_diff(deployed, method, {**sparse_deltas_from_dense(deployed, parts),
+                                                                   **hashed.deltas()}, target_version,
+                                                seed=seed), deployed)
 
         return largest_prefix_within(int(FILL * cfg.budget), limit, size_of)
 
@@ -138,11 +180,40 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
             masks[n] &= keep_n
             deltas[n].mul_(masks[n])
 
-    fit(twin, list(deltas.values()), adapt, replay, cfg, after_step=prune, log=log, optimizer=optimizer)
+    fit(twin, list(deltas.values()) + list(hashed.values.values()), adapt, replay, cfg, after_step=prune, log=log,
+        optimizer=optimizer)
 
     # 3) integer deltas, trimmed until a byte budget is met
     with torch.no_grad():
         dense = {n: torch.round(deltas[n] * masks[n]).to(torch.int16).numpy() for n in deltas}
-    diff = diff_within_budget(deployed, "sparse", dense, cfg.budget, target_version)
-    log(f"sparse diff: {diff.nonzero_entries()} entries ({diff.nonzero_entries() / total_entries:.3%} of weights)")
+    diff = diff_within_budget(deployed, method, dense, cfg.budget, target_version, hashed.deltas(), seed)
+    log(f"{method} diff: {diff.nonzero_entries()} entries and buckets")
     return diff
+
+
+register("hybrid", HybridDiffConfig)(learn_sparse_mask)
+
+
+def _hashed_part(deployed: DeviceModel, cfg: SparseMaskDiffConfig) -> tuple[HashedLayout, float | int]:
+    """The hybrid's hashed matrices with their buckets, and the budget left for sparse entries.
+    A fraction budget counts shipped values (entries and buckets alike); a byte budget is split
+    above the bundle's floor (manifest, one bucket per hashed matrix)."""
+    if not isinstance(cfg, HybridDiffConfig):
+        return HashedLayout(deployed, {}, 0), cfg.budget
+    names = [n for n, w in deployed.weights.items() if n.startswith(cfg.hashed_prefixes) and w.nnz]
+    if not names:
+        raise ConfigError(f"no weight matrix with nonzero entries matches hashed_prefixes {cfg.hashed_prefixes}; "
+                          f"matrices: {sorted(deployed.weights)}")
+    if isinstance(cfg.budget, float):
+        values = cfg.budget * sum(w.q.size for w in deployed.weights.values())
+        buckets, rest = max(len(names), int(cfg.hashed_share * values)), (1 - cfg.hashed_share) * cfg.budget
+    else:
+        floor = min_hashed_bytes(deployed, names)
+        if floor >= cfg.budget:
+            raise ConfigError(f"a budget of {cfg.budget} bytes cannot be met: the bundle with one bucket for each "
+                              f"of the {len(names)} hashed matrices already takes {floor} bytes")
+        hashed_bytes = int(cfg.hashed_share * (cfg.budget - floor))
+        buckets, rest = hashed_buckets_for_bytes(deployed, floor + hashed_bytes, names), cfg.budget - hashed_bytes
+    nnz = {n: deployed.weights[n].nnz for n in names}
+    counts = {n: max(1, min(c, int(buckets * c / sum(nnz.values())))) for n, c in nnz.items()}
+    return HashedLayout(deployed, counts, cfg.hash_seed), rest
