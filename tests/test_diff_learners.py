@@ -201,3 +201,18 @@ def test_hybrid_fraction_budget_counts_entries_and_buckets(manifest: Path) -> No
     entries = sum(d.values.size for d in diff.deltas.values() if isinstance(d, SparseDelta))
     assert abs(buckets - 0.3 * 0.05 * total) <= len(diff.deltas) and 0 < entries <= 0.7 * 0.05 * total
     assert apply_diff(base, diff).content_hash() == diff.target_hash
+
+
+def test_hybrid_refuses_to_ship_over_budget_when_its_buckets_alone_do_not_fit() -> None:
+    from device_agent.errors import DiffError
+    from diffing.diffs.sparse_mask import diff_within_budget
+
+    base = tiny_device_model()
+    name = next(n for n, w in base.weights.items() if n.startswith("encoder.") and w.nnz)
+    # buckets that spread wider than sized (random int8 barely compresses): trimming the
+    # sparse entries cannot make room, so the learner fails instead of shipping over budget
+    rng = np.random.default_rng(0)
+    wide = {name: HashedDelta(3000, rng.integers(-127, 128, 3000).astype(np.int8))}
+    sparse = {n: np.ones(w.q.shape, dtype=np.int16) for n, w in base.weights.items() if n != name}
+    with pytest.raises(DiffError, match="hashed part alone"):
+        diff_within_budget(base, "hybrid", sparse, 2000, base.version + 1, wide, seed=1)

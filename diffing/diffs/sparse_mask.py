@@ -124,8 +124,8 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     deltas = {n: torch.zeros(deployed.weights[n].q.shape, requires_grad=True) for n in sparse_names}
     masks = {n: torch.ones(deployed.weights[n].q.shape, dtype=torch.bool) for n in sparse_names}
     shapes = {n: deployed.weights[n].q.shape for n in sparse_names}
-    method = "hybrid" if hashed.counts else "sparse"
-    seed = cfg.hash_seed if isinstance(cfg, HybridDiffConfig) else 0
+    hybrid = isinstance(cfg, HybridDiffConfig)
+    method, seed = ("hybrid", cfg.hash_seed) if hybrid else ("sparse", 0)
     twin = Int8Twin(deployed, lambda name: round_ste(deltas[name] * masks[name]) if name in deltas
                     else hashed.delta(name))
     optimizer = torch.optim.Adam(list(deltas.values()) + list(hashed.values.values()), lr=cfg.lr)
