@@ -1,7 +1,7 @@
 """Five consecutive updates on the shipped base model, per method and budget.
 
-For each method (sparse-mask, hashed, LoRA at matched bytes, post-hoc top-k of
-the full fine-tune, full fine-tune) and budget, updates are chained: update k
+For each method (sparse-mask, hashed, hybrid, LoRA at matched bytes, post-hoc
+top-k of the full fine-tune, full fine-tune) and budget, updates are chained: update k
 is learned against that method's own model after update k-1. Each record has
 serialized bytes, bytes relative to the full int8 model file, WER on the
 update's test set, on the original test set and on every earlier update's
@@ -17,7 +17,7 @@ is asked to keep what earlier updates taught; `--replay base` draws from
 base training data only (the protocol of the first chain runs, under which
 every method forgets earlier updates).
 
-    python bench/update_chain.py [--budgets 0.01,0.02,0.05,0.1] [--methods sparse,hashed,lora,full] \
+    python bench/update_chain.py [--budgets 0.01,0.02,0.05,0.1] [--methods sparse,hashed,hybrid,lora,full] \
         [--epochs 6] [--eval-limit 200] [--updates 5]
 """
 from __future__ import annotations

@@ -55,10 +55,10 @@ def claims(data: dict, records: list[dict]) -> list[str]:
                             key=lambda mb: (mb[1], mb[0])):
         gaps, forgetting = [], []
         for u in updates:
-            full, sparse = by.get(("full", 1.0, u)), by.get((method, b, u))
-            if full and sparse:
-                gaps.append(sparse["wer_update"] - full["wer_update"])
-                forgetting.append(sparse["wer_original"] - base_orig)
+            full, diff = by.get(("full", 1.0, u)), by.get((method, b, u))
+            if full and diff:
+                gaps.append(diff["wer_update"] - full["wer_update"])
+                forgetting.append(diff["wer_original"] - base_orig)
         if gaps:
             out.append(f"{method} {pct(b)} of the model bytes: update WER minus full fine-tune per update "
                        f"{', '.join(f'{100 * g:+.1f}' for g in gaps)} points (needs <= +1.0 everywhere: "
