@@ -18,7 +18,7 @@ from device_agent.errors import DiffError
 from device_agent.hashing import buckets_and_signs
 from diffing.diffs.api import DiffConfig, register
 from diffing.diffs.int8_domain import Int8Twin, finish_diff, fit, load_adaptation_data, round_ste
-from diffing.diffs.sizing import hashed_buckets_for_bytes, min_hashed_bytes, serialized_bytes
+from diffing.diffs.sizing import hashed_buckets_for_bytes, min_hashed_bytes, serialized_bytes, split_buckets
 
 
 @dataclass
@@ -43,8 +43,7 @@ def total_buckets(deployed: DeviceModel, budget: float | int) -> int:
 
 def bucket_counts(deployed: DeviceModel, buckets: int) -> dict[str, int]:
     """Split `buckets` across matrices in proportion to their nonzero entries."""
-    nnz = {n: w.nnz for n, w in deployed.weights.items()}
-    return {n: max(1, min(c, int(buckets * c / max(1, sum(nnz.values()))))) for n, c in nnz.items() if c}
+    return split_buckets({n: w.nnz for n, w in deployed.weights.items()}, buckets)
 
 
 @register("hashed", HashedDiffConfig)

@@ -91,6 +91,13 @@ def largest_prefix_within(budget_bytes: int, limit: int, size_of: Callable[[int]
     return lo
 
 
+def split_buckets(nnz: dict[str, int], buckets: int) -> dict[str, int]:
+    """`buckets` split across matrices in proportion to their nonzero entries (at least 1, at most
+    one per entry); matrices without nonzero entries get none."""
+    total = sum(nnz.values())
+    return {n: max(1, min(c, int(buckets * c / total))) for n, c in nnz.items() if c}
+
+
 def min_hashed_bytes(deployed: DeviceModel, names: Collection[str] | None = None) -> int:
     """A hashed diff always covers every matrix (or every one of `names`): one bucket each is its floor."""
     return _encoded_size(deployed, {n: HashedDelta(1, np.zeros(1, dtype=np.int8)) for n, w in deployed.weights.items()
@@ -106,7 +113,7 @@ def hashed_buckets_for_bytes(deployed: DeviceModel, budget_bytes: int, names: Co
     total = sum(nnz.values())
 
     def size_of(k: int) -> tuple[int, int]:
-        counts = {n: max(1, min(c, int(k * c / total))) for n, c in nnz.items()}
+        counts = split_buckets(nnz, k)
         deltas: dict[str, TensorDelta] = {n: HashedDelta(b, _typical_values(rng, b, HASHED_STD, nonzero=False)) for n, b in counts.items()}
         return _encoded_size(deployed, deltas), sum(counts.values())
 

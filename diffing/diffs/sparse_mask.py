@@ -26,7 +26,7 @@ from diffing.diffs.hashed import HashedLayout
 from diffing.diffs.int8_domain import (Int8Twin, finish_diff, fit, load_adaptation_data, round_ste,
                                        sparse_deltas_from_dense, split_flat, top_k_entries)
 from diffing.diffs.sizing import (hashed_buckets_for_bytes, largest_prefix_within, min_hashed_bytes,
-                                  serialized_bytes, sparse_entries_for_bytes)
+                                  serialized_bytes, sparse_entries_for_bytes, split_buckets)
 
 # For a byte budget the schedule prunes towards OVERSHOOT x the sizing estimate, then the
 # final prune keeps as many top-ranked entries as actually encode within FILL x the budget.
@@ -145,13 +145,14 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
         flat = torch.cat([torch.round(deltas[n]).flatten() for n in deltas]).numpy()
         # an entry that rounds to 0 now still costs a position once it moves: count it as +-1
         values = np.where(flat[order] == 0, 1, flat[order])
+        hashed_now = hashed.deltas()  # fixed while the bisection probes sizes
 
         def size_of(k: int) -> int:
             dense = np.zeros(flat.size, dtype=np.int16)
             dense[order[:k]] = values[:k]
             parts = split_flat(dense, shapes)
             return serialized_bytes(finish_diff(deployed, method, {**sparse_deltas_from_dense(deployed, parts),
-                                                                   **hashed.deltas()}, target_version,
+                                                                   **hashed_now}, target_version,
                                                 seed=seed), deployed)
 
         return largest_prefix_within(int(FILL * cfg.budget), limit, size_of)
@@ -214,6 +215,5 @@ def _hashed_part(deployed: DeviceModel, cfg: SparseMaskDiffConfig) -> tuple[Hash
                               f"of the {len(names)} hashed matrices already takes {floor} bytes")
         hashed_bytes = int(cfg.hashed_share * (cfg.budget - floor))
         buckets, rest = hashed_buckets_for_bytes(deployed, floor + hashed_bytes, names), cfg.budget - hashed_bytes
-    nnz = {n: deployed.weights[n].nnz for n in names}
-    counts = {n: max(1, min(c, int(buckets * c / sum(nnz.values())))) for n, c in nnz.items()}
+    counts = split_buckets({n: deployed.weights[n].nnz for n in names}, buckets)
     return HashedLayout(deployed, counts, cfg.hash_seed), rest
