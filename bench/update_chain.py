@@ -18,7 +18,7 @@ base training data only (the protocol of the first chain runs, under which
 every method forgets earlier updates).
 
     python bench/update_chain.py [--budgets 0.01,0.02,0.05,0.1] [--methods sparse,hashed,hybrid,lora,full] \
-        [--epochs 6] [--eval-limit 200] [--updates 5]
+        [--epochs 6] [--eval-limit 200] [--updates 5] [--config '{"hashed_share": 0.6}' --cache OTHER.partial.json]
 """
 from __future__ import annotations
 
@@ -63,16 +63,12 @@ def wer_on(model: DeviceModel, manifest: Path, limit: int) -> float:
     return round(evaluate(Int8Runtime(model).transcribe, utts).wer, 4)
 
 
-def make_config(method: str, budget: int, epochs: int, threads: int):
-    if method == "sparse":
-        return SparseMaskDiffConfig(budget=budget, epochs=epochs, threads=threads)
-    if method == "hashed":
-        return HashedDiffConfig(budget=budget, epochs=epochs, threads=threads)
-    if method == "hybrid":
-        return HybridDiffConfig(budget=budget, epochs=epochs, threads=threads)
-    if method == "lora":
-        return LoRADiffConfig(budget=budget, epochs=epochs, threads=threads)
-    return FullFinetuneConfig(epochs=epochs, threads=threads)
+def make_config(method: str, budget: int, epochs: int, threads: int, extra: dict | None = None):
+    cls = {"sparse": SparseMaskDiffConfig, "hashed": HashedDiffConfig, "hybrid": HybridDiffConfig,
+           "lora": LoRADiffConfig}.get(method)
+    if cls is None:
+        return FullFinetuneConfig(epochs=epochs, threads=threads)
+    return cls.from_json({"budget": budget, "epochs": epochs, "threads": threads, **(extra or {})})
 
 
 def main() -> None:
@@ -90,6 +86,9 @@ def main() -> None:
     parser.add_argument("--replay-from", type=Path, default=REPLAY, help="the base model's training manifest")
     parser.add_argument("--replay-limit", type=int, default=REPLAY_LIMIT,
                         help="utterances drawn from it for the replay pool")
+    parser.add_argument("--config", type=json.loads, default={},
+                        help="JSON of extra config fields for the diff methods, e.g. '{\"hashed_share\": 0.6}' "
+                             "(needs its own --cache)")
     parser.add_argument("--replay", choices=["cumulative", "base"], default="cumulative",
                         help="replay pool: base training data plus earlier updates' adaptation sets, or base data only")
     args = parser.parse_args()
@@ -100,6 +99,8 @@ def main() -> None:
     base_file = encode_model(base)
     setup = {"base_hash": base.content_hash(), "epochs": args.epochs, "eval_limit": args.eval_limit,
              "replay": args.replay, "replay_from": str(args.replay_from), "replay_limit": args.replay_limit}
+    if args.config:  # only when given, so caches written before this option still match
+        setup["config"] = args.config
     cache = update_cache(cache_path, {})
     if cache.setdefault("_setup", setup) != setup:
         raise SystemExit(f"{cache_path} holds results for {cache['_setup']}, not {setup}: use another --cache")
@@ -127,7 +128,7 @@ def main() -> None:
                 diff = topk_of(model, _load_diff(diff_dir, full_key), int(budget * len(base_file)))
             else:
                 budget_bytes = int(budget * len(base_file))  # budgets are shares of the full model's bytes
-                diff = learn_diff(model, adapt, make_config(method, budget_bytes, args.epochs, args.threads),
+                diff = learn_diff(model, adapt, make_config(method, budget_bytes, args.epochs, args.threads, args.config),
                                   replay_manifest=replay_pool(replay, updates[:k], args.replay))
             seconds = time.time() - started
             new_model = apply_diff(model, diff)

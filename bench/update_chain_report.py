@@ -44,6 +44,31 @@ def table(data: dict, records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(data: dict, records: list[dict]) -> str:
+    """One row per (method, budget) chain: the gap to the full fine-tune on each update, the original
+    set after the last update, and how much earlier updates' WER drifted by then."""
+    by = {(r["method"], r["budget"], r["update"]): r for r in records}
+    updates = list(dict.fromkeys(r["update"] for r in records))
+    lines = [f"| method | budget | bytes (mean) | update WER minus full fine-tune, per update (points) | mean | "
+             f"original WER after {len(updates)} updates (base {pct(data['base_wer']['original'])}) | "
+             "earlier updates' drift (mean) |", "|---|---|---|---|---|---|---|"]
+    chains = sorted({(r["method"], r["budget"]) for r in records}, key=lambda mb: (mb[1], METHOD_ORDER.index(mb[0])))
+    for method, b in chains:
+        rows = [by[(method, b, u)] for u in updates if (method, b, u) in by]
+        gaps = [by[(method, b, u)]["wer_update"] - by[("full", 1.0, u)]["wer_update"]
+                for u in updates if (method, b, u) in by and ("full", 1.0, u) in by]
+        last = by.get((method, b, updates[-1]))
+        drift = [last["wer_earlier"][u] - by[(method, b, u)]["wer_update"]
+                 for u in (last or {}).get("wer_earlier", {}) if (method, b, u) in by]
+        lines.append(f"| {method} | {'all' if method == 'full' else pct(b)} | "
+                     f"{round(sum(r['bytes'] for r in rows) / len(rows)):,} | "
+                     f"{', '.join(f'{100 * g:+.1f}' for g in gaps)} | "
+                     f"{100 * sum(gaps) / len(gaps):+.1f} | "
+                     f"{pct(last['wer_original']) if last else f'({len(rows)} of {len(updates)} updates)'} | "
+                     f"{f'{100 * sum(drift) / len(drift):+.1f}' if drift else ''} |")
+    return "\n".join(lines)
+
+
 def claims(data: dict, records: list[dict]) -> list[str]:
     """The issue's must-show comparisons, each with its numbers."""
     by = {(r["method"], r["budget"], r["update"]): r for r in records}
@@ -75,22 +100,24 @@ def claims(data: dict, records: list[dict]) -> list[str]:
                     wins += s["wer_update"] < o["wer_update"]
         if total:
             out.append(f"sparse beats {other} at the same budget on update WER in {wins}/{total} (budget, update) pairs")
-    ratios = []
-    for u in updates:
-        full = by.get(("full", 1.0, u))
-        if not full:
-            continue
-        matching = [by[("sparse", b, u)] for b in budgets if ("sparse", b, u) in by
-                    and by[("sparse", b, u)]["wer_update"] <= full["wer_update"] + 0.01]
-        if matching:
-            smallest = min(r["bytes"] for r in matching)
-            ratios.append((u, min(full["zstd_patch_from_bytes"], full["bsdiff_bytes"]) / smallest))
-    if ratios:
-        out.append("at equal WER (within 1 point of full fine-tune), generic delta / sparse diff bytes: "
-                   + ", ".join(f"{u} {r:.1f}x" for u, r in ratios))
-    else:
-        out.append("no sparse budget reached full fine-tune WER (+1 point) on any update, so the equal-WER size "
-                   "comparison with zstd patch-from / bsdiff has no pair to compare")
+    for method in ("sparse", "hybrid"):
+        ratios = []
+        for u in updates:
+            full = by.get(("full", 1.0, u))
+            if not full:
+                continue
+            matching = [by[(method, b, u)] for b in sorted({r["budget"] for r in records})
+                        if (method, b, u) in by and by[(method, b, u)]["wer_update"] <= full["wer_update"] + 0.01]
+            if matching:
+                smallest = min(matching, key=lambda r: r["bytes"])
+                ratios.append(f"{u} {min(full['zstd_patch_from_bytes'], full['bsdiff_bytes']) / smallest['bytes']:.1f}x "
+                              f"(at {pct(smallest['budget'])})")
+        if ratios:
+            out.append(f"at equal WER (within 1 point of full fine-tune), generic delta (smaller of zstd patch-from "
+                       f"and bsdiff) / {method} diff bytes: " + ", ".join(ratios))
+        elif any(r["method"] == method for r in records):
+            out.append(f"no {method} budget reached full fine-tune WER (+1 point) on any update, so the equal-WER "
+                       "size comparison with zstd patch-from / bsdiff has no pair to compare")
     for method in ("sparse", "hybrid", "hashed"):
         times = [by[(method, b, u)]["train_seconds"] / by[("full", 1.0, u)]["train_seconds"]
                  for b in sorted({r["budget"] for r in records}) for u in updates
@@ -161,6 +188,8 @@ def plot(data: dict, records: list[dict], path: Path) -> None:
 def main() -> None:
     name = sys.argv[1] if len(sys.argv) > 1 else "update_chain"  # e.g. update_chain_stage2 for the first chain
     data, records = load(RESULTS / f"{name}.json")
+    print(summary(data, records))
+    print()
     print(table(data, records))
     print()
     for line in claims(data, records):

@@ -149,9 +149,8 @@ def collate(examples: list[Example], k: int, transform: Callable[[torch.Tensor],
                  torch.tensor([len(e.tokens) for e in examples]), [e.text for e in examples])
 
 
-def batches(examples: list[Example], max_frames: int, k: int, rng: random.Random | None,
-            transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[Batch]:
-    """Length-sorted buckets of at most `max_frames` padded frames; shuffled order if `rng`."""
+def batch_groups(examples: list[Example], max_frames: int, k: int) -> list[list[int]]:
+    """Indices of length-sorted buckets of at most `max_frames` padded (stacked) frames."""
     order = sorted(range(len(examples)), key=lambda i: examples[i].feats.shape[0])
     groups, current, longest = [], [], 0
     for i in order:
@@ -163,6 +162,13 @@ def batches(examples: list[Example], max_frames: int, k: int, rng: random.Random
         longest = max(longest, frames)
     if current:
         groups.append(current)
+    return groups
+
+
+def batches(examples: list[Example], max_frames: int, k: int, rng: random.Random | None,
+            transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[Batch]:
+    """Length-sorted buckets of at most `max_frames` padded frames; shuffled order if `rng`."""
+    groups = batch_groups(examples, max_frames, k)
     if rng is not None:
         rng.shuffle(groups)
     for g in groups:

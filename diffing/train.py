@@ -26,7 +26,7 @@ from device_agent.model_config import ModelConfig
 from device_agent.model_format import save_model
 from device_agent.tokenizer import CharTokenizer
 from diffing.compression import CompressionState, cubic_schedule
-from diffing.data import batches, feature_stats, load_examples, spec_augment, speed_perturb, vtlp
+from diffing.data import batch_groups, batches, feature_stats, load_examples, spec_augment, speed_perturb, vtlp
 from diffing.export import export_model
 from diffing.model import RNNT
 from diffing.rnnt_loss import rnnt_loss
@@ -172,7 +172,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay + [ctc_head.weight], "weight_decay": cfg.weight_decay},
                                    {"params": no_decay + [ctc_head.bias], "weight_decay": 0.0}], lr=cfg.lr)
-    n_batches = sum(1 for _ in batches(train_set, cfg.max_frames, feats_cfg.stack, None))
+    n_batches = len(batch_groups(train_set, cfg.max_frames, feats_cfg.stack))
     total_steps = n_batches * cfg.epochs
     step, epoch, history = 0, 0, []
     ckpt_path = out / "last.pt"

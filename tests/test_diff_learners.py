@@ -135,7 +135,8 @@ def test_hashed_byte_budget_holds_when_the_sizing_guess_is_too_generous(manifest
     base = tiny_device_model()
     # a sizing guess far too generous (every nonzero entry its own bucket) stands in for values
     # that spread wider than sized: the learner must retrain smaller, not ship over budget
-    monkeypatch.setattr(hashed, "hashed_buckets_for_bytes", lambda model, b: sum(w.nnz for w in model.weights.values()))
+    monkeypatch.setattr(hashed, "hashed_buckets_for_bytes",
+                        lambda model, b, **_: sum(w.nnz for w in model.weights.values()))
     logs: list[str] = []
     diff = learn_diff(base, manifest, HashedDiffConfig(budget="2000B", epochs=2, lr=1.0, replay_ratio=0.0), log=logs.append)
     assert any("over the 2000-byte budget" in line for line in logs)
@@ -216,3 +217,27 @@ def test_hybrid_refuses_to_ship_over_budget_when_its_buckets_alone_do_not_fit() 
     sparse = {n: np.ones(w.q.shape, dtype=np.int16) for n, w in base.weights.items() if n != name}
     with pytest.raises(DiffError, match="hashed part alone"):
         diff_within_budget(base, "hybrid", sparse, 2000, base.version + 1, wide, seed=1)
+
+
+def test_hashed_sizing_leaves_room_for_the_wider_spread_of_shared_buckets() -> None:
+    """Buckets shared by more entries train to wider values: sized for that, a 1% hashed diff of the
+    shipped model fits its budget even at the widest spread measured on the chain (std 18.4)."""
+    from device_agent.model_format import encode_model, load_model
+    from diffing.diffs.sizing import (HASHED_STD, _encoded_size, _typical_values, hashed_buckets_for_bytes,
+                                      hashed_value_std, split_buckets)
+
+    model = load_model(Path(__file__).resolve().parents[1] / "models" / "base-v1.otam")
+    budget = len(encode_model(model)) // 100
+    nnz = {n: w.nnz for n, w in model.weights.items() if w.nnz}
+    assert hashed_value_std(80) > HASHED_STD > hashed_value_std(10)
+    rng = np.random.default_rng(1)
+
+    def size_at(buckets: int, std: float) -> int:
+        return _encoded_size(model, {n: HashedDelta(b, _typical_values(rng, b, std, nonzero=False))
+                                     for n, b in split_buckets(nnz, buckets).items()})
+
+    widened = hashed_buckets_for_bytes(model, budget, spread_with_sharing=True)
+    flat = hashed_buckets_for_bytes(model, budget)
+    assert widened < flat
+    assert size_at(widened, 18.4) <= budget
+    assert size_at(flat, 18.4) > budget  # what made 3 of 5 chain updates train twice

@@ -35,10 +35,11 @@ SHRINK_MARGIN = 0.97
 
 
 def total_buckets(deployed: DeviceModel, budget: float | int) -> int:
-    """A fraction budget counts entries; a byte budget is measured (a bucket compresses to under a byte)."""
+    """A fraction budget counts entries; a byte budget is measured (a bucket compresses to under a byte),
+    sized for the wide end of trained spreads, since an all-hashed diff cannot be trimmed after training."""
     if isinstance(budget, float):
         return int(budget * sum(w.q.size for w in deployed.weights.values()))
-    return hashed_buckets_for_bytes(deployed, budget)
+    return hashed_buckets_for_bytes(deployed, budget, spread_with_sharing=True)
 
 
 def bucket_counts(deployed: DeviceModel, buckets: int) -> dict[str, int]:

@@ -17,7 +17,7 @@ import torch
 from device_agent.device_model import QMAX, DeviceModel
 from device_agent.diff import Diff, SparseDelta, apply_diff
 from device_agent.tokenizer import CharTokenizer
-from diffing.data import Batch, Example, batches, load_examples, spec_augment
+from diffing.data import Batch, Example, batch_groups, batches, load_examples, spec_augment
 from diffing.diffs.api import DiffConfig
 from diffing.export import float_model_from_device
 from diffing.model import RNNT
@@ -71,8 +71,8 @@ def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay
     n_replay = min(len(replay), int(round(cfg.replay_ratio * len(adapt))))
     optimizer = optimizer or torch.optim.Adam(params, lr=lr)
     # 1) the number of steps is fixed up front so schedules can use it
-    per_epoch = sum(1 for _ in batches(adapt, max_frames, k, None))
-    per_epoch += sum(1 for _ in batches(replay[:n_replay], max_frames, k, None))
+    # (replay is sampled afresh each epoch, so its count is that of a typical sample)
+    per_epoch = len(batch_groups(adapt, max_frames, k)) + len(batch_groups(replay[:n_replay], max_frames, k))
     total, step = per_epoch * epochs, 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)) if schedule == "cosine" else 1.0)

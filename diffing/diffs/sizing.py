@@ -19,6 +19,10 @@ from device_agent.errors import ConfigError
 # hashed buckets sum the pull of thousands of entries and spread much wider (~0.76 B/bucket).
 SPARSE_STD = 2.0
 HASHED_STD = 16.0
+# How a hashed diff's bucket spread grows with the entries that share a bucket, measured on the
+# stage-5 chain's 15 hashed diffs (docs/diffs.md): std 12.8-14.0 at 12 entries per bucket (5% of
+# the model's bytes), 15.2-16.6 at 32 (2%), 16.8-18.4 at 78 (1%).
+HASHED_STD_AT, HASHED_STD_SLOPE, HASHED_STD_HEADROOM = 32, 0.15, 1.05
 START_GUESS = 1.7  # bytes per entry at ~1% density, the starting point of the iteration
 
 
@@ -27,6 +31,13 @@ def _typical_values(rng: np.random.Generator, n: int, std: float, nonzero: bool)
     if nonzero:
         v[v == 0] = np.where(rng.random(int((v == 0).sum())) < 0.5, -1, 1)
     return v
+
+
+def hashed_value_std(entries_per_bucket: float) -> float:
+    """The bucket spread to size an all-hashed diff for: the top of the measured range, because a
+    hashed diff over its byte budget costs a second training run (1% of the bytes, sized at a flat
+    std of 16: 3 of 5 chain updates retrained)."""
+    return HASHED_STD * (entries_per_bucket / HASHED_STD_AT) ** HASHED_STD_SLOPE * HASHED_STD_HEADROOM
 
 
 def serialized_bytes(diff: Diff, base: DeviceModel) -> int:
@@ -104,9 +115,11 @@ def min_hashed_bytes(deployed: DeviceModel, names: Collection[str] | None = None
                                     if w.nnz and (names is None or n in names)})
 
 
-def hashed_buckets_for_bytes(deployed: DeviceModel, budget_bytes: int, names: Collection[str] | None = None) -> int:
+def hashed_buckets_for_bytes(deployed: DeviceModel, budget_bytes: int, names: Collection[str] | None = None, *,
+                             spread_with_sharing: bool = False) -> int:
     """Total buckets of a hashed diff over all matrices (or `names`), split by nonzero count, that fit
-    `budget_bytes`."""
+    `budget_bytes`. Bucket values are assumed to spread like HASHED_STD, or, with `spread_with_sharing`,
+    like `hashed_value_std` of the entries per bucket (for diffs that cannot be trimmed after training)."""
     check_budget_reachable(deployed, budget_bytes)
     rng = np.random.default_rng(0)
     nnz = {n: w.nnz for n, w in deployed.weights.items() if w.nnz and (names is None or n in names)}
@@ -114,7 +127,9 @@ def hashed_buckets_for_bytes(deployed: DeviceModel, budget_bytes: int, names: Co
 
     def size_of(k: int) -> tuple[int, int]:
         counts = split_buckets(nnz, k)
-        deltas: dict[str, TensorDelta] = {n: HashedDelta(b, _typical_values(rng, b, HASHED_STD, nonzero=False)) for n, b in counts.items()}
+        std = hashed_value_std(total / k) if spread_with_sharing else HASHED_STD
+        deltas: dict[str, TensorDelta] = {n: HashedDelta(b, _typical_values(rng, b, std, nonzero=False))
+                                          for n, b in counts.items()}
         return _encoded_size(deployed, deltas), sum(counts.values())
 
     smallest = min_hashed_bytes(deployed, nnz)
