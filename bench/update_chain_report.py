@@ -44,22 +44,37 @@ def table(data: dict, records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def index(records: list[dict]) -> tuple[dict[tuple[str, float, str], dict], list[str]]:
+    """Records by (method, budget, update), and the update names in chain order."""
+    return ({(r["method"], r["budget"], r["update"]): r for r in records},
+            list(dict.fromkeys(r["update"] for r in records)))
+
+
+def gaps_to_full(by: dict, method: str, budget: float, updates: list[str]) -> list[float]:
+    """Update WER minus the full fine-tune's, for each update both chains reached."""
+    return [by[(method, budget, u)]["wer_update"] - by[("full", 1.0, u)]["wer_update"]
+            for u in updates if (method, budget, u) in by and ("full", 1.0, u) in by]
+
+
+def earlier_drift(by: dict, method: str, budget: float, updates: list[str]) -> list[float]:
+    """Earlier updates' WER after the chain's last update minus right after they were learned."""
+    last = by.get((method, budget, updates[-1]))
+    return [last["wer_earlier"][u] - by[(method, budget, u)]["wer_update"]
+            for u in (last or {}).get("wer_earlier", {}) if (method, budget, u) in by]
+
+
 def summary(data: dict, records: list[dict]) -> str:
     """One row per (method, budget) chain: the gap to the full fine-tune on each update, the original
     set after the last update, and how much earlier updates' WER drifted by then."""
-    by = {(r["method"], r["budget"], r["update"]): r for r in records}
-    updates = list(dict.fromkeys(r["update"] for r in records))
+    by, updates = index(records)
     lines = [f"| method | budget | bytes (mean) | update WER minus full fine-tune, per update (points) | mean | "
              f"original WER after {len(updates)} updates (base {pct(data['base_wer']['original'])}) | "
              "earlier updates' drift (mean) |", "|---|---|---|---|---|---|---|"]
     chains = sorted({(r["method"], r["budget"]) for r in records}, key=lambda mb: (mb[1], METHOD_ORDER.index(mb[0])))
     for method, b in chains:
         rows = [by[(method, b, u)] for u in updates if (method, b, u) in by]
-        gaps = [by[(method, b, u)]["wer_update"] - by[("full", 1.0, u)]["wer_update"]
-                for u in updates if (method, b, u) in by and ("full", 1.0, u) in by]
+        gaps, drift = gaps_to_full(by, method, b, updates), earlier_drift(by, method, b, updates)
         last = by.get((method, b, updates[-1]))
-        drift = [last["wer_earlier"][u] - by[(method, b, u)]["wer_update"]
-                 for u in (last or {}).get("wer_earlier", {}) if (method, b, u) in by]
         lines.append(f"| {method} | {'all' if method == 'full' else pct(b)} | "
                      f"{round(sum(r['bytes'] for r in rows) / len(rows)):,} | "
                      f"{', '.join(f'{100 * g:+.1f}' for g in gaps)} | "
@@ -71,19 +86,15 @@ def summary(data: dict, records: list[dict]) -> str:
 
 def claims(data: dict, records: list[dict]) -> list[str]:
     """The issue's must-show comparisons, each with its numbers."""
-    by = {(r["method"], r["budget"], r["update"]): r for r in records}
-    updates = list(dict.fromkeys(r["update"] for r in records))
+    by, updates = index(records)
     budgets = sorted({r["budget"] for r in records if r["method"] == "sparse"})
     out = []
     base_orig = data["base_wer"]["original"]
     for method, b in sorted({(r["method"], r["budget"]) for r in records if r["method"] in ("sparse", "hybrid")},
                             key=lambda mb: (mb[1], mb[0])):
-        gaps, forgetting = [], []
-        for u in updates:
-            full, diff = by.get(("full", 1.0, u)), by.get((method, b, u))
-            if full and diff:
-                gaps.append(diff["wer_update"] - full["wer_update"])
-                forgetting.append(diff["wer_original"] - base_orig)
+        gaps = gaps_to_full(by, method, b, updates)
+        forgetting = [by[(method, b, u)]["wer_original"] - base_orig
+                      for u in updates if (method, b, u) in by and ("full", 1.0, u) in by]
         if gaps:
             out.append(f"{method} {pct(b)} of the model bytes: update WER minus full fine-tune per update "
                        f"{', '.join(f'{100 * g:+.1f}' for g in gaps)} points (needs <= +1.0 everywhere: "
@@ -137,18 +148,13 @@ def claims(data: dict, records: list[dict]) -> list[str]:
     chains = sorted({(r["method"], r["budget"]) for r in records},
                     key=lambda mb: (METHOD_ORDER.index(mb[0]), mb[1]))
     for method, b in chains:
-        last = by.get((method, b, updates[-1]))
-        if last and last["wer_earlier"]:
-            drift = [last["wer_earlier"][u] - by[(method, b, u)]["wer_update"]
-                     for u in last["wer_earlier"] if (method, b, u) in by]
+        if drift := earlier_drift(by, method, b, updates):
             name = method if method == "full" else f"{method} {pct(b)}"
             out.append(f"{name} after {len(updates)} updates, earlier updates' WER minus right after learning them: "
                        f"{', '.join(f'{100 * d:+.1f}' for d in drift)} points "
                        f"(mean {100 * sum(drift) / len(drift):+.1f})")
     for b in sorted({r["budget"] for r in records if r["method"] == "hashed"}):
-        drift = [by[("hashed", b, u)]["wer_update"] - by[("full", 1.0, u)]["wer_update"]
-                 for u in updates if ("hashed", b, u) in by and ("full", 1.0, u) in by]
-        if drift:
+        if drift := gaps_to_full(by, "hashed", b, updates):
             out.append(f"hashed {pct(b)}: update WER minus full fine-tune along the chain "
                        f"{', '.join(f'{100 * d:+.1f}' for d in drift)} points")
     return out
