@@ -14,7 +14,7 @@ from rich.table import Table
 @click.option("--store", type=click.Choice(["seaweedfs", "file"]), default="seaweedfs", show_default=True,
               help="Start a local SeaweedFS S3 server, or use a plain directory store.")
 @click.option("--budget", default=None,
-              help="Diff budget: % of weights ('1%') or bytes ('20KB'); default 1.9% of the model file's bytes.")
+              help="Diff budget: share of the model file's bytes ('2%') or bytes ('20KB'); default 1.9%.")
 @click.option("--epochs", default=12, show_default=True, help="Diff training epochs.")
 @click.option("--adapt", "n_adapt", default=400, show_default=True, help="Utterances in the built-in update.")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -21,7 +22,7 @@ def diff() -> None:
               show_default=True, help="sparse: pruned integer deltas; hashed: shared buckets; hybrid: hashed "
               "encoder + sparse elsewhere; full/lora: baselines.")
 @click.option("--budget", default="1%", show_default=True,
-              help="Nonzero delta entries as a % of weights ('1%'), or payload bytes ('20KB').")
+              help="Most bytes the bundle may take: a share of the base model file's bytes ('2%') or bytes ('20KB').")
 @click.option("--base", "base_path", required=True, type=click.Path(dir_okay=False),
               help="The deployed device model (.otam) the diff applies to.")
 @click.option("--data", "data", required=True, type=click.Path(dir_okay=False), help="Adaptation manifest (JSONL).")
@@ -29,9 +30,11 @@ def diff() -> None:
 @click.option("--epochs", default=8, show_default=True, help="Training epochs over the adaptation data.")
 @click.option("--lr", type=float, default=None, help="Learning rate (default: the method's).")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--threads", default=os.cpu_count() or 1, show_default="all cores", type=click.IntRange(min=1),
+              help="torch threads (1 is fastest when other jobs share the cores).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Diff bundle to write (.otab).")
 def train(method: str, budget: str, base_path: str, data: str, replay: str | None, epochs: int, lr: float | None,
-          seed: int, out_path: str) -> None:
+          seed: int, threads: int, out_path: str) -> None:
     """Learn a diff against the exact int8 model a device runs.
 
     \b
@@ -42,7 +45,7 @@ def train(method: str, budget: str, base_path: str, data: str, replay: str | Non
     from diffing.diffs import DIFF_METHODS, learn_diff  # server side only
 
     config_cls, _ = DIFF_METHODS[method]
-    options = {"budget": budget, "epochs": epochs, "seed": seed}
+    options = {"budget": budget, "epochs": epochs, "seed": seed, "threads": threads}
     if lr is not None:
         options["lr"] = lr
     if method == "full":

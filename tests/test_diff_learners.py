@@ -11,7 +11,7 @@ from device_agent.errors import ConfigError
 from device_agent.manifest import Utterance, write_manifest
 from diffing.data import load_examples
 from diffing.diffs import HashedDiffConfig, HybridDiffConfig, SparseMaskDiffConfig, learn_diff
-from diffing.diffs.api import parse_budget
+from diffing.diffs.api import model_file_bytes, parse_budget
 from diffing.diffs.int8_domain import mean_kl, mean_loss
 from tests.tiny import tiny_device_model
 
@@ -30,18 +30,20 @@ def test_budget_parsing() -> None:
     assert parse_budget("1%") == 0.01 and parse_budget("20KB") == 20000 and parse_budget("2KiB") == 2048
     with pytest.raises(ConfigError, match="not understood"):
         parse_budget("lots")
-    with pytest.raises(ConfigError, match="budget fraction"):
+    with pytest.raises(ConfigError, match="budget share"):
         SparseMaskDiffConfig(budget=1.5)
     with pytest.raises(ConfigError, match="unknown"):
         SparseMaskDiffConfig.from_json({"budget": 0.01, "evil": 1})
 
 
 def test_sparse_mask_diff_meets_budget_and_learns(manifest: Path) -> None:
+    from packager.bundle import encode_diff_bundle
+
     base = tiny_device_model()
-    cfg = SparseMaskDiffConfig(budget=0.05, epochs=6, lr=0.3, replay_ratio=0.0)
+    cfg = SparseMaskDiffConfig(budget="20%", epochs=6, lr=0.3, replay_ratio=0.0)
     diff = learn_diff(base, manifest, cfg)
     total = sum(w.q.size for w in base.weights.values())
-    assert 0 < diff.nonzero_entries() <= int(0.05 * total)
+    assert 0 < len(encode_diff_bundle(diff, base)) <= 0.2 * model_file_bytes(base)
     assert all(isinstance(d, SparseDelta) for d in diff.deltas.values())
     # the server's predicted target hash is what the device-side apply produces
     updated = apply_diff(base, diff)
@@ -55,7 +57,7 @@ def test_sparse_mask_diff_meets_budget_and_learns(manifest: Path) -> None:
 
 def test_hashed_diff_preserves_sparsity_and_learns(manifest: Path) -> None:
     base = tiny_device_model()
-    diff = learn_diff(base, manifest, HashedDiffConfig(budget=0.05, epochs=6, lr=0.3, replay_ratio=0.0))
+    diff = learn_diff(base, manifest, HashedDiffConfig(budget="40%", epochs=6, lr=0.3, replay_ratio=0.0))
     assert all(isinstance(d, HashedDelta) for d in diff.deltas.values())
     updated = apply_diff(base, diff)
     assert updated.content_hash() == diff.target_hash
@@ -69,17 +71,19 @@ def test_baselines_share_the_harness(manifest: Path) -> None:
     from diffing.diffs.baselines import (FullFinetuneConfig, LoRADiffConfig, bsdiff_bytes, lora_rank, topk_of,
                                          zstd_patch_from_bytes)
     from device_agent.model_format import encode_model
+    from packager.bundle import encode_diff_bundle
 
     base = tiny_device_model()
     full = learn_diff(base, manifest, FullFinetuneConfig(epochs=3, lr=0.3, replay_ratio=0.0))
-    total = sum(w.q.size for w in base.weights.values())
-    top = topk_of(base, full, 0.02)
-    assert 0 < top.nonzero_entries() <= int(0.02 * total) < full.nonzero_entries()
+    top = topk_of(base, full, "10%")
+    assert 0 < len(encode_diff_bundle(top, base)) <= 0.1 * model_file_bytes(base)
+    assert 0 < top.nonzero_entries() < full.nonzero_entries()
     assert apply_diff(base, top).content_hash() == top.target_hash
-    lora = learn_diff(base, manifest, LoRADiffConfig(budget=0.5, epochs=2, replay_ratio=0.0))
+    lora = learn_diff(base, manifest, LoRADiffConfig(budget="50%", epochs=2, replay_ratio=0.0))
     assert int(lora.metadata["rank"]) == lora_rank(base, 0.5) >= 1
+    assert int(lora.metadata["wire_bytes"]) <= 0.5 * model_file_bytes(base)
     with pytest.raises(ConfigError, match="rank 1 on every matrix"):  # LoRA cannot go below rank 1
-        learn_diff(base, manifest, LoRADiffConfig(budget=0.001, epochs=1))
+        learn_diff(base, manifest, LoRADiffConfig(budget="100B", epochs=1))
     assert apply_diff(base, lora).content_hash() == lora.target_hash
     base_file, new_file = encode_model(base), encode_model(apply_diff(base, full))
     assert 0 < zstd_patch_from_bytes(base_file, new_file) < len(new_file) + 64
@@ -194,14 +198,30 @@ def test_hybrid_config_is_validated() -> None:
         learn_diff(tiny_device_model(), "unused.jsonl", HybridDiffConfig(budget="400B"))
 
 
-def test_hybrid_fraction_budget_counts_entries_and_buckets(manifest: Path) -> None:
+@pytest.mark.parametrize("method", ["sparse", "hashed", "hybrid"])
+def test_written_bundle_is_within_a_share_of_the_model_file(manifest: Path, tmp_path: Path, method: str) -> None:
+    """`--budget 40%` means 40% of the base model file's bytes, for the bundle `ota diff train` writes."""
+    import torch
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from device_agent.model_format import save_model
+
     base = tiny_device_model()
-    diff = learn_diff(base, manifest, HybridDiffConfig(budget=0.05, epochs=2, replay_ratio=0.0, hashed_share=0.3))
-    total = sum(w.q.size for w in base.weights.values())
-    buckets = sum(d.num_buckets for d in diff.deltas.values() if isinstance(d, HashedDelta))
-    entries = sum(d.values.size for d in diff.deltas.values() if isinstance(d, SparseDelta))
-    assert abs(buckets - 0.3 * 0.05 * total) <= len(diff.deltas) and 0 < entries <= 0.7 * 0.05 * total
-    assert apply_diff(base, diff).content_hash() == diff.target_hash
+    save_model(base, tmp_path / "base.otam")
+    out = tmp_path / "v2.otab"
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(cli, ["diff", "train", "--method", method, "--budget", "40%", "--base",
+                                          str(tmp_path / "base.otam"), "--data", str(manifest), "--epochs", "1",
+                                          "--threads", "2", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 2  # --threads reaches torch, as in `ota train`
+    finally:
+        torch.set_num_threads(threads)
+    file_bytes = (tmp_path / "base.otam").stat().st_size
+    assert file_bytes == model_file_bytes(base)
+    assert 0.5 * 0.4 * file_bytes < out.stat().st_size <= 0.4 * file_bytes
 
 
 def test_hybrid_refuses_to_ship_over_budget_when_its_buckets_alone_do_not_fit() -> None:

@@ -1,21 +1,23 @@
 """The diff-learning entry point and its method registry."""
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from device_agent.device_model import DeviceModel
 from device_agent.diff import Diff
 from device_agent.errors import ConfigError
+from device_agent.model_format import encode_model
 
 DIFF_CONFIG_VERSION = 1
 LR_SCHEDULES = ("constant", "cosine")
 
 
 def parse_budget(text: str | float | int) -> float | int:
-    """'1%' or 0.01 -> fraction of weight entries; '20KB' / '20000B' -> bytes (int)."""
+    """'2%' or 0.02 -> share of the deployed model file's bytes (float); '20KB' / '20000B' -> bytes (int)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return text
     s = str(text).strip().upper()
@@ -29,8 +31,8 @@ def parse_budget(text: str | float | int) -> float | int:
 
 @dataclass
 class DiffConfig:
-    """Settings shared by every method. `budget`: fraction of weight entries (float
-    in (0, 1]) or a byte size (int) for the serialized diff payload."""
+    """Settings shared by every method. `budget`: the most bytes the diff's bundle may take, as a
+    share of the deployed model file's bytes (float in (0, 1], '2%') or as bytes (int, '20KB')."""
 
     budget: float | int = 0.01
     epochs: int = 8
@@ -42,15 +44,17 @@ class DiffConfig:
     lr_schedule: str = "constant"  # or "cosine": decay to 0 over training, so rounded deltas settle
     distill: float = 0.0  # weight of KL(deployed model || new model) on replay batches (0: off)
     seed: int = 0
-    threads: int = 2
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)  # torch threads (a runtime setting)
     config_version: int = DIFF_CONFIG_VERSION
 
     def __post_init__(self) -> None:
         self.budget = parse_budget(self.budget)
         if isinstance(self.budget, float) and not 0 < self.budget <= 1:
-            raise ConfigError(f"budget fraction must be in (0, 1], got {self.budget}")
+            raise ConfigError(f"budget share of the model file must be in (0, 1], got {self.budget}")
         if isinstance(self.budget, int) and self.budget < 64:
             raise ConfigError(f"budget of {self.budget} bytes is too small; expected >= 64")
+        if self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.epochs < 1 or self.lr <= 0 or self.max_frames < 16 or not 0 <= self.replay_ratio <= 10 \
                 or self.distill < 0:
             raise ConfigError("epochs >= 1, lr > 0, max_frames >= 16, replay_ratio in [0, 10] "
@@ -60,12 +64,26 @@ class DiffConfig:
         if self.config_version != DIFF_CONFIG_VERSION:
             raise ConfigError(f"diff config version {self.config_version} is not {DIFF_CONFIG_VERSION}")
 
+    def budget_bytes(self, deployed: DeviceModel) -> int:
+        return budget_bytes(deployed, self.budget)
+
     @classmethod
     def from_json(cls, obj: dict) -> "DiffConfig":
         known = {f.name for f in fields(cls)}
         if not isinstance(obj, dict) or set(obj) - known:
             raise ConfigError(f"unknown {cls.__name__} keys {sorted(set(obj) - known)}; allowed: {sorted(known)}")
         return cls(**obj)
+
+
+def model_file_bytes(model: DeviceModel) -> int:
+    """Bytes of the model's `.otam` file: what a budget share is of (the canonical, deterministic encoding)."""
+    return len(encode_model(model))
+
+
+def budget_bytes(deployed: DeviceModel, budget: str | float | int) -> int:
+    """A budget in bytes; a share ('2%', 0.02) is of the deployed model's file bytes."""
+    budget = parse_budget(budget)
+    return budget if isinstance(budget, int) else int(budget * model_file_bytes(deployed))
 
 
 C = TypeVar("C", bound=DiffConfig)
@@ -84,9 +102,12 @@ def register(name: str, config_cls: type[C]) -> Callable[[Learner], Learner]:
 def learn_diff(deployed: DeviceModel, train_manifest: str | Path, config: DiffConfig, *,
                replay_manifest: str | Path | None = None, target_version: int | None = None,
                progress: bool = False, log: Callable[[str], None] | None = None) -> Diff:
-    """Learn a diff against the exact deployed int8 model; dispatch on the config's type."""
+    """Learn a diff against the exact deployed int8 model; dispatch on the config's type.
+    Learners see the budget in bytes (a share is resolved against the deployed model's file here)."""
     for name, (cls, fn) in DIFF_METHODS.items():
         if type(config) is cls:
+            if getattr(cls, "uses_budget", True):
+                config = replace(config, budget=config.budget_bytes(deployed))
             return fn(deployed, train_manifest, config, replay_manifest=replay_manifest,
                       target_version=deployed.version + 1 if target_version is None else target_version,
                       progress=progress, log=log or (lambda _: None))

@@ -20,10 +20,11 @@ import zstandard
 from device_agent.device_model import DeviceModel
 from device_agent.diff import Diff, dense_delta
 from device_agent.errors import ConfigError
-from diffing.diffs.api import DiffConfig, register
+from diffing.diffs.api import DiffConfig, budget_bytes, register
 from diffing.diffs.int8_domain import (Int8Twin, finish_diff, fit, load_adaptation_data, round_ste,
                                        sparse_deltas_from_dense, top_k_entries)
-from diffing.diffs.sparse_mask import budget_entries, diff_within_budget
+from diffing.diffs.sizing import sparse_entries_for_bytes
+from diffing.diffs.sparse_mask import diff_within_budget
 
 LORA_BYTES_PER_VALUE = 2  # fp16 factors
 
@@ -32,6 +33,7 @@ LORA_BYTES_PER_VALUE = 2  # fp16 factors
 class FullFinetuneConfig(DiffConfig):
     """Dense integer deltas on every weight matrix; `budget` is ignored."""
 
+    uses_budget = False  # class attribute: learn_diff leaves the budget alone
     budget: float | int = 1.0
 
 
@@ -48,28 +50,29 @@ def learn_full(deployed: DeviceModel, train_manifest: str | Path, cfg: FullFinet
     return finish_diff(deployed, "full", sparse_deltas_from_dense(deployed, dense), target_version)
 
 
-def topk_of(deployed: DeviceModel, full: Diff, budget: float | int) -> Diff:
-    """Keep the `budget` largest entries of a dense diff, by float-domain size |delta| * scale."""
+def topk_of(deployed: DeviceModel, full: Diff, budget: str | float | int) -> Diff:
+    """The largest entries of a dense diff, by float-domain size |delta| * scale, that fit `budget`
+    (bytes, or a share of the deployed model file's bytes)."""
+    limit = budget_bytes(deployed, budget)
     dense = {n: dense_delta(n, d, deployed.weights[n], full.seed) for n, d in full.deltas.items()}
-    cut = top_k_entries(deployed, dense, budget_entries(deployed, budget))
-    return diff_within_budget(deployed, "topk", cut, budget, full.target_version)
+    cut = top_k_entries(deployed, dense, sparse_entries_for_bytes(deployed, limit))
+    return diff_within_budget(deployed, "topk", cut, limit, full.target_version)
 
 
 @dataclass
 class LoRADiffConfig(DiffConfig):
-    """Rank chosen per matrix so the fp16 factors fit `budget` (fraction -> bytes of 1 B/entry)."""
+    """Rank chosen per matrix so the fp16 factors fit the byte budget."""
 
     lr: float = 1e-3
 
 
-def lora_rank(deployed: DeviceModel, budget: float | int) -> int:
-    total = sum(w.q.size for w in deployed.weights.values())
-    budget_bytes = budget * total if isinstance(budget, float) else budget
+def lora_rank(deployed: DeviceModel, budget: str | float | int) -> int:
+    limit = budget_bytes(deployed, budget)
     per_rank = sum((w.q.shape[0] + w.q.shape[1]) * LORA_BYTES_PER_VALUE for w in deployed.weights.values())
-    if budget_bytes < per_rank:  # rank 1 on every matrix is LoRA's smallest diff
-        raise ConfigError(f"a LoRA budget of {int(budget_bytes)} bytes cannot be met: rank 1 on every matrix "
+    if limit < per_rank:  # rank 1 on every matrix is LoRA's smallest diff
+        raise ConfigError(f"a LoRA budget of {limit} bytes cannot be met: rank 1 on every matrix "
                           f"already takes {per_rank} bytes")
-    return int(budget_bytes // per_rank)
+    return limit // per_rank
 
 
 @register("lora", LoRADiffConfig)

@@ -34,11 +34,9 @@ MAX_ATTEMPTS = 4
 SHRINK_MARGIN = 0.97
 
 
-def total_buckets(deployed: DeviceModel, budget: float | int) -> int:
-    """A fraction budget counts entries; a byte budget is measured (a bucket compresses to under a byte),
-    sized for the wide end of trained spreads, since an all-hashed diff cannot be trimmed after training."""
-    if isinstance(budget, float):
-        return int(budget * sum(w.q.size for w in deployed.weights.values()))
+def total_buckets(deployed: DeviceModel, budget: int) -> int:
+    """Buckets that fit `budget` bytes, measured (a bucket compresses to under a byte) and sized for
+    the wide end of trained spreads, since an all-hashed diff cannot be trimmed after training."""
     return hashed_buckets_for_bytes(deployed, budget, spread_with_sharing=True)
 
 
@@ -51,13 +49,14 @@ def bucket_counts(deployed: DeviceModel, buckets: int) -> dict[str, int]:
 def learn_hashed(deployed: DeviceModel, train_manifest: str | Path, cfg: HashedDiffConfig, *,
                  replay_manifest: str | Path | None, target_version: int, progress: bool,
                  log: Callable[[str], None]) -> Diff:
+    assert isinstance(cfg.budget, int), "learn_diff resolves the budget to bytes"
     buckets = total_buckets(deployed, cfg.budget)  # first: an unreachable budget fails before any work
     adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
     # (buckets, bytes) of each attempt; the floor is one zero bucket per matrix
     tried = [(len([w for w in deployed.weights.values() if w.nnz]), min_hashed_bytes(deployed))]
     for _ in range(MAX_ATTEMPTS):
         diff = _train(deployed, bucket_counts(deployed, buckets), adapt, replay, cfg, target_version, log)
-        if not isinstance(cfg.budget, int) or (size := serialized_bytes(diff, deployed)) <= cfg.budget:
+        if (size := serialized_bytes(diff, deployed)) <= cfg.budget:
             return diff
         tried.append((buckets, size))
         buckets = _buckets_for(cfg.budget * SHRINK_MARGIN, tried[-2], tried[-1])

@@ -82,18 +82,10 @@ class HybridDiffConfig(SparseMaskDiffConfig):
                               f"{self.hashed_share} and {self.hashed_prefixes}")
 
 
-def budget_entries(deployed: DeviceModel, budget: float | int) -> int:
-    """Entries a budget allows: a fraction of all entries, or what fits in `budget` bytes."""
-    total = sum(w.q.size for w in deployed.weights.values())
-    if isinstance(budget, float):
-        return max(1, int(budget * total))
-    return sparse_entries_for_bytes(deployed, budget)
-
-
-def diff_within_budget(deployed: DeviceModel, method: str, dense: dict[str, np.ndarray], budget: float | int,
+def diff_within_budget(deployed: DeviceModel, method: str, dense: dict[str, np.ndarray], budget: int,
                        target_version: int, fixed: dict[str, HashedDelta] | None = None, seed: int = 0) -> Diff:
-    """Integer deltas (plus `fixed` hashed deltas) -> Diff; for a byte budget, drop the smallest
-    sparse entries until the bundle fits."""
+    """Integer deltas (plus `fixed` hashed deltas) -> Diff; drop the smallest sparse entries until
+    the bundle fits `budget` bytes."""
     fixed = fixed or {}
 
     def make(dense: dict[str, np.ndarray]) -> Diff:
@@ -101,7 +93,7 @@ def diff_within_budget(deployed: DeviceModel, method: str, dense: dict[str, np.n
                            seed=seed)
 
     diff = make(dense)
-    while isinstance(budget, int) and (size := serialized_bytes(diff, deployed)) > budget:
+    while (size := serialized_bytes(diff, deployed)) > budget:
         entries = sum(int(np.count_nonzero(d)) for d in dense.values())
         if entries == 0:
             raise DiffError(f"the hashed part alone takes {size} bytes, over the {budget}-byte budget")
@@ -114,12 +106,12 @@ def diff_within_budget(deployed: DeviceModel, method: str, dense: dict[str, np.n
 def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: SparseMaskDiffConfig, *,
                       replay_manifest: str | Path | None, target_version: int, progress: bool,
                       log: Callable[[str], None]) -> Diff:
+    assert isinstance(cfg.budget, int), "learn_diff resolves the budget to bytes"
     hashed, sparse_budget = _hashed_part(deployed, cfg)  # first: an unreachable budget fails before any work
-    k_final = budget_entries(deployed, sparse_budget)
-    by_bytes = isinstance(cfg.budget, int)
+    k_final = sparse_entries_for_bytes(deployed, sparse_budget)
     sparse_names = [n for n in deployed.weights if n not in hashed.counts]
     total_entries = sum(deployed.weights[n].q.size for n in sparse_names)
-    k_sched = min(total_entries, int(k_final * OVERSHOOT)) if by_bytes else k_final
+    k_sched = min(total_entries, int(k_final * OVERSHOOT))
     adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
     deltas = {n: torch.zeros(deployed.weights[n].q.shape, requires_grad=True) for n in sparse_names}
     masks = {n: torch.ones(deployed.weights[n].q.shape, dtype=torch.bool) for n in sparse_names}
@@ -159,15 +151,15 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
 
     @torch.no_grad()
     def prune(step: int, total: int) -> None:
-        # 1) scheduled density: 1 before prune_start, k_sched / total at prune_end (then, for a
-        #    byte budget, the entries that encode within it)
+        # 1) scheduled density: 1 before prune_start, k_sched / total at prune_end (then the
+        #    entries that encode within the byte budget)
         progress_frac = step / total
         if progress_frac < cfg.prune_start or (step % cfg.prune_every and progress_frac < cfg.prune_end):
             return
         span = max(1e-9, cfg.prune_end - cfg.prune_start)
         removed = cubic_schedule((progress_frac - cfg.prune_start) / span, 1.0 - k_sched / total_entries)
         keep = max(k_sched, int(round((1.0 - removed) * total_entries)))
-        select_by_bytes = by_bytes and progress_frac >= cfg.prune_end and not finalised
+        select_by_bytes = progress_frac >= cfg.prune_end and not finalised
         if sum(int(m.sum()) for m in masks.values()) <= keep and not select_by_bytes:
             return
         # 2) global top-k by the chosen importance score
@@ -184,7 +176,7 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     fit(twin, list(deltas.values()) + list(hashed.values.values()), adapt, replay, cfg, after_step=prune, log=log,
         optimizer=optimizer)
 
-    # 3) integer deltas, trimmed until a byte budget is met
+    # 3) integer deltas, trimmed until the byte budget is met
     with torch.no_grad():
         dense = {n: torch.round(deltas[n] * masks[n]).to(torch.int16).numpy() for n in deltas}
     diff = diff_within_budget(deployed, method, dense, cfg.budget, target_version, hashed.deltas(), seed)
@@ -195,25 +187,20 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
 register("hybrid", HybridDiffConfig)(learn_sparse_mask)
 
 
-def _hashed_part(deployed: DeviceModel, cfg: SparseMaskDiffConfig) -> tuple[HashedLayout, float | int]:
-    """The hybrid's hashed matrices with their buckets, and the budget left for sparse entries.
-    A fraction budget counts shipped values (entries and buckets alike); a byte budget is split
-    above the bundle's floor (manifest, one bucket per hashed matrix)."""
+def _hashed_part(deployed: DeviceModel, cfg: SparseMaskDiffConfig) -> tuple[HashedLayout, int]:
+    """The hybrid's hashed matrices with their buckets, and the bytes left for sparse entries.
+    The byte budget is split above the bundle's floor (manifest, one bucket per hashed matrix)."""
     if not isinstance(cfg, HybridDiffConfig):
         return HashedLayout(deployed, {}, 0), cfg.budget
     names = [n for n, w in deployed.weights.items() if n.startswith(cfg.hashed_prefixes) and w.nnz]
     if not names:
         raise ConfigError(f"no weight matrix with nonzero entries matches hashed_prefixes {cfg.hashed_prefixes}; "
                           f"matrices: {sorted(deployed.weights)}")
-    if isinstance(cfg.budget, float):
-        values = cfg.budget * sum(w.q.size for w in deployed.weights.values())
-        buckets, rest = max(len(names), int(cfg.hashed_share * values)), (1 - cfg.hashed_share) * cfg.budget
-    else:
-        floor = min_hashed_bytes(deployed, names)
-        if floor >= cfg.budget:
-            raise ConfigError(f"a budget of {cfg.budget} bytes cannot be met: the bundle with one bucket for each "
-                              f"of the {len(names)} hashed matrices already takes {floor} bytes")
-        hashed_bytes = int(cfg.hashed_share * (cfg.budget - floor))
-        buckets, rest = hashed_buckets_for_bytes(deployed, floor + hashed_bytes, names), cfg.budget - hashed_bytes
+    floor = min_hashed_bytes(deployed, names)
+    if floor >= cfg.budget:
+        raise ConfigError(f"a budget of {cfg.budget} bytes cannot be met: the bundle with one bucket for each "
+                          f"of the {len(names)} hashed matrices already takes {floor} bytes")
+    hashed_bytes = int(cfg.hashed_share * (cfg.budget - floor))
+    buckets, rest = hashed_buckets_for_bytes(deployed, floor + hashed_bytes, names), cfg.budget - hashed_bytes
     counts = split_buckets({n: deployed.weights[n].nnz for n in names}, buckets)
     return HashedLayout(deployed, counts, cfg.hash_seed), rest
