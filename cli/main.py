@@ -22,7 +22,7 @@ def _register() -> None:
     from cli import model_cmds
 
     model_cmds.register(cli)
-    for name in ("data_cmds", "train_cmds", "diff_cmds", "repo_cmds", "agent_cmds", "demo_cmds"):
+    for name in ("data_cmds", "train_cmds", "diff_cmds", "repo_cmds", "fleet_cmds", "agent_cmds", "demo_cmds"):
         try:
             module = __import__(f"cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:

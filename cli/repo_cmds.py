@@ -44,16 +44,27 @@ def repo() -> None:
 @click.option("--threshold", default=1, show_default=True, help="Root signatures required.")
 @click.option("--root-keys", default=1, show_default=True, help="Root keys to create.")
 @click.option("--root-out", type=click.Path(dir_okay=False), help="Also write root.json here (for devices).")
-def init(store_url: str, keys_dir: str, threshold: int, root_keys: int, root_out: str | None) -> None:
+@click.option("--timestamp-expiry", default="1d", show_default=True,
+              help="How long a signed timestamp stays valid (s/m/h/d/w); `ota repo refresh` renews it.")
+@click.option("--snapshot-expiry", default="7d", show_default=True, help="Validity of snapshot metadata.")
+@click.option("--targets-expiry", default="90d", show_default=True, help="Validity of targets metadata.")
+@click.option("--root-expiry", default="365d", show_default=True, help="Validity of root metadata (offline keys).")
+def init(store_url: str, keys_dir: str, threshold: int, root_keys: int, root_out: str | None,
+         timestamp_expiry: str, snapshot_expiry: str, targets_expiry: str, root_expiry: str) -> None:
     """Create keys (kept out of the store) and the repository's first metadata.
+
+    The expiry periods are kept next to the keys and used by every later
+    publish and `ota repo refresh`.
 
     \b
     Example:
       ota repo init --store s3://updates?endpoint=http://127.0.0.1:8333 --keys ~/ota-keys --root-out root.json
     """
-    from packager.trust import init_repository
+    from packager.trust import ExpiryPolicy, init_repository, parse_period
 
-    root = init_repository(_store(store_url), keys_dir, threshold=threshold, num_root_keys=root_keys)
+    expiry = ExpiryPolicy(root=parse_period(root_expiry), targets=parse_period(targets_expiry),
+                          snapshot=parse_period(snapshot_expiry), timestamp=parse_period(timestamp_expiry))
+    root = init_repository(_store(store_url), keys_dir, threshold=threshold, num_root_keys=root_keys, expiry=expiry)
     if root_out:
         write_atomic(Path(root_out), root)
     click.echo(f"repository initialised in {store_url}; keys in {keys_dir}; root.json {len(root)} bytes")

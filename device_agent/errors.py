@@ -66,6 +66,10 @@ class TrustError(DataError):
     exit_code = 10
 
 
+class MetadataExpiredError(TrustError):
+    """The newest metadata the store offers has expired: nobody re-signed it in time."""
+
+
 # --- transport / environment ------------------------------------------------
 class TransportError(OtaError):
     exit_code = 20

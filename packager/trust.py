@@ -26,6 +26,7 @@ API and securesystemslib; nothing here hand-rolls cryptography.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -71,9 +72,52 @@ class ExpiryPolicy:
     snapshot: timedelta = timedelta(days=7)
     timestamp: timedelta = timedelta(days=1)
 
-    def expires(self, role: str) -> datetime:
-        now = datetime.now(timezone.utc).replace(microsecond=0)
+    def expires(self, role: str, now: datetime | None = None) -> datetime:
+        now = (now or datetime.now(timezone.utc)).replace(microsecond=0)
         return now + getattr(self, role)
+
+    def to_json(self) -> bytes:
+        return json.dumps({role: int(getattr(self, role).total_seconds()) for role in _ROLES}, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str = "expiry policy") -> ExpiryPolicy:
+        try:
+            doc = json.loads(data)
+            periods = {role: timedelta(seconds=int(doc[role])) for role in _ROLES}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{where} is malformed ({exc}); expected seconds per role: {list(_ROLES)}") from None
+        return cls(**periods)
+
+    def __post_init__(self) -> None:
+        for role in _ROLES:
+            period = getattr(self, role)
+            if not isinstance(period, timedelta) or period < timedelta(minutes=1):
+                raise ConfigError(f"{role} expiry {period!r}: expected at least one minute")
+        # A device must be able to see a refreshed timestamp before the snapshot it names expires.
+        if not self.timestamp <= self.snapshot <= self.targets <= self.root:
+            raise ConfigError("expiry periods: expected timestamp <= snapshot <= targets <= root, got "
+                              + ", ".join(f"{r} {getattr(self, r)}" for r in ("timestamp", "snapshot", "targets", "root")))
+
+
+EXPIRY_FILE = "expiry.json"
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_period(text: str) -> timedelta:
+    """'90s', '30m', '12h', '1d', '2w' -> timedelta (ConfigError otherwise)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", str(text))
+    if not m or int(m.group(1)) == 0:
+        raise ConfigError(f"period {text!r}: expected a positive number with a unit s, m, h, d or w (e.g. 1d, 12h)")
+    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+
+
+def load_expiry(keys_dir: str | os.PathLike[str]) -> ExpiryPolicy:
+    """The expiry periods chosen at `init_repository` (kept next to the keys), or the defaults."""
+    path = Path(keys_dir) / EXPIRY_FILE
+    try:
+        return ExpiryPolicy.from_json(path.read_bytes(), str(path))
+    except FileNotFoundError:
+        return ExpiryPolicy()
 
 
 @dataclass(frozen=True)
@@ -160,11 +204,15 @@ def _read_local_root(keys_dir: Path) -> Metadata[Root]:
 
 
 def _write_local_root(keys_dir: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=keys_dir, prefix=".root-")
+    _write_local_file(keys_dir, "root.json", data)
+
+
+def _write_local_file(keys_dir: Path, name: str, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=keys_dir, prefix=f".{name}-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, keys_dir / "root.json")
+        os.replace(tmp, keys_dir / name)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -279,28 +327,35 @@ class _Repo:
                 "committed, re-run to publish on top of the new state"
             ) from None
 
-    def _new_version(self, md: Metadata, role: str, expiry: ExpiryPolicy, what: str) -> bytes:
+    def _new_version(self, md: Metadata, role: str, expiry: ExpiryPolicy, what: str, now: datetime | None) -> bytes:
         """Bump, re-sign and create the next `<version>.<role>.json` (create-only); returns its bytes."""
         signed = md.signed
         signed.version = _next_version(self.store, role, signed.version)
-        signed.expires = expiry.expires(role)
+        signed.expires = expiry.expires(role, now)
         _sign(md, _role_signers(self.root.signed, role, self.keys_dir))
         data = md.to_bytes(_SERIALIZER)
         self._create(f"{METADATA_PREFIX}{signed.version}.{role}.json", data, what)
         return data
 
-    def commit(self, *, new_targets: bool, expiry: ExpiryPolicy, what: str) -> Published:
-        """Sign and write targets (if changed), snapshot, then timestamp last."""
+    def commit(self, *, new_targets: bool, expiry: ExpiryPolicy | None, what: str, new_snapshot: bool = True,
+               now: datetime | None = None) -> Published:
+        """Sign and write targets (if changed), snapshot (unless only the timestamp is
+        being renewed), then timestamp last."""
+        expiry = expiry or load_expiry(self.keys_dir)
         if new_targets:
-            data = self._new_version(self.targets, "targets", expiry, what)
+            data = self._new_version(self.targets, "targets", expiry, what, now)
             self.snapshot.signed.meta["targets.json"] = MetaFile(self.targets.signed.version, len(data), _hashes(data))
-        snap_data = self._new_version(self.snapshot, "snapshot", expiry, what)
         snapshot = self.snapshot.signed
+        if new_targets or new_snapshot:
+            snap_data = self._new_version(self.snapshot, "snapshot", expiry, what, now)
+            snapshot_meta = MetaFile(snapshot.version, len(snap_data), _hashes(snap_data))
+        else:
+            snapshot_meta = self.timestamp.signed.snapshot_meta
 
         timestamp = self.timestamp.signed
         timestamp.version += 1
-        timestamp.expires = expiry.expires("timestamp")
-        timestamp.snapshot_meta = MetaFile(snapshot.version, len(snap_data), _hashes(snap_data))
+        timestamp.expires = expiry.expires("timestamp", now)
+        timestamp.snapshot_meta = snapshot_meta
         _sign(self.timestamp, _role_signers(self.root.signed, "timestamp", self.keys_dir))
         try:
             self.store.put(TIMESTAMP_KEY, self.timestamp.to_bytes(_SERIALIZER), if_match=self.timestamp_etag)
@@ -367,6 +422,7 @@ def init_repository(
         raise StoreConflictError(f"{store.url} already holds a TUF repository; expected an empty store")
     keys.mkdir(parents=True, exist_ok=True)
     os.chmod(keys, 0o700)
+    _write_local_file(keys, EXPIRY_FILE, expiry.to_json())
 
     signers = {
         "root": [_generate_key(keys) for _ in range(num_root_keys)],
@@ -408,7 +464,7 @@ def publish_target(
     data_or_path: bytes | str | os.PathLike[str],
     custom: dict[str, Any] | None = None,
     *,
-    expiry: ExpiryPolicy = ExpiryPolicy(),
+    expiry: ExpiryPolicy | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Published:
     """Upload a target (bytes or a file path) and commit new targets, snapshot and
@@ -447,7 +503,7 @@ TargetBuilder = Callable[[Callable[[str], "bytes | None"]], list[tuple[str, byte
 
 
 def publish_targets(store: Store, keys_dir: str | os.PathLike[str], build: TargetBuilder, *,
-                    expiry: ExpiryPolicy = ExpiryPolicy()) -> Published:
+                    expiry: ExpiryPolicy | None = None) -> Published:
     """Read-modify-write several targets in ONE commit.
 
     `build(read)` gets a reader of the current targets (the same verified
@@ -486,19 +542,168 @@ def refresh_expiry(
     keys_dir: str | os.PathLike[str],
     *,
     include_targets: bool = False,
-    expiry: ExpiryPolicy = ExpiryPolicy(),
+    expiry: ExpiryPolicy | None = None,
 ) -> Published:
     """Re-sign snapshot and timestamp (and targets if asked) with fresh expiry
-    dates, for a cron job that keeps a quiet repository valid."""
+    dates now, whether or not they are due (see `refresh_repository`)."""
     repo = _Repo(store, Path(keys_dir))
     return repo.commit(new_targets=include_targets, expiry=expiry, what="refreshing expiry")
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    """What `refresh_repository` re-signed (empty: nothing was due) and when each role now expires."""
+
+    resigned: tuple[str, ...]
+    expires: dict[str, datetime]
+    published: Published | None = None
+
+
+def refresh_repository(
+    store: Store,
+    keys_dir: str | os.PathLike[str],
+    *,
+    renew_before: float = 0.5,
+    now: datetime | None = None,
+) -> RefreshResult:
+    """Re-sign what expires soon: a role is due when less than `renew_before` of its
+    expiry period is left (by default half: a one-day timestamp is renewed after
+    12 hours). Targets due -> targets, snapshot and timestamp; snapshot due ->
+    snapshot and timestamp; timestamp due -> timestamp only (it keeps naming the
+    same snapshot). Nothing due -> nothing is written, so running it every few
+    minutes from cron is harmless.
+
+    Safe against a concurrent publisher: snapshot and targets versions are
+    created with If-None-Match and the timestamp replaced with If-Match, so if
+    anyone commits in between, this refresh writes nothing visible and raises
+    StoreConflictError (re-run it; the other commit usually renewed everything).
+    The root is never re-signed here (its keys should be offline): a root due
+    for renewal is reported in `expires` and by `ota repo refresh`.
+    """
+    if not 0.0 < renew_before < 1.0:
+        raise ConfigError(f"renew_before {renew_before}: expected a share of the expiry period in (0, 1)")
+    now = (now or datetime.now(timezone.utc)).replace(microsecond=0)
+    keys = Path(keys_dir)
+    expiry = load_expiry(keys)
+    repo = _Repo(store, keys)
+
+    def due(md: Metadata, role: str) -> bool:
+        return md.signed.expires - now < getattr(expiry, role) * renew_before
+
+    targets_due = due(repo.targets, "targets")
+    snapshot_due = targets_due or due(repo.snapshot, "snapshot")
+    timestamp_due = snapshot_due or due(repo.timestamp, "timestamp")
+    published = None
+    if timestamp_due:
+        published = repo.commit(new_targets=targets_due, new_snapshot=snapshot_due, expiry=expiry,
+                                what="refreshing expiry", now=now)
+    resigned = tuple(role for role, flag in (("targets", targets_due), ("snapshot", snapshot_due),
+                                             ("timestamp", timestamp_due)) if flag)
+    expires = {"root": repo.root.signed.expires, "targets": repo.targets.signed.expires,
+               "snapshot": repo.snapshot.signed.expires, "timestamp": repo.timestamp.signed.expires}
+    return RefreshResult(resigned, expires, published)
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """A completed key rotation: the new root version, and the key ids in and out."""
+
+    role: str
+    root_version: int
+    added: tuple[str, ...]
+    revoked: tuple[str, ...]
+    published: Published | None
+
+
+def rotate_keys(
+    store: Store,
+    keys_dir: str | os.PathLike[str],
+    role: str,
+    *,
+    num_keys: int = 1,
+    threshold: int = 1,
+    now: datetime | None = None,
+) -> Rotation:
+    """Replace every key of `role` with `num_keys` new ones (`threshold` of them
+    required), publish root version N+1 and re-sign the online metadata.
+
+    The new root is signed by a threshold of the old root keys and of the new
+    ones (TUF's rule), so a device holding any earlier root walks the chain
+    N -> N+1 and from then on trusts only the new keys; metadata signed by a
+    revoked key alone is refused. Revoked private keys move to
+    `<keys_dir>/revoked/` (keep them offline or destroy them). The order makes a
+    crash harmless: new keys are written first, then the root (create-only),
+    then the online metadata signed by the new keys; a re-run after a crash in
+    between rotates again from the published root.
+    """
+    if role not in _ROLES:
+        raise ConfigError(f"role {role!r}: expected one of {list(_ROLES)}")
+    if not 1 <= threshold <= num_keys:
+        raise ConfigError(f"{role} threshold {threshold} of {num_keys} keys: expected 1 <= threshold <= keys")
+    keys = Path(keys_dir)
+    expiry = load_expiry(keys)
+    repo = _Repo(store, keys)  # verifies the current metadata under the current root
+    current = repo.root
+    old_root_signers = _role_signers(current.signed, "root", keys)
+
+    new_md = Metadata[Root].from_bytes(current.to_bytes())
+    new_root = new_md.signed
+    old_ids = tuple(new_root.roles[role].keyids)
+    for keyid in old_ids:
+        new_root.revoke_key(keyid, role)
+    added = [_generate_key(keys) for _ in range(num_keys)]
+    for signer in added:
+        new_root.add_key(signer.public_key, role)
+    new_root.roles[role].threshold = threshold
+    new_root.version += 1
+    new_root.expires = expiry.expires("root", now)
+    signers = {s.public_key.keyid: s for s in old_root_signers}
+    if role == "root":
+        signers.update({s.public_key.keyid: s for s in added})
+    _sign(new_md, signers.values())
+    try:
+        new_root.verify_delegate("root", new_md.signed_bytes, new_md.signatures)
+        current.signed.verify_delegate("root", new_md.signed_bytes, new_md.signatures)
+    except RepositoryError as exc:  # not reachable with keys from _role_signers; kept as a guard
+        raise ConfigError(f"root v{new_root.version} does not verify: {exc}") from None
+    data = new_md.to_bytes(_SERIALIZER)
+    key = f"{METADATA_PREFIX}{new_root.version}.root.json"
+    try:
+        store.put(key, data, if_none_match=True)
+    except StoreConflictError:
+        raise StoreConflictError(f"{key} was created by another publisher first; nothing was rotated, "
+                                 "re-run on top of it") from None
+    _write_local_root(keys, data)
+    store.put(f"{METADATA_PREFIX}root.json", data)
+    _retire_keys(keys, [k for k in old_ids if k not in _all_key_ids(new_root)])
+
+    published = None
+    if role != "root":
+        # Clients check every online role against the newest root: re-sign now so the
+        # fleet never sees a timestamp signed by a revoked key.
+        repo.root = new_md
+        published = repo.commit(new_targets=role == "targets", expiry=expiry, what=f"rotating {role} keys", now=now)
+    return Rotation(role, new_root.version, tuple(s.public_key.keyid for s in added), old_ids, published)
+
+
+def _all_key_ids(root: Root) -> set[str]:
+    return {k for r in root.roles.values() for k in r.keyids}
+
+
+def _retire_keys(keys_dir: Path, key_ids: Iterable[str]) -> None:
+    revoked = keys_dir / "revoked"
+    for keyid in key_ids:
+        pem = keys_dir / f"{keyid}.pem"
+        if pem.exists():
+            revoked.mkdir(mode=0o700, exist_ok=True)
+            os.replace(pem, revoked / pem.name)
 
 
 def resign_root(
     store: Store,
     keys_dir: str | os.PathLike[str],
     *,
-    expiry: ExpiryPolicy = ExpiryPolicy(),
+    expiry: ExpiryPolicy | None = None,
     key_ids: Iterable[str] | None = None,
     allow_below_threshold: bool = False,
 ) -> int:
@@ -514,7 +719,7 @@ def resign_root(
     current = _store_root(store, keys)
     new = Metadata[Root].from_bytes(current.to_bytes())
     new.signed.version += 1
-    new.signed.expires = expiry.expires("root")
+    new.signed.expires = (expiry or load_expiry(keys)).expires("root")
     signers = _role_signers(current.signed, "root", keys, key_ids)
     _sign(new, signers)
     threshold = current.signed.roles["root"].threshold

@@ -26,8 +26,9 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,7 +37,8 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
-from device_agent.errors import DiskFullError, OtaError, StoreNotFoundError, StoreUnreachableError, TransportError, TrustError
+from device_agent.errors import (DiskFullError, MetadataExpiredError, OtaError, StoreNotFoundError,
+                                 StoreUnreachableError, TransportError, TrustError)
 from packager.store import Store
 
 _URL_SCHEME = "store:"
@@ -114,6 +116,10 @@ def _project_errors(what: str, fetcher: StoreFetcher | None = None) -> Iterator[
         yield
     except OtaError:
         raise
+    except tuf_exc.ExpiredMetadataError as exc:
+        where = f" (last file read: {fetcher.last_key})" if fetcher and fetcher.last_key else ""
+        raise MetadataExpiredError(f"{what}: {exc}{where}; expected the repository to re-sign it "
+                                   "(ota repo refresh)") from None
     except tuf_exc.RepositoryError as exc:
         where = f" (last file read: {fetcher.last_key})" if fetcher and fetcher.last_key else ""
         raise TrustError(f"{what}: {type(exc).__name__}: {exc}{where}") from None
@@ -190,6 +196,7 @@ class TrustedUpdater:
         config: UpdaterConfig | None = None,
         chunk_size: int = DEFAULT_CHUNK,
         target_chunk_size: int = 8 * DEFAULT_CHUNK,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.store = store
         self.metadata_dir = Path(metadata_dir)
@@ -200,6 +207,16 @@ class TrustedUpdater:
         self._fetcher = StoreFetcher(store, chunk_size)
         self._target_fetcher = StoreFetcher(store, target_chunk_size)
         self._targets: dict[str, TargetFile] | None = None
+        self._clock = clock  # None: the real time (a simulated clock for fleet simulations and tests)
+        self.timestamp_expires: datetime | None = None  # of the newest timestamp verified (after refresh)
+
+    def local_timestamp_expires(self) -> datetime | None:
+        """Expiry of the timestamp kept from the last good refresh (unverified: for reports only)."""
+        try:
+            md = Metadata.from_bytes((self.metadata_dir / "timestamp.json").read_bytes())
+        except (OSError, tuf_exc.RepositoryError, ValueError):
+            return None
+        return md.signed.expires
 
     def refresh(self) -> None:
         """Fetch and verify root, timestamp, snapshot and targets (all or nothing)."""
@@ -213,13 +230,19 @@ class TrustedUpdater:
                     str(staging), METADATA_URL, fetcher=self._fetcher, config=self._config,
                     bootstrap=self._trusted_root,
                 )
+                if self._clock is not None:
+                    # ngclient takes its reference time once, at construction, and has no
+                    # parameter for it: the one place a simulated clock must reach inside.
+                    updater._trusted_set.reference_time = self._clock()
                 updater.refresh()
-                # ngclient persisted exactly the targets bytes it verified.
+                # ngclient persisted exactly the bytes it verified.
                 targets = Metadata[Targets].from_bytes((staging / "targets.json").read_bytes())
+                timestamp = Metadata.from_bytes((staging / "timestamp.json").read_bytes())
                 self._commit(staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self._targets = dict(targets.signed.targets)
+        self.timestamp_expires = timestamp.signed.expires
 
     def _commit(self, staging: Path) -> None:
         for rel, src in sorted(_tree(staging).items(), key=lambda item: _commit_order(item[0])):
