@@ -11,7 +11,15 @@ Kinds of per-tensor delta:
 - HashedDelta: HashedNets-style. The base's nonzero entries, in row-major
   order, share `buckets` by xxh64 of (seed, tensor name, flat position);
   entry p gets sign(p) * buckets[bucket(p)]. Zeros stay zero.
-Scales, biases and the tokenizer are never changed by a diff.
+
+Channel deltas (`Diff.channels`, LHUC / BitFit style) change one float per
+output channel, coded as int8 `codes` times a power-of-two step 2^e:
+- an int8 matrix's scales: scale * (1 + code * 2^e), e in [-16, -7];
+- a bias vector (float tensors named `*bias*`): bias + code * 2^e, e in [-24, -1].
+`1 + code * 2^e` and `code * 2^e` are exact in float32, and one IEEE float32
+multiply or add is correctly rounded, so every platform gets the same bytes.
+Only channels with a nonzero code change. Config, tokenizer and the other
+float tensors are never changed by a diff.
 """
 from __future__ import annotations
 
@@ -22,8 +30,11 @@ import numpy as np
 from device_agent.device_model import QMAX, DeviceModel, QuantizedWeight
 from device_agent.errors import DiffError
 from device_agent.hashing import buckets_and_signs
+from device_agent.model_config import tensor_layout
 
 MAX_BUCKETS = 1 << 24
+SCALE_STEP_EXPS = range(-16, -6)  # factor 1 + code * 2^e in [1/128, 2): positive, exact in float32
+BIAS_STEP_EXPS = range(-24, 0)
 
 
 @dataclass
@@ -49,6 +60,70 @@ TensorDelta = SparseDelta | HashedDelta
 
 
 @dataclass
+class ChannelDeltas:
+    """Channel deltas for every tensor of `channel_tensors(model)`, in that order, packed: one step
+    exponent per tensor (0 for a tensor left unchanged) and one int8 code per channel, all tensors'
+    channels back to back. The packing needs no names: the base model's layout says which is which."""
+
+    step_exps: np.ndarray  # (tensors,) int8
+    codes: np.ndarray  # (channels,) int8 in [-127, 127]
+
+    def __post_init__(self) -> None:
+        self.step_exps = np.asarray(self.step_exps, dtype=np.int8)
+        self.codes = np.asarray(self.codes, dtype=np.int8)
+
+    @classmethod
+    def pack(cls, model: DeviceModel, per_tensor: dict[str, tuple[int, np.ndarray]]) -> "ChannelDeltas":
+        """{tensor name: (step exponent, codes)} -> the packed form (unnamed tensors: unchanged)."""
+        tensors = channel_tensors(model)
+        unknown = set(per_tensor) - {n for n, _, _ in tensors}
+        if unknown:
+            raise DiffError(f"channel deltas for {sorted(unknown)}: the model has no int8 matrix or bias vector "
+                            "of those names")
+        exps, codes = [], []
+        for name, _, channels in tensors:
+            exp, c = per_tensor.get(name, (0, np.zeros(channels, dtype=np.int8)))
+            c = np.asarray(c, dtype=np.int8)
+            exps.append(exp if np.any(c) else 0)
+            codes.append(c)
+        return cls(np.array(exps, dtype=np.int8), np.concatenate(codes) if codes else np.zeros(0, np.int8))
+
+    def unpack(self, model: DeviceModel) -> dict[str, tuple[str, int, np.ndarray]]:
+        """-> {name: (kind, step exponent, codes)} for the tensors that change; DiffError if the
+        packing does not fit `model` or breaks a rule."""
+        tensors = channel_tensors(model)
+        total = sum(c for _, _, c in tensors)
+        if self.step_exps.shape != (len(tensors),) or self.codes.shape != (total,):
+            raise DiffError(f"channel deltas cover {self.step_exps.size} tensors and {self.codes.size} channels; "
+                            f"this model has {len(tensors)} and {total}")
+        if np.any(self.codes < -QMAX):
+            raise DiffError(f"channel codes must be within [-{QMAX}, {QMAX}]")
+        out, start = {}, 0
+        for (name, kind, channels), exp in zip(tensors, self.step_exps.tolist()):
+            codes = self.codes[start:start + channels]
+            start += channels
+            steps = SCALE_STEP_EXPS if kind == "scale" else BIAS_STEP_EXPS
+            if not np.any(codes):
+                if exp != 0:
+                    raise DiffError(f"{name}: unchanged {kind}s must have step exponent 0, got {exp}")
+                continue
+            if exp not in steps:
+                raise DiffError(f"{name}: {kind} step exponent {exp} outside [{steps[0]}, {steps[-1]}]")
+            out[name] = (kind, exp, codes)
+        return out
+
+
+def channel_tensors(model: DeviceModel) -> list[tuple[str, str, int]]:
+    """(name, "scale" | "bias", channels) of every tensor a channel delta may change, in the model's
+    canonical order: every int8 matrix's scales, then every float vector named `*bias*`."""
+    layout = tensor_layout(model.config)
+    scales = [(n, "scale", shape[0]) for n, (kind, shape) in layout.items() if kind == "int8"]
+    biases = [(n, "bias", shape[0]) for n, (kind, shape) in layout.items()
+              if kind != "int8" and "bias" in n and len(shape) == 1]
+    return scales + biases
+
+
+@dataclass
 class Diff:
     method: str  # "sparse" | "hashed" | ... (informational; apply looks at delta types)
     model_id: str
@@ -59,9 +134,12 @@ class Diff:
     deltas: dict[str, TensorDelta]
     seed: int = 0  # hashed diffs: the hash seed
     metadata: dict[str, str] = field(default_factory=dict)
+    channels: ChannelDeltas | None = None  # per-channel scale and bias deltas
 
     def nonzero_entries(self) -> int:
-        return sum(d.values.size if isinstance(d, SparseDelta) else d.buckets.size for d in self.deltas.values())
+        """Shipped values: sparse entries, hashed buckets and nonzero channel codes."""
+        return sum(d.values.size if isinstance(d, SparseDelta) else d.buckets.size for d in self.deltas.values()) \
+            + (int(np.count_nonzero(self.channels.codes)) if self.channels is not None else 0)
 
 
 def check_delta(name: str, delta: TensorDelta, w: QuantizedWeight) -> None:
@@ -82,6 +160,23 @@ def check_delta(name: str, delta: TensorDelta, w: QuantizedWeight) -> None:
             raise DiffError(f"{name}: bucket values must be within [-{QMAX}, {QMAX}]")
     else:
         raise DiffError(f"{name}: unknown delta type {type(delta).__name__}")
+
+
+def _channel_applied(name: str, kind: str, step_exp: int, codes: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """New float32 scales or biases; DiffError if a scale is not a positive normal float or a bias overflows."""
+    out = values.astype(np.float32, copy=True)
+    changed = codes != 0
+    step = np.float32(2.0 ** step_exp)
+    codes = codes[changed].astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if kind == "scale":
+            out[changed] = out[changed] * (np.float32(1) + codes * step)
+        else:
+            out[changed] = out[changed] + codes * step
+    if not np.all(np.isfinite(out)) or (kind == "scale" and np.any(out < np.finfo(np.float32).tiny)):
+        raise DiffError(f"{name}: the {kind} delta makes values that are not finite"
+                        + (" and positive normal floats" if kind == "scale" else ""))
+    return out
 
 
 def dense_delta(name: str, delta: TensorDelta, w: QuantizedWeight, seed: int) -> np.ndarray:
@@ -134,12 +229,21 @@ def apply_diff(base: DeviceModel, diff: Diff, *, check_hashes: bool = True, in_p
     unknown = set(diff.deltas) - set(base.weights)
     if unknown:
         raise DiffError(f"diff changes tensors the model does not have: {sorted(unknown)}")
+    # every check before anything is written (in place, a refused diff leaves the base intact)
+    channels = diff.channels.unpack(base) if diff.channels is not None else {}
+    for name, delta in diff.deltas.items():
+        check_delta(name, delta, base.weights[name])
+    new_floats = {name: _channel_applied(name, kind, exp, codes, base.floats[name])
+                  for name, (kind, exp, codes) in channels.items() if kind == "bias"}
+    new_scales = {name: _channel_applied(name, kind, exp, codes, base.weights[name].scale)
+                  for name, (kind, exp, codes) in channels.items() if kind == "scale"}
     weights = dict(base.weights)  # unchanged tensors are shared, not copied
     for name, delta in diff.deltas.items():
         w = base.weights[name]
-        check_delta(name, delta, w)
         weights[name] = QuantizedWeight(_applied(name, delta, w, diff.seed, in_place).reshape(w.q.shape), w.scale)
-    result = DeviceModel(base.config, base.tokenizer, weights, dict(base.floats), base.model_id,
+    for name, scale in new_scales.items():
+        weights[name] = QuantizedWeight(weights[name].q, scale)
+    result = DeviceModel(base.config, base.tokenizer, weights, {**base.floats, **new_floats}, base.model_id,
                          diff.target_version, dict(base.metadata))
     if check_hashes:
         actual = result.content_hash()

@@ -36,7 +36,8 @@ import xxhash
 import zstandard
 
 from device_agent.device_model import QMAX, DeviceModel, canonical_json
-from device_agent.diff import MAX_BUCKETS, Diff, HashedDelta, SparseDelta, TensorDelta, apply_diff, check_delta
+from device_agent.diff import (BIAS_STEP_EXPS, MAX_BUCKETS, ChannelDeltas, Diff, HashedDelta, SparseDelta, TensorDelta,
+                               apply_diff, channel_tensors, check_delta)
 from device_agent.errors import BundleError, DiskFullError, ModelFormatError
 from device_agent.model_format import MAX_FILE_BYTES as MAX_MODEL_BYTES
 from device_agent.model_format import parse_header as parse_model_header  # the .otam header checks, not a copy
@@ -46,7 +47,8 @@ from device_agent.sparse_coding import bitmask_encode, decode_sparse, index_enco
 from device_agent.zstd_frames import decompress_exact
 
 MAGIC = b"OTABNDL\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the channels section; a bundle without one is written as version 1,
+FORMAT_VERSIONS = (1, 2)  # so agents that read only version 1 still take every update they can apply
 PREAMBLE = struct.Struct("<8sHHI")  # magic, version, reserved, manifest length
 ZSTD_LEVEL = 19
 
@@ -63,12 +65,14 @@ MAX_SEED = 2**64 - 1
 
 # Sparse position codings are named as in .otam files ("bitmask", "index").
 SPARSE_ENCODINGS = ("bitmask", "index")
-ENCODINGS = (*SPARSE_ENCODINGS, "hashed", "model")
+ENCODINGS = (*SPARSE_ENCODINGS, "hashed", "channels", "model")
+CHANNELS = "channels"  # the one section (name and encoding) of a diff's per-channel scale and bias deltas
 _ENTRY_COMMON = {"encoding", "offset", "length", "raw_length", "xxh64"}
 SECTION_KEYS = {  # the section table maps tensor name -> entry (safetensors style)
     "bitmask": _ENTRY_COMMON | {"numel", "count"},
     "index": _ENTRY_COMMON | {"numel", "count"},
     "hashed": _ENTRY_COMMON | {"numel", "num_buckets"},
+    "channels": _ENTRY_COMMON | {"numel", "count"},  # numel: channels, count: tensors
     "model": _ENTRY_COMMON,
 }
 MANIFEST_KEYS = {
@@ -93,8 +97,8 @@ class SectionInfo:
     length: int  # stored (compressed) bytes
     raw_length: int  # decompressed bytes
     xxh64: str  # of the stored bytes
-    numel: int | None = None  # delta sections: entries of the tensor they change
-    count: int | None = None  # sparse: changed entries
+    numel: int | None = None  # delta sections: entries of the tensor they change (channels: all channels)
+    count: int | None = None  # sparse: changed entries; channels: tensors covered
     num_buckets: int | None = None  # hashed
 
     def to_json(self) -> dict[str, Any]:
@@ -115,6 +119,7 @@ class BundleManifest:
     metadata: dict[str, str]  # diff only; {} for full bundles
     sections: list[SectionInfo]
     manifest_length: int  # bytes of manifest JSON
+    format_version: int = 1
 
     @property
     def data_offset(self) -> int:
@@ -142,7 +147,7 @@ class Section:
     """One decoded section: a tensor delta, or the `.otam` bytes of a full bundle."""
 
     info: SectionInfo
-    payload: TensorDelta | bytes
+    payload: TensorDelta | ChannelDeltas | bytes
 
 
 # --- encoding -------------------------------------------------------------------
@@ -166,14 +171,14 @@ def _encode_sparse(d: SparseDelta, numel: int) -> tuple[str, bytes, bytes]:
     return best
 
 
-def _pack(manifest: dict[str, Any], sections: list[bytes]) -> bytes:
+def _pack(manifest: dict[str, Any], sections: list[bytes], version: int = 1) -> bytes:
     body = canonical_json(manifest)
     if len(body) > MAX_MANIFEST_BYTES:
         raise BundleError(f"manifest is {len(body)} bytes; the limit is {MAX_MANIFEST_BYTES} (too many sections?)")
     total = PREAMBLE.size + len(body) + sum(len(s) for s in sections)
     if total > MAX_BUNDLE_BYTES:
         raise BundleError(f"bundle would be {total} bytes; the limit is {MAX_BUNDLE_BYTES}")
-    return PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(body)) + body + b"".join(sections)
+    return PREAMBLE.pack(MAGIC, version, 0, len(body)) + body + b"".join(sections)
 
 
 def _table(entries: list[tuple[str, dict[str, Any], bytes, bytes]]) -> tuple[dict[str, Any], list[bytes]]:
@@ -221,8 +226,20 @@ def encode_diff_bundle(diff: Diff, base: DeviceModel) -> bytes:
             raise BundleError(f"{name}: delta is {len(raw)} bytes raw; the limit is {MAX_SECTION_RAW_BYTES} "
                               "(ship a full bundle instead)")
         entries.append((name, fields, raw, packed))
-    table, stored = _table(entries)
-    return _pack(_diff_manifest(diff, table), stored)
+    if diff.channels is not None:
+        entries.append(_channels_entry(diff.channels, base))
+    table, stored = _table(sorted(entries, key=lambda entry: entry[0]))
+    return _pack(_diff_manifest(diff, table), stored, FORMAT_VERSION if diff.channels is not None else 1)
+
+
+def _channels_entry(channels: ChannelDeltas, base: DeviceModel) -> tuple[str, dict[str, Any], bytes, bytes]:
+    """The channels section: step exponents (one int8 per tensor of `channel_tensors`), then the codes."""
+    if CHANNELS in base.weights:
+        raise BundleError(f"the model has a tensor named {CHANNELS!r}, the name of the channel-delta section")
+    channels.unpack(base)  # DiffError unless it fits the base, as for tensor deltas
+    raw = channels.step_exps.tobytes() + channels.codes.tobytes()
+    fields = {"encoding": CHANNELS, "numel": int(channels.codes.size), "count": int(channels.step_exps.size)}
+    return CHANNELS, fields, raw, _compress(raw)
 
 
 def _diff_manifest(diff: Diff, table: dict[str, Any]) -> dict[str, Any]:
@@ -279,8 +296,8 @@ def _no_constants(name: str) -> Any:
     raise BundleError(f"manifest JSON contains {name}; only integers and strings are allowed")
 
 
-def _parse_preamble(pre: bytes) -> int:
-    """Steps 1-4 -> manifest length."""
+def _parse_preamble(pre: bytes) -> tuple[int, int]:
+    """Steps 1-4 -> (format version, manifest length)."""
     # 1) preamble present
     if len(pre) < PREAMBLE.size:
         raise BundleError(f"bundle is {len(pre)} bytes, shorter than the {PREAMBLE.size}-byte preamble (truncated?)")
@@ -289,15 +306,15 @@ def _parse_preamble(pre: bytes) -> int:
     if magic != MAGIC:
         raise BundleError(f"bad magic {magic!r}: expected {MAGIC!r} (is this an .otab update bundle?)")
     # 3) version, reserved
-    if version != FORMAT_VERSION:
+    if version not in FORMAT_VERSIONS:
         raise BundleError(f"bundle format version {version} is not supported; this reader supports "
-                          f"{FORMAT_VERSION} (update the device agent)")
+                          f"{', '.join(map(str, FORMAT_VERSIONS))} (update the device agent)")
     if reserved != 0:
         raise BundleError(f"reserved preamble field is {reserved}, expected 0")
     # 4) manifest length limit
     if not 2 <= manifest_len <= MAX_MANIFEST_BYTES:
         raise BundleError(f"manifest length {manifest_len} outside [2, {MAX_MANIFEST_BYTES}] bytes")
-    return manifest_len
+    return version, manifest_len
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:
@@ -363,6 +380,8 @@ def _raw_range(e: dict[str, Any]) -> tuple[int, int]:
     if enc == "hashed":
         return e["num_buckets"], e["num_buckets"]
     numel, count = e["numel"], e["count"]
+    if enc == CHANNELS:
+        return count + numel, count + numel
     if enc == "bitmask":
         return (numel + 7) // 8 + count, (numel + 7) // 8 + count
     return 2 * count, count * (1 + _varint_len(numel - 1))  # index: >= 1 byte per varint + 1 per value
@@ -387,6 +406,10 @@ def _check_entry(i: int, name: str, e: Any, expected_offset: int, room: int) -> 
             raise BundleError(f"{where}: num_buckets {e['num_buckets']!r:.40} outside [1, {MAX_BUCKETS}]")
         if enc in SPARSE_ENCODINGS and not _is_int(e["count"], 0, e["numel"]):
             raise BundleError(f"{where}: count {e['count']!r:.40} outside [0, numel={e['numel']}]")
+        if enc == CHANNELS and not _is_int(e["count"], 1, min(e["numel"], MAX_SECTIONS)):
+            raise BundleError(f"{where}: count {e['count']!r:.40} (tensors) outside [1, {min(e['numel'], MAX_SECTIONS)}]")
+        if (enc == CHANNELS) != (name == CHANNELS):
+            raise BundleError(f"{where}: encoding {CHANNELS!r} goes with the section named {CHANNELS!r} only")
     low, high = _raw_range(e)
     if enc != "model":
         high = min(high, MAX_SECTION_RAW_BYTES)
@@ -455,17 +478,19 @@ def _read_manifest(stream: BinaryIO) -> BundleManifest:
         if not chunk:
             break
         pre += chunk
-    manifest_len = _parse_preamble(pre)
+    version, manifest_len = _parse_preamble(pre)
     # 5) manifest bytes present
     body = _read_exact(stream, manifest_len, f"manifest of {manifest_len} bytes")
     m = _parse_json(body)
     _check_identity(m)
     sections = _check_table(m, manifest_len)
+    if version < 2 and any(s.encoding == CHANNELS for s in sections):
+        raise BundleError(f"a {CHANNELS!r} section needs bundle format version 2, the preamble says {version}")
     diff = m["kind"] == "diff"
     return BundleManifest(m["kind"], m["model_id"], m["target_version"], m["target_hash"],
                           m["base_version"] if diff else None, m["base_hash"] if diff else None,
                           m["method"] if diff else None, m["seed"] if diff else None,
-                          dict(m["metadata"]) if diff else {}, sections, manifest_len)
+                          dict(m["metadata"]) if diff else {}, sections, manifest_len, version)
 
 
 # --- section decoding (step 10) ---------------------------------------------------
@@ -475,6 +500,14 @@ def _decompress(info: SectionInfo, packed: bytes) -> bytes:
 
 def _decode_delta(info: SectionInfo, raw: bytes) -> TensorDelta:
     where = f"section {info.name}"
+    if info.encoding == CHANNELS:
+        assert info.count is not None  # guaranteed by _check_entry
+        exps, codes = np.frombuffer(raw, dtype=np.int8)[:info.count], np.frombuffer(raw, dtype=np.int8)[info.count:]
+        if np.any(codes < -QMAX):
+            raise BundleError(f"{where}: channel codes must be within [-{QMAX}, {QMAX}], found -128")
+        if np.any((exps < BIAS_STEP_EXPS[0]) | (exps > 0)):
+            raise BundleError(f"{where}: step exponents must be within [{BIAS_STEP_EXPS[0]}, 0]")
+        return ChannelDeltas(exps.copy(), codes.copy())
     if info.encoding == "hashed":
         buckets = np.frombuffer(raw, dtype=np.int8).copy()
         if np.any(buckets < -QMAX):
@@ -574,8 +607,9 @@ def decode_bundle(data: bytes) -> Bundle:
         bundle.model_bytes = payloads["model"]  # type: ignore[assignment]
     else:
         assert m.base_version is not None and m.base_hash is not None and m.method is not None
+        channels = payloads.pop(CHANNELS, None)
         bundle.diff = Diff(m.method, m.model_id, m.base_version, m.target_version, m.base_hash, m.target_hash,
-                           payloads, m.seed or 0, dict(m.metadata))  # type: ignore[arg-type]
+                           payloads, m.seed or 0, dict(m.metadata), channels)  # type: ignore[arg-type]
     return bundle
 
 
@@ -613,6 +647,13 @@ def verify_bundle_for_model(bundle: BundleManifest, model: DeviceModel | None) -
         raise BundleError(f"bundle expects base model {bundle.base_hash} (version {bundle.base_version}), "
                           f"this model is {actual} (version {model.version})")
     for s in bundle.sections:
+        if s.encoding == CHANNELS:
+            tensors = channel_tensors(model)
+            expected = (sum(c for _, _, c in tensors), len(tensors))
+            if (s.numel, s.count) != expected:
+                raise BundleError(f"section {s.name}: bundle expects {s.numel} channels of {s.count} tensors, the "
+                                  f"model has {expected[0]} of {expected[1]}")
+            continue
         w = model.weights.get(s.name)
         if w is None or w.q.size != s.numel:
             got = "no such tensor" if w is None else f"{w.q.size} entries"
@@ -653,7 +694,7 @@ def inspect_bundle(path: str | Path, *, verify: bool = False) -> dict[str, Any]:
                 pass
     m = reader.manifest
     summary: dict[str, Any] = {
-        "path": str(path), "kind": m.kind, "model_id": m.model_id, "format_version": FORMAT_VERSION,
+        "path": str(path), "kind": m.kind, "model_id": m.model_id, "format_version": m.format_version,
         "target_version": m.target_version, "target_hash": m.target_hash,
         "bytes": m.total_bytes, "payload_bytes": m.payload_bytes, "overhead_bytes": m.total_bytes - m.payload_bytes,
         "sections": [{"name": s.name, **s.to_json()} for s in m.sections],
@@ -661,6 +702,7 @@ def inspect_bundle(path: str | Path, *, verify: bool = False) -> dict[str, Any]:
     }
     if m.kind == "diff":
         summary.update(base_version=m.base_version, base_hash=m.base_hash, method=m.method, seed=m.seed,
-                       metadata=m.metadata, changed_entries=sum((s.count or 0) for s in m.sections),
+                       metadata=m.metadata,
+                       changed_entries=sum((s.count or 0) for s in m.sections if s.encoding in SPARSE_ENCODINGS),
                        hashed_buckets=sum((s.num_buckets or 0) for s in m.sections))
     return summary

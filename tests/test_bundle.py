@@ -335,7 +335,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     # preamble
     "truncated_preamble": (lambda d: d[:10], "shorter than the 16-byte preamble"),
     "bad_magic": (lambda d: b"OTAMODEL" + d[8:], "bad magic b'OTAMODEL': expected"),
-    "future_version": (lambda d: d[:8] + struct.pack("<H", 2) + d[10:], "format version 2 is not supported"),
+    "future_version": (lambda d: d[:8] + struct.pack("<H", 3) + d[10:], "format version 3 is not supported"),
     "reserved_set": (lambda d: d[:10] + b"\1\0" + d[12:], "reserved preamble field is 1, expected 0"),
     "manifest_length_over_limit": (lambda d: d[:12] + struct.pack("<I", MAX_MANIFEST_BYTES + 1) + d[16:],
                                    "manifest length 262145 outside [2, 262144]"),
