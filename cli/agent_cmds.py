@@ -5,14 +5,15 @@ import json
 import sys
 
 import click
-from rich.console import Console
-from rich.table import Table
+
+from cli.params import INPUT_FILE
+from cli.tables import print_table
 
 CONFIG_HELP = "Agent TOML file; OTA_AGENT_<KEY> environment variables override its keys."
 
 
 def config_option(fn):  # type: ignore[no-untyped-def]
-    return click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="OTA_AGENT_CONFIG",
+    return click.option("--config", "config_path", type=INPUT_FILE, envvar="OTA_AGENT_CONFIG",
                         default="agent.toml", show_default=True, help=CONFIG_HELP)(fn)
 
 
@@ -118,15 +119,8 @@ def fleet_status_cmd(store_url: str, model_id: str | None, as_json: bool) -> Non
     if as_json:
         _echo_json(rows)
         return
-    table = Table("model", "channel", "version", "attempts", "committed", "refused", "failed", "rolled back",
-                  "devices", "median WER after")
-    for r in rows:
-        wer = "-" if r["median_wer_after"] is None else f"{r['median_wer_after']:.4f}"
-        table.add_row(r["model_id"], r["channel"], r["version"], *(str(r[k]) for k in (
-            "attempts", "committed", "refused", "failed", "rolled_back", "devices")), wer)
-    Console().print(table)
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(agent)
-    cli.add_command(fleet)
+    rows = [(r["model_id"], r["channel"], str(r["version"]), *(str(r[k]) for k in (
+        "attempts", "committed", "refused", "failed", "rolled_back", "devices")),
+        "-" if r["median_wer_after"] is None else f"{r['median_wer_after']:.4f}") for r in rows]
+    print_table(("model", "channel", "ver", "tries", "commit", "refuse", "fail", "rolled back", "devices",
+                 "median WER"), rows, wrap=(0, 1))

@@ -4,12 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
+
+from cli.params import INPUT_FILE, OUTPUT_FOLDER
 
 
 @click.command()
-@click.option("--out", "out_dir", default="work/demo", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", default="work/demo", show_default=True, type=OUTPUT_FOLDER,
               help="Working and report folder (recreated).")
 @click.option("--store", type=click.Choice(["seaweedfs", "file"]), default="seaweedfs", show_default=True,
               help="Start a local SeaweedFS S3 server, or use a plain directory store.")
@@ -17,10 +17,10 @@ from rich.table import Table
               help="Diff budget: share of the model file's bytes ('2%') or bytes ('20KB'); default 1.9%.")
 @click.option("--epochs", default=12, show_default=True, help="Diff training epochs.")
 @click.option("--adapt", "n_adapt", default=400, show_default=True, help="Utterances in the built-in update.")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--model", "model_path", type=INPUT_FILE, default=None,
               help="Base model to deploy (default: the shipped models/base-v1.otam).")
 @click.option("--tiny", is_flag=True, help="A seconds-long configuration (for tests), not meaningful numbers.")
-def demo(out_dir: str, store: str, budget: str | None, epochs: int, n_adapt: int, model_path: Path | None,
+def demo(out_dir: Path, store: str, budget: str | None, epochs: int, n_adapt: int, model_path: Path | None,
          tiny: bool) -> None:
     """Run the whole mission end to end on embedded defaults and print a summary.
 
@@ -35,6 +35,9 @@ def demo(out_dir: str, store: str, budget: str | None, epochs: int, n_adapt: int
       ota demo
       ota demo --store file --out /tmp/ota-demo
     """
+    from rich.console import Console
+    from rich.table import Table
+
     from diffing.demo import SHIPPED_MODEL, DemoConfig, run_demo
 
     sizes = dict(epochs=1, n_adapt=8, n_update_test=4, n_replay=4, n_original_test=4, n_device_validation=2) \
@@ -56,6 +59,3 @@ def demo(out_dir: str, store: str, budget: str | None, epochs: int, n_adapt: int
     console.print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report.stages.items()))
     console.print(f"report: {Path(out_dir) / 'report'}")
 
-
-def register(cli: click.Group) -> None:
-    cli.add_command(demo)

@@ -78,7 +78,3 @@ def rotate_keys_cmd(store_url: str, keys_dir: str, role: str, num_keys: int, thr
 def _echo_json(doc: object) -> None:
     click.echo(json.dumps(doc, indent=1, sort_keys=True, default=str))
 
-
-def register(cli: click.Group) -> None:
-    # The commands above attach to groups of cli.repo_cmds, registered by it.
-    del cli

@@ -1,35 +1,36 @@
-"""`ota`: the command-line entry point. Thin: parse, call a library, print."""
+"""`ota`: the command-line entry point. Thin: parse, call a library, print.
+
+Command modules are imported only when their command runs (or `--help` lists
+them), and they import torch, scipy and boto3 inside their functions, so
+`ota --help`, `ota --version` and config errors answer in a fraction of a
+second.
+"""
 from __future__ import annotations
 
-import click
-
 from cli.errors import OtaGroup
+from cli.lazy import lazy_group
 
+# name -> (module, attribute). Order is help order; a module that fails to
+# import is listed as unavailable with its reason, never dropped.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "transcribe": ("cli.model_cmds", "transcribe"),
+    "model": ("cli.model_cmds", "model"),
+    "eval": ("cli.train_cmds", "eval_cmd"),
+    "data": ("cli.data_cmds", "data"),
+    "train": ("cli.train_cmds", "train"),
+    "export": ("cli.train_cmds", "export"),
+    "diff": ("cli.diff_cmds", "diff"),
+    "repo": ("cli.repo_cmds", "repo"),
+    "bundle": ("cli.repo_cmds", "bundle"),
+    "publish": ("cli.repo_cmds", "publish"),
+    "rollout": ("cli.repo_cmds", "rollout"),
+    "releases": ("cli.repo_cmds", "releases"),
+    "agent": ("cli.agent_cmds", "agent"),
+    "fleet": ("cli.agent_cmds", "fleet"),
+    "demo": ("cli.demo_cmds", "demo"),
+}
 
-@click.group(cls=OtaGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="ota-speech")
-def cli() -> None:
-    """OTA neural-diff updates for on-device speech recognition models.
+cli = lazy_group(OtaGroup, COMMANDS)
 
-    \b
-    Example:
-      ota transcribe clip.wav --model models/base-v1.otam
-    """
-
-
-def _register() -> None:
-    # Each command family lives in its own module; import order is help order.
-    from cli import model_cmds
-
-    model_cmds.register(cli)
-    for name in ("data_cmds", "train_cmds", "diff_cmds", "repo_cmds", "fleet_cmds", "agent_cmds", "demo_cmds"):
-        try:
-            module = __import__(f"cli.{name}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"cli.{name}":
-                raise
-            continue
-        module.register(cli)
-
-
-_register()
+if __name__ == "__main__":
+    cli()

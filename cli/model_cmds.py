@@ -5,24 +5,20 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from device_agent.audio import load_audio
-from device_agent.model_format import load_model, read_header
-from device_agent.runtime import Int8Runtime
+from cli.params import INPUT_FILE
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "base-v1.otam"
 
 
 def _model_option() -> click.Option:
-    return click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
+    return click.option("--model", "model_path", type=INPUT_FILE,
                         default=DEFAULT_MODEL, show_default=True, envvar="OTA_MODEL",
                         help="Device model file (.otam).")
 
 
 @click.command()
-@click.argument("audio", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("audio", nargs=-1, required=True, type=INPUT_FILE)
 @_model_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
 def transcribe(audio: tuple[Path, ...], model_path: Path, as_json: bool) -> None:
@@ -32,6 +28,9 @@ def transcribe(audio: tuple[Path, ...], model_path: Path, as_json: bool) -> None
     Example:
       ota transcribe clip.wav other.flac --model models/base-v1.otam --json
     """
+    from device_agent.audio import load_audio
+    from device_agent.runtime import Int8Runtime
+
     runtime = Int8Runtime.from_file(model_path)
     for path in audio:
         samples = load_audio(path)
@@ -49,7 +48,7 @@ def model() -> None:
 
 
 @model.command()
-@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("path", type=INPUT_FILE)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
 def inspect(path: Path, as_json: bool) -> None:
     """Show config, sizes, sparsity per tensor and the content hash of a model.
@@ -60,6 +59,8 @@ def inspect(path: Path, as_json: bool) -> None:
     Example:
       ota model inspect models/base-v1.otam
     """
+    from device_agent.model_format import load_model, read_header
+
     header = read_header(path)
     device = load_model(path)  # full verification, not just the header
     rows = []
@@ -77,6 +78,9 @@ def inspect(path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console()
     console.print(f"[bold]{device.model_id}[/] v{device.version}  hash {summary['content_hash']}")
     console.print(f"{summary['file_bytes']:,} bytes, {summary['parameters']:,} parameters, "
@@ -87,7 +91,3 @@ def inspect(path: Path, as_json: bool) -> None:
                       f"{r['zeros']:.1%}", f"{r['bytes']:,}")
     console.print(table)
 
-
-def register(cli: click.Group) -> None:
-    cli.add_command(transcribe)
-    cli.add_command(model)

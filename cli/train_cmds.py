@@ -6,22 +6,16 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
 
-from device_agent.manifest import read_manifest
-from device_agent.atomic import write_atomic
-from device_agent.runtime import Int8Runtime
-from device_agent.wer import evaluate
+from cli.params import INPUT_FILE, OUTPUT_FILE, OUTPUT_FOLDER
 
 
 @click.command()
-@click.option("--train", "train_manifest", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--train", "train_manifest", required=True, type=INPUT_FILE,
               help="Training manifest (JSONL: audio_filepath, text, duration).")
-@click.option("--dev", "dev_manifest", type=click.Path(exists=True, dir_okay=False),
+@click.option("--dev", "dev_manifest", type=INPUT_FILE,
               help="Held-out manifest decoded after every epoch.")
-@click.option("--out", "out_dir", default="work/runs/base", show_default=True, help="Run folder (checkpoints, model).")
+@click.option("--out", "out_dir", default="work/runs/base", show_default=True, type=OUTPUT_FOLDER, help="Run folder (checkpoints, model).")
 @click.option("--epochs", default=12, show_default=True, help="Training epochs.")
 @click.option("--sparsity", default=0.5, show_default=True, help="Target fraction of zero weight-matrix entries.")
 @click.option("--lr", default=2e-3, show_default=True, help="Peak learning rate (AdamW, cosine decay).")
@@ -31,12 +25,12 @@ from device_agent.wer import evaluate
 @click.option("--speed", default=0.0, show_default=True, type=click.FloatRange(0.0, 0.5, max_open=True),
               help="Speed perturbation: scale each utterance's frequencies and duration together by up to this factor.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
-@click.option("--init-from", type=click.Path(exists=True, dir_okay=False),
+@click.option("--init-from", type=INPUT_FILE,
               help="Fine-tune from this checkpoint (weights, masks, normalisation); QAT on from the start.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
-              help="torch threads (1 is fastest when other jobs share the cores).")
-def train(train_manifest: str, dev_manifest: str | None, out_dir: str, epochs: int, sparsity: float, lr: float,
-          model_id: str, vtlp: float, speed: float, seed: int, init_from: str | None, threads: int) -> None:
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="torch threads (default: the cores not busy with other work).")
+def train(train_manifest: Path, dev_manifest: Path | None, out_dir: Path, epochs: int, sparsity: float, lr: float,
+          model_id: str, vtlp: float, speed: float, seed: int, init_from: Path | None, threads: int | None) -> None:
     """Train a streaming RNN-T with pruning and QAT, then export an int8 model.
 
     Rerunning the same command resumes from OUT/last.pt.
@@ -45,27 +39,28 @@ def train(train_manifest: str, dev_manifest: str | None, out_dir: str, epochs: i
     Example:
       ota train --train work/corpus/base/train.jsonl --dev work/corpus/base/test.jsonl --out work/runs/base
     """
+    from cli.progress import training_progress
     from diffing.train import TrainConfig, train as run  # training code only on the server side
 
-    # A fine-tune starts pruned and quantization-aware: short warm-up, masks and fake quantization from step 0.
-    stage = dict(init_from=init_from, warmup_steps=100, prune_start=0.0, prune_end=0.3, qat_start=0.0) if init_from else {}
-    cfg = TrainConfig(train_manifest, dev_manifest, out_dir, epochs=epochs, target_sparsity=sparsity, lr=lr,
-                      model_id=model_id, vtlp=vtlp, speed=speed, seed=seed, threads=threads, **stage)
-    path = run(cfg, log=click.echo)
+    cfg = TrainConfig.for_stage(str(train_manifest), dev_manifest and str(dev_manifest), str(out_dir),
+                                init_from=init_from and str(init_from), epochs=epochs, target_sparsity=sparsity, lr=lr,
+                                model_id=model_id, vtlp=vtlp, speed=speed, seed=seed, threads=threads or 0)
+    with training_progress() as progress:
+        path = run(cfg, log=progress.log)
     click.echo(f"exported {path}")
 
 
 @click.command()
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Device model file to write.")
+@click.argument("checkpoint", type=INPUT_FILE)
+@click.option("--out", "out_path", required=True, type=OUTPUT_FILE, help="Device model file to write.")
 @click.option("--model-id", default=None, help="Override the model id.")
 @click.option("--version", "version", type=int, default=None, help="Override the model version.")
-def export(checkpoint: str, out_path: str, model_id: str | None, version: int | None) -> None:
+def export(checkpoint: Path, out_path: Path, model_id: str | None, version: int | None) -> None:
     """Export a training checkpoint to the int8 sparse device format (.otam).
 
     \b
     Example:
-      ota export work/runs/base/last.pt --out models/base-v1.otam
+      ota export work/runs/base2/last.pt --out work/models/base-v1.otam
     """
     from diffing.train import export_checkpoint
 
@@ -73,17 +68,26 @@ def export(checkpoint: str, out_path: str, model_id: str | None, version: int | 
 
 
 @click.command(name="eval")
-@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="Device model (.otam).")
-@click.option("--manifest", required=True, type=click.Path(dir_okay=False), help="Manifest to decode and score.")
-@click.option("--out", "out_json", type=click.Path(dir_okay=False), help="Write per-utterance errors to this JSON file.")
+@click.option("--model", "model_path", required=True, type=INPUT_FILE, help="Device model (.otam).")
+@click.option("--manifest", required=True, type=INPUT_FILE, help="Manifest to decode and score.")
+@click.option("--out", "out_json", type=OUTPUT_FILE, help="Write per-utterance errors to this JSON file.")
 @click.option("--limit", type=int, default=None, help="Score only the first N utterances.")
-def eval_cmd(model_path: str, manifest: str, out_json: str | None, limit: int | None) -> None:
+def eval_cmd(model_path: Path, manifest: Path, out_json: Path | None, limit: int | None) -> None:
     """Word error rate of a device model through the int8 runtime (jiwer).
 
     \b
     Example:
       ota eval --model models/base-v1.otam --manifest work/corpus/base/test.jsonl --out work/eval.json
     """
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from device_agent.atomic import write_atomic
+    from device_agent.manifest import read_manifest
+    from device_agent.runtime import Int8Runtime
+    from device_agent.wer import evaluate
+
     runtime = Int8Runtime.from_file(model_path)
     utterances = read_manifest(manifest, runtime.tokenizer)[:limit]
     started = time.perf_counter()
@@ -92,7 +96,7 @@ def eval_cmd(model_path: str, manifest: str, out_json: str | None, limit: int | 
         result = evaluate(runtime.transcribe, utterances, lambda n: bar.advance(task, n))
     seconds = time.perf_counter() - started
     audio = sum(u.duration for u in utterances)
-    summary = {"model": model_path, "model_hash": runtime.content_hash, "manifest": manifest,
+    summary = {"model": str(model_path), "model_hash": runtime.content_hash, "manifest": str(manifest),
                "utterances": len(utterances), "words": result.words, "errors": result.errors,
                "wer": round(result.wer, 4), "rtf": round(seconds / max(audio, 1e-9), 4)}
     if out_json:
@@ -103,8 +107,3 @@ def eval_cmd(model_path: str, manifest: str, out_json: str | None, limit: int | 
     Console().print(table)
     click.echo(json.dumps(summary))
 
-
-def register(cli: click.Group) -> None:
-    cli.add_command(train)
-    cli.add_command(export)
-    cli.add_command(eval_cmd)

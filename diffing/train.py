@@ -30,6 +30,8 @@ from diffing.data import batch_groups, batches, feature_stats, load_examples, sp
 from diffing.export import export_model
 from diffing.model import RNNT
 from diffing.rnnt_loss import rnnt_loss
+from diffing.progress import step_reporter
+from diffing.threads import set_threads
 
 TRAIN_CONFIG_VERSION = 1
 
@@ -68,7 +70,7 @@ class TrainConfig:
     # feature normalisation): a second stage on more data costs a fraction of a
     # fresh run. Masks only ever grow sparser.
     init_from: str | None = None
-    threads: int = 2
+    threads: int = 0  # torch threads; 0: the cores other work leaves free (diffing.threads)
     config_version: int = TRAIN_CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -84,6 +86,15 @@ class TrainConfig:
             raise ConfigError("epochs >= 1, max_frames >= 16 and lr > 0 are required")
         if self.config_version != TRAIN_CONFIG_VERSION:
             raise ConfigError(f"train config version {self.config_version} is not {TRAIN_CONFIG_VERSION}")
+
+    @classmethod
+    def for_stage(cls, train_manifest: str, dev_manifest: str | None, out_dir: str, *, init_from: str | None = None,
+                  **settings: object) -> "TrainConfig":
+        """A first stage, or (with `init_from`) a fine-tune that starts pruned and quantization-aware:
+        short warm-up, masks and fake quantization from step 0."""
+        stage = dict(init_from=init_from, warmup_steps=100, prune_start=0.0, prune_end=0.3, qat_start=0.0) \
+            if init_from else {}
+        return cls(train_manifest, dev_manifest, out_dir, **stage, **settings)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -141,7 +152,7 @@ def dev_wer(model: RNNT, examples: list, tokenizer: CharTokenizer) -> float:
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> Path:
     """Train (or resume) and export; returns the path of the device model."""
-    torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     torch.set_flush_denormal(True)  # Adam state of pruned weights decays into denormals, which are slow
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +210,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
     # 3) epochs: prune on the cubic schedule, fake-quantize late, checkpoint every epoch
     rng = random.Random(cfg.seed + epoch)
     model.train()
+    report = step_reporter()
+    report.start("train", total_steps, step)
     while epoch < cfg.epochs:
+        report.epoch(epoch + 1, cfg.epochs)
         started, total_loss, n = time.time(), 0.0, 0
         perturb = (lambda f: speed_perturb(f, feats_cfg, rng.uniform(1 - cfg.speed, 1 + cfg.speed))) if cfg.speed else None
         for batch in batches(train_set, cfg.max_frames, feats_cfg.stack, rng, perturb):
@@ -236,6 +250,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
             total_loss += loss.item()
             n += 1
             step += 1
+            report.advance(loss.item())
             if step % 100 == 0:
                 log(json.dumps({"step": step, "loss": round(total_loss / n, 3), "lr": round(lr_at(step, total_steps, cfg), 6),
                                 "sparsity": round(compression.sparsity(), 3), "qat": compression.quantize}))
@@ -251,6 +266,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
                                     "history": history, "train_config": cfg.to_json(),
                                     "model_config": cfg.model.to_json(), "tokenizer": tokenizer.to_json(),
                                     "data_identity": identity})
+    report.finish()
 
     # 4) export: masked weights -> per-channel int8 device model
     device = export_checkpoint(ckpt_path, out / "model.otam")

@@ -599,10 +599,16 @@ def open_store(url: str, **s3_options: Any) -> Store:
         unknown = set(query) - {"endpoint", "region"}
         if unknown:
             raise ConfigError(f"store URL {url!r}: unknown parameter(s) {sorted(unknown)}; expected endpoint= and region=")
+        endpoint = query.get("endpoint", [None])[0]
+        if endpoint is not None:
+            ep = urlparse(endpoint)
+            if ep.scheme not in ("http", "https") or not ep.hostname:
+                raise ConfigError(f"store URL {url!r}: endpoint {endpoint!r} is not a URL; "
+                                  "expected endpoint=http://host:port or https://host")
         return S3Store(
             parsed.netloc,
             unquote(parsed.path),
-            endpoint_url=query.get("endpoint", [None])[0],
+            endpoint_url=endpoint,
             region=query.get("region", [None])[0],
             **s3_options,
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from cli.exit_codes import code_for_error
 from cli.main import cli
 from device_agent.errors import AudioError, ModelFormatError
 from device_agent.model_format import save_model
@@ -47,14 +48,16 @@ def test_inspect_reports_sparsity_and_hash(model_file: Path) -> None:
 def test_corrupt_model_is_one_line_error_with_its_exit_code(model_file: Path) -> None:
     model_file.write_bytes(b"garbage" * 10)
     result = CliRunner().invoke(cli, ["model", "inspect", str(model_file)])
-    assert result.exit_code == ModelFormatError.exit_code
+    assert result.exit_code == code_for_error(ModelFormatError(""))
     assert "bad magic" in result.output and len(result.output.strip().splitlines()) == 1
 
 
-def test_missing_audio_is_one_line_error(model_file: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["transcribe", str(tmp_path / "absent.wav"), "--model", str(model_file)])
-    assert result.exit_code == AudioError.exit_code
-    assert "audio file not found" in result.output
+def test_unreadable_audio_is_one_line_error(model_file: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "noise.wav"
+    bad.write_bytes(b"RIFF not really audio")
+    result = CliRunner().invoke(cli, ["transcribe", str(bad), "--model", str(model_file)])
+    assert result.exit_code == code_for_error(AudioError("")), result.output
+    assert str(bad) in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_every_command_has_help_with_an_example() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import click
 import numpy as np
 import pytest
 import soundfile as sf
@@ -62,10 +61,7 @@ def test_unknown_test_speaker_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_cli_digits(tmp_path: Path) -> None:
-    from cli.data_cmds import register
-
-    group = click.Group()
-    register(group)
+    from cli.main import cli as group
     result = CliRunner().invoke(group, ["data", "digits", str(FSDD), "--out", str(tmp_path), "--concat", "2-3",
                                         "--strings", "20", "--take-split", "0"])
     assert result.exit_code == 0, result.output

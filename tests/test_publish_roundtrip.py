@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from cli.exit_codes import FILE_NOT_FOUND, code_for_error
 from cli.main import cli
 from device_agent.diff import Diff, SparseDelta, apply_diff
 from device_agent.errors import (ConfigError, StoreAuthError, StoreConflictError, StoreNotFoundError,
@@ -147,8 +148,9 @@ def test_cli_bad_store_input_is_one_line_with_distinct_exit_code(case: str, seaw
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.secret_key)
     url = f"s3://{bucket}/repo?endpoint={seaweed.endpoint_url}"
-    expected = {"unreachable": StoreUnreachableError, "no_bucket": StoreNotFoundError,
-                "bad_credentials": StoreAuthError, "missing_keys": ConfigError}[case]
+    expected = {"unreachable": code_for_error(StoreUnreachableError("")),
+                "no_bucket": code_for_error(StoreNotFoundError("")), "bad_credentials": code_for_error(StoreAuthError("")),
+                "missing_keys": FILE_NOT_FOUND}[case]
     keys = tmp_path / "keys"
     if case != "missing_keys":  # real keys, so the store is what fails
         (tmp_path / "scratch").mkdir()
@@ -161,5 +163,5 @@ def test_cli_bad_store_input_is_one_line_with_distinct_exit_code(case: str, seaw
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     args = ["releases", "list", "--store", url, "--keys", str(keys)]
     result = CliRunner().invoke(cli, args)
-    assert result.exit_code == expected.exit_code, result.output
+    assert result.exit_code == expected, result.output
     assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("Error: ")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import click
 import numpy as np
 import pytest
 import soundfile as sf
@@ -154,10 +153,7 @@ def test_update_set_uses_held_out_accents(tmp_path: Path) -> None:
 
 
 def test_cli_synth(tmp_path: Path) -> None:
-    from cli.data_cmds import register
-
-    group = click.Group()
-    register(group)
+    from cli.main import cli as group
     result = CliRunner().invoke(group, ["data", "synth", "--out", str(tmp_path / "x"), "--train", "1",
                                         "--test", "1", "--split", "novel_intent", "--workers", "1"])
     assert result.exit_code == 0, result.output

@@ -1,9 +1,8 @@
 """The diff-learning entry point and its method registry."""
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -44,7 +43,7 @@ class DiffConfig:
     lr_schedule: str = "constant"  # or "cosine": decay to 0 over training, so rounded deltas settle
     distill: float = 0.0  # weight of KL(deployed model || new model) on replay batches (0: off)
     seed: int = 0
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)  # torch threads (a runtime setting)
+    threads: int = 0  # torch threads; 0: the cores other work leaves free (diffing.threads)
     config_version: int = DIFF_CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -53,8 +52,8 @@ class DiffConfig:
             raise ConfigError(f"budget share of the model file must be in (0, 1], got {self.budget}")
         if isinstance(self.budget, int) and self.budget < 64:
             raise ConfigError(f"budget of {self.budget} bytes is too small; expected >= 64")
-        if self.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (0: the free cores), got {self.threads}")
         if self.epochs < 1 or self.lr <= 0 or self.max_frames < 16 or not 0 <= self.replay_ratio <= 10 \
                 or self.distill < 0:
             raise ConfigError("epochs >= 1, lr > 0, max_frames >= 16, replay_ratio in [0, 10] "
@@ -97,6 +96,18 @@ def register(name: str, config_cls: type[C]) -> Callable[[Learner], Learner]:
         config_cls.method = name  # type: ignore[attr-defined]
         return fn
     return wrap
+
+
+def config_for(method: str, **options: object) -> DiffConfig:
+    """The registered method's config from command-line style options; None keeps the method's default."""
+    if method not in DIFF_METHODS:
+        raise ConfigError(f"diff method {method!r} is not registered; known: {', '.join(sorted(DIFF_METHODS))}")
+    cls = DIFF_METHODS[method][0]
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = set(given) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ConfigError(f"diff method {method!r} takes no option(s) {sorted(unknown)}")
+    return cls(**given)
 
 
 def learn_diff(deployed: DeviceModel, train_manifest: str | Path, config: DiffConfig, *,

@@ -18,6 +18,8 @@ from device_agent.device_model import QMAX, DeviceModel
 from device_agent.diff import Diff, SparseDelta, apply_diff
 from device_agent.tokenizer import CharTokenizer
 from diffing.data import Batch, Example, batch_groups, batches, load_examples, spec_augment
+from diffing.progress import step_reporter
+from diffing.threads import set_threads
 from diffing.diffs.api import DiffConfig
 from diffing.export import float_model_from_device
 from diffing.model import RNNT
@@ -65,7 +67,7 @@ def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay
     `cfg.distill` x the KL from the deployed model's output lattice on replay batches (learning without
     forgetting: replay labels alone say what to output, the deployed model says how sure to be)."""
     epochs, lr, max_frames, schedule, distill = cfg.epochs, cfg.lr, cfg.max_frames, cfg.lr_schedule, cfg.distill
-    torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     model, k = twin.model, twin.model.cfg.features.stack
     rng = random.Random(cfg.seed)
     n_replay = min(len(replay), int(round(cfg.replay_ratio * len(adapt))))
@@ -76,7 +78,10 @@ def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay
     total, step = per_epoch * epochs, 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)) if schedule == "cosine" else 1.0)
+    report = step_reporter()
+    report.start("diff", total, 0)
     for epoch in range(epochs):
+        report.epoch(epoch + 1, epochs)
         # 2) each step is one adaptation batch or one replay batch, in random order
         steps = [(b, False) for b in batches(adapt, max_frames, k, rng)]
         steps += [(b, True) for b in batches(rng.sample(replay, n_replay), max_frames, k, rng)]
@@ -96,7 +101,9 @@ def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay
             if after_step is not None:
                 after_step(step, total)
             loss_sum, n = loss_sum + loss.item(), n + 1
+            report.advance(loss.item())
         log(f"epoch {epoch + 1}/{epochs}: loss {loss_sum / max(n, 1):.3f}")
+    report.finish()
 
 
 def _lattice_logits(model: RNNT, feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,57 @@
+"""A click group whose subcommands are imported on first use."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from cli.version import version_message
+
+
+def lazy_group(base: type[click.Group], commands: dict[str, tuple[str, str]]) -> click.Group:
+    """The top-level `ota` group over `commands` (name -> (module, attribute))."""
+
+    class LazyGroup(base):  # type: ignore[misc, valid-type]
+        def list_commands(self, ctx: click.Context) -> list[str]:
+            return list(commands)
+
+        def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+            if name not in commands:
+                return None
+            module_name, attribute = commands[name]
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                return _unavailable(name, exc)
+            return getattr(module, attribute)
+
+    @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(message=version_message(), version="")
+    def cli() -> None:
+        """OTA neural-diff updates for on-device speech recognition models.
+
+        \b
+        Example:
+          ota transcribe clip.wav --model models/base-v1.otam
+        \b
+        Exit codes: docs/cli.md (0 ok, 2 usage, 3-11 bad input, 20-26 store/disk, 30-33 files).
+        """
+
+    return cli
+
+
+def _unavailable(name: str, error: ImportError) -> click.Command:
+    """A stand-in that says why `name` cannot run (e.g. a device install without the server extras)."""
+    reason = f"needs {error.name}, which is not installed" if error.name else str(error)
+
+    @click.command(name=name, help=f"(unavailable: {reason})",
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def command(**_: Any) -> None:
+        from cli.errors import CliFault
+        from cli.exit_codes import MISSING_DEPENDENCY
+
+        raise CliFault(f"ota {name} is unavailable: {reason}; install the server extras: "
+                       "pip install 'ota-speech[server]'", MISSING_DEPENDENCY)
+
+    return command
