@@ -91,8 +91,8 @@ class ExpiryPolicy:
     def __post_init__(self) -> None:
         for role in _ROLES:
             period = getattr(self, role)
-            if not isinstance(period, timedelta) or period < timedelta(minutes=1):
-                raise ConfigError(f"{role} expiry {period!r}: expected at least one minute")
+            if not isinstance(period, timedelta) or period < timedelta(seconds=1):
+                raise ConfigError(f"{role} expiry {period!r}: expected at least one second")
         # A device must be able to see a refreshed timestamp before the snapshot it names expires.
         if not self.timestamp <= self.snapshot <= self.targets <= self.root:
             raise ConfigError("expiry periods: expected timestamp <= snapshot <= targets <= root, got "

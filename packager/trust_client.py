@@ -118,7 +118,7 @@ def _project_errors(what: str, fetcher: StoreFetcher | None = None) -> Iterator[
         raise
     except tuf_exc.ExpiredMetadataError as exc:
         where = f" (last file read: {fetcher.last_key})" if fetcher and fetcher.last_key else ""
-        raise MetadataExpiredError(f"{what}: {exc}{where}; expected the repository to re-sign it "
+        raise MetadataExpiredError(f"{what}: ExpiredMetadataError: {exc}{where}; expected the repository to re-sign it "
                                    "(ota repo refresh)") from None
     except tuf_exc.RepositoryError as exc:
         where = f" (last file read: {fetcher.last_key})" if fetcher and fetcher.last_key else ""
