@@ -1,4 +1,8 @@
-"""Fleet operations: `ota repo refresh|rotate-keys`, `ota fleet status`, `ota rollout plan|watch|show`."""
+"""Fleet operations: `ota repo refresh|rotate-keys`, `ota fleet status`, `ota rollout plan|watch|show`.
+
+The `repo` and `rollout` groups are those of cli.repo_cmds with these commands
+added; cli.main loads them from here.
+"""
 from __future__ import annotations
 
 import json

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cli.train_cmds", "train"),
     "export": ("cli.train_cmds", "export"),
     "diff": ("cli.diff_cmds", "diff"),
-    "repo": ("cli.repo_cmds", "repo"),
+    "repo": ("cli.fleet_cmds", "repo"),  # repo_cmds.repo plus refresh and rotate-keys
     "bundle": ("cli.repo_cmds", "bundle"),
     "publish": ("cli.repo_cmds", "publish"),
     "rollout": ("cli.repo_cmds", "rollout"),
