@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from device_agent.errors import ConfigError, StoreNotFoundError
+from device_agent.errors import ConfigError, DiffError, StoreNotFoundError
 from packager.bundle import BundleManifest, read_bundle_manifest
 from packager.channels import ChannelState, UpdateEdge, channel_target_name
 from packager.store import Store
@@ -56,6 +56,23 @@ def _load_state(read: Callable[[str], bytes | None], model_id: str, channel: str
     return None if data is None else ChannelState.from_json(data)
 
 
+def _check_base_hash(read: Callable[[str], bytes | None], manifest: BundleManifest, state: ChannelState,
+                     channel: str) -> None:
+    """A diff must start from the exact model the channel's signed version is: same version number
+    is not enough (a diff trained on another base fails on every device of the channel)."""
+    version = str(manifest.base_version)
+    shipped = set()
+    for edge in state.edges:
+        if edge.to_version == version:
+            data = read(edge.target)
+            if data is not None:
+                shipped.add(read_bundle_manifest(io.BytesIO(data)).target_hash)
+    if shipped and manifest.base_hash not in shipped:
+        raise DiffError(f"diff starts from model hash {manifest.base_hash[:16]}, but version {version} on channel "
+                        f"{channel} is hash {', '.join(sorted(h[:16] for h in shipped))}; expected a diff trained "
+                        "against the model the channel ships")
+
+
 @dataclass(frozen=True)
 class Release:
     target: str
@@ -86,6 +103,7 @@ def publish_bundle(store: Store, keys_dir: str | os.PathLike[str], bundle: bytes
             if str(manifest.base_version) not in known:
                 raise ConfigError(f"channel {channel} has no version {manifest.base_version} for this diff to start "
                                   f"from (published: {sorted(known) or 'none'}); publish that version first")
+            _check_base_hash(read, manifest, state, channel)
         edges = tuple(e for e in (state.edges if state else ()) if e.target != name) + (edge,)
         if state is None:
             state = ChannelState(manifest.model_id, channel, str(manifest.target_version), 100.0, edges)

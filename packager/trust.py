@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -201,6 +202,14 @@ def _read_local_root(keys_dir: Path) -> Metadata[Root]:
         return Metadata[Root].from_bytes(path.read_bytes())
     except FileNotFoundError:
         raise ConfigError(f"{path} not found; expected a keys dir made by init_repository") from None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_local_root(keys_dir: Path, data: bytes) -> None:
@@ -418,12 +427,38 @@ def init_repository(
         raise ConfigError(f"root threshold {threshold} of {num_root_keys} keys: expected 1 <= threshold <= keys")
     keys = Path(keys_dir)
     _check_keys_outside_store(store, keys)
+    if keys.exists() and (not keys.is_dir() or any(keys.iterdir())):
+        raise ConfigError(f"keys folder {keys} is not empty; expected a new or empty folder "
+                          "(each repository has its own keys: choose another --keys)")
+    # Checked before any key exists: reachability, credentials, bucket (StoreNotFoundError).
     if store.head(f"{METADATA_PREFIX}1.root.json") is not None:
         raise StoreConflictError(f"{store.url} already holds a TUF repository; expected an empty store")
-    keys.mkdir(parents=True, exist_ok=True)
+    # Keys are written to a staging folder next to KEYS and moved into place only once
+    # the store has accepted the repository, so a failed init leaves no orphaned keys.
+    keys.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=keys.parent, prefix=f".{keys.name}-init-"))
+    try:
+        root_data, rest = _init_metadata(staging, expiry, threshold, num_root_keys)
+        # 1.root.json is created first and exclusively: it is the "repository exists" lock.
+        store.put(f"{METADATA_PREFIX}1.root.json", root_data, if_none_match=True)
+        if keys.exists():
+            keys.rmdir()  # empty, checked above
+        os.replace(staging, keys)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync_dir(keys.parent)
+    store.put(f"{METADATA_PREFIX}root.json", root_data)
+    for key, data in rest:
+        store.put(key, data, if_none_match=True)
+    return root_data
+
+
+def _init_metadata(keys: Path, expiry: ExpiryPolicy, threshold: int,
+                   num_root_keys: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """New keys in `keys`; the version-1 root and the other version-1 metadata (key, bytes) to store."""
     os.chmod(keys, 0o700)
     _write_local_file(keys, EXPIRY_FILE, expiry.to_json())
-
     signers = {
         "root": [_generate_key(keys) for _ in range(num_root_keys)],
         **{role: [_generate_key(keys)] for role in ("targets", "snapshot", "timestamp")},
@@ -447,14 +482,10 @@ def init_repository(
     timestamp_md = Metadata(Timestamp(expires=expiry.expires("timestamp"), snapshot_meta=MetaFile(1, len(snapshot_data), _hashes(snapshot_data))))
     _sign(timestamp_md, signers["timestamp"])
 
-    # 1.root.json is created first and exclusively: it is the "repository exists" lock.
-    store.put(f"{METADATA_PREFIX}1.root.json", root_data, if_none_match=True)
     _write_local_root(keys, root_data)
-    store.put(f"{METADATA_PREFIX}root.json", root_data)
-    store.put(f"{METADATA_PREFIX}1.targets.json", targets_data, if_none_match=True)
-    store.put(f"{METADATA_PREFIX}1.snapshot.json", snapshot_data, if_none_match=True)
-    store.put(TIMESTAMP_KEY, timestamp_md.to_bytes(_SERIALIZER), if_none_match=True)
-    return root_data
+    return root_data, [(f"{METADATA_PREFIX}1.targets.json", targets_data),
+                       (f"{METADATA_PREFIX}1.snapshot.json", snapshot_data),
+                       (TIMESTAMP_KEY, timestamp_md.to_bytes(_SERIALIZER))]
 
 
 def publish_target(
