@@ -17,6 +17,9 @@ def diff() -> None:
 @diff.command()
 @click.option("--method", default="sparse", show_default=True,
               help="A registered diff method (`ota diff methods` lists them with what each ships).")
+@click.option("--channels", type=click.Choice(["none", "scale", "bias", "both"]), default=None,
+              help="Per-channel scale and/or bias deltas trained with the method's entries "
+              "(default: the method's: none, or both for --method channel).")
 @click.option("--budget", default=None,
               help="Most bytes the bundle may take: a share of the base model file's bytes ('2%') or bytes ('20KB'); "
               "default: the method's.")
@@ -30,8 +33,8 @@ def diff() -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads (default: the cores not busy with other work).")
 @click.option("--out", "out_path", required=True, type=OUTPUT_FILE, help="Diff bundle to write (.otab).")
-def train(method: str, budget: str | None, base_path: Path, data: Path, replay: Path | None, epochs: int,
-          lr: float | None, seed: int, threads: int | None, out_path: Path) -> None:
+def train(method: str, channels: str | None, budget: str | None, base_path: Path, data: Path, replay: Path | None,
+          epochs: int, lr: float | None, seed: int, threads: int | None, out_path: Path) -> None:
     """Learn a diff against the exact int8 model a device runs.
 
     \b
@@ -45,7 +48,7 @@ def train(method: str, budget: str | None, base_path: Path, data: Path, replay: 
     from diffing.diffs import config_for, learn_diff  # server side only
     from packager.bundle import encode_diff_bundle
 
-    config = config_for(method, budget=budget, epochs=epochs, seed=seed, lr=lr, threads=threads)
+    config = config_for(method, budget=budget, epochs=epochs, seed=seed, lr=lr, threads=threads, channels=channels)
     base = load_model(base_path)
     with training_progress() as progress:
         result = learn_diff(base, str(data), config, replay_manifest=replay and str(replay), progress=True,

@@ -84,12 +84,15 @@ class RNNT(nn.Module):
         assert set(state) == set(tensor_layout(self.cfg)), "model and device layout disagree"
         return state
 
+    @staticmethod
+    def module_path(device_name: str) -> str:
+        """Device-layout tensor name -> this module's parameter path."""
+        inside_lstm = device_name.startswith("predictor.") and not device_name.startswith("predictor.embed.")
+        return device_name.replace("predictor.", "predictor.lstm.") if inside_lstm else device_name
+
     def load_device_state(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of `device_state`."""
-        def module_name(k: str) -> str:
-            inside_lstm = k.startswith("predictor.") and not k.startswith("predictor.embed.")
-            return k.replace("predictor.", "predictor.lstm.") if inside_lstm else k
-        self.load_state_dict({module_name(k): v for k, v in state.items()})
+        self.load_state_dict({self.module_path(k): v for k, v in state.items()})
 
     def named_weight_matrices(self) -> dict[str, nn.Parameter]:
         params = {k.replace("predictor.lstm.", "predictor."): p for k, p in self.named_parameters()}

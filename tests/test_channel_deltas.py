@@ -175,3 +175,45 @@ def test_cli_refuses_a_hostile_channel_bundle_and_writes_nothing(base: DeviceMod
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "new.otam").exists()
     assert CliRunner().invoke(cli, ["diff", "inspect", str(tmp_path / "bad.otab")]).exit_code == result.exit_code
+
+
+FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+WORDS = "zero one two three four five six seven eight nine".split()
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    from device_agent.manifest import Utterance, write_manifest
+
+    utts = [Utterance(p, WORDS[int(p.name[0])], 0.5, "jackson") for p in sorted(FSDD.glob("*_jackson_[0-2].wav"))]
+    return write_manifest(tmp_path_factory.mktemp("data") / "adapt.jsonl", utts)
+
+
+def test_channel_diff_learns_within_budget_and_the_device_reproduces_it(manifest: Path) -> None:
+    from diffing.data import load_examples
+    from diffing.diffs import ChannelDiffConfig, learn_diff
+    from diffing.diffs.int8_domain import mean_loss
+
+    base = tiny_device_model()
+    diff = learn_diff(base, manifest, ChannelDiffConfig(budget="600B", epochs=4, replay_ratio=0.0, threads=1))
+    assert diff.deltas == {} and diff.channels is not None and np.count_nonzero(diff.channels.codes) > 0
+    data = encode_diff_bundle(diff, base)
+    assert len(data) <= 600
+    updated = apply_bundle(decode_bundle(data), base)
+    assert updated.content_hash() == diff.target_hash
+    examples = load_examples(manifest, base.tokenizer, base.config.features, None, False)
+    assert mean_loss(updated, examples) < mean_loss(base, examples)
+
+
+def test_sparse_entries_and_channels_train_together_within_budget(manifest: Path) -> None:
+    from diffing.diffs import SparseMaskDiffConfig, learn_diff
+
+    base = tiny_device_model()
+    diff = learn_diff(base, manifest, SparseMaskDiffConfig(budget="1500B", epochs=2, replay_ratio=0.0,
+                                                           channels="scale", threads=1))
+    assert diff.channels is not None and any(isinstance(d, SparseDelta) for d in diff.deltas.values())
+    unpacked = diff.channels.unpack(base)
+    assert unpacked and all(kind == "scale" for kind, _, _ in unpacked.values())  # only what was asked for
+    data = encode_diff_bundle(diff, base)
+    assert len(data) <= 1500
+    assert apply_bundle(decode_bundle(data), base).content_hash() == diff.target_hash

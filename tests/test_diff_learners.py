@@ -198,7 +198,7 @@ def test_hybrid_config_is_validated() -> None:
         learn_diff(tiny_device_model(), "unused.jsonl", HybridDiffConfig(budget="400B"))
 
 
-@pytest.mark.parametrize("method", ["sparse", "hashed", "hybrid"])
+@pytest.mark.parametrize("method", ["sparse", "hashed", "hybrid", "channel"])
 def test_written_bundle_is_within_a_share_of_the_model_file(manifest: Path, tmp_path: Path, method: str) -> None:
     """`--budget 40%` means 40% of the base model file's bytes, for the bundle `ota diff train` writes."""
     import torch
@@ -221,7 +221,9 @@ def test_written_bundle_is_within_a_share_of_the_model_file(manifest: Path, tmp_
         torch.set_num_threads(threads)
     file_bytes = (tmp_path / "base.otam").stat().st_size
     assert file_bytes == model_file_bytes(base)
-    assert 0.5 * 0.4 * file_bytes < out.stat().st_size <= 0.4 * file_bytes
+    assert out.stat().st_size <= 0.4 * file_bytes
+    if method != "channel":  # a channel diff has a fixed number of values; the others fill the budget
+        assert out.stat().st_size > 0.5 * 0.4 * file_bytes
 
 
 def test_hybrid_refuses_to_ship_over_budget_when_its_buckets_alone_do_not_fit() -> None:

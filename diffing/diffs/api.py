@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from device_agent.device_model import DeviceModel
-from device_agent.diff import Diff
+from device_agent.diff import BIAS_STEP_EXPS, SCALE_STEP_EXPS, Diff
 from device_agent.errors import ConfigError
 from device_agent.model_format import encode_model
 
 DIFF_CONFIG_VERSION = 1
 LR_SCHEDULES = ("constant", "cosine")
+CHANNEL_CHOICES = ("none", "scale", "bias", "both")
 
 
 def parse_budget(text: str | float | int) -> float | int:
@@ -42,6 +43,11 @@ class DiffConfig:
     replay_ratio: float = 1.5
     lr_schedule: str = "constant"  # or "cosine": decay to 0 over training, so rounded deltas settle
     distill: float = 0.0  # weight of KL(deployed model || new model) on replay batches (0: off)
+    # per-channel deltas trained next to the method's entries (docs/diffs.md): "scale" (each int8 row's
+    # scale), "bias" (bias vectors), "both" or "none"; steps 2^e in the device's ranges
+    channels: str = "none"
+    scale_step_exp: int = -8  # 0.4% of a scale per code, up to +-50%
+    bias_step_exp: int = -9  # ~0.002 per code, up to +-0.25 (trained biases: mean |b| 0.05-0.12)
     seed: int = 0
     threads: int = 0  # torch threads; 0: the cores other work leaves free (diffing.threads)
     config_version: int = DIFF_CONFIG_VERSION
@@ -58,6 +64,11 @@ class DiffConfig:
                 or self.distill < 0:
             raise ConfigError("epochs >= 1, lr > 0, max_frames >= 16, replay_ratio in [0, 10] "
                               "and distill >= 0 are required")
+        if self.channels not in CHANNEL_CHOICES or self.scale_step_exp not in SCALE_STEP_EXPS \
+                or self.bias_step_exp not in BIAS_STEP_EXPS:
+            raise ConfigError(f"channels must be one of {CHANNEL_CHOICES} (got {self.channels!r}), scale_step_exp in "
+                              f"[{SCALE_STEP_EXPS[0]}, {SCALE_STEP_EXPS[-1]}] and bias_step_exp in "
+                              f"[{BIAS_STEP_EXPS[0]}, {BIAS_STEP_EXPS[-1]}]")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.config_version != DIFF_CONFIG_VERSION:

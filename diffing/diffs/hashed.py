@@ -17,6 +17,7 @@ from device_agent.diff import Diff, HashedDelta
 from device_agent.errors import DiffError
 from device_agent.hashing import buckets_and_signs
 from diffing.diffs.api import DiffConfig, register
+from diffing.diffs.channel import ChannelLayout, channel_layout
 from diffing.diffs.int8_domain import Int8Twin, finish_diff, fit, load_adaptation_data, round_ste
 from diffing.diffs.sizing import hashed_buckets_for_bytes, min_hashed_bytes, serialized_bytes, split_buckets
 
@@ -50,12 +51,15 @@ def learn_hashed(deployed: DeviceModel, train_manifest: str | Path, cfg: HashedD
                  replay_manifest: str | Path | None, target_version: int, progress: bool,
                  log: Callable[[str], None]) -> Diff:
     assert isinstance(cfg.budget, int), "learn_diff resolves the budget to bytes"
-    buckets = total_buckets(deployed, cfg.budget)  # first: an unreachable budget fails before any work
+    channels = channel_layout(deployed, cfg)
+    reserve = channels.reserve_bytes(deployed) if channels is not None else 0
+    buckets = total_buckets(deployed, cfg.budget - reserve)  # first: an unreachable budget fails before any work
     adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
     # (buckets, bytes) of each attempt; the floor is one zero bucket per matrix
     tried = [(len([w for w in deployed.weights.values() if w.nnz]), min_hashed_bytes(deployed))]
     for _ in range(MAX_ATTEMPTS):
-        diff = _train(deployed, bucket_counts(deployed, buckets), adapt, replay, cfg, target_version, log)
+        diff = _train(deployed, bucket_counts(deployed, buckets), adapt, replay, cfg, target_version, log,
+                      channel_layout(deployed, cfg))
         if (size := serialized_bytes(diff, deployed)) <= cfg.budget:
             return diff
         tried.append((buckets, size))
@@ -101,9 +105,14 @@ class HashedLayout:
 
 
 def _train(deployed: DeviceModel, counts: dict[str, int], adapt: list, replay: list, cfg: HashedDiffConfig,
-           target_version: int, log: Callable[[str], None]) -> Diff:
+           target_version: int, log: Callable[[str], None], channels: ChannelLayout | None) -> Diff:
     hashed = HashedLayout(deployed, counts, cfg.hash_seed)
     twin = Int8Twin(deployed, hashed.delta)
-    fit(twin, list(hashed.values.values()), adapt, replay, cfg, log=log)
+    params = list(hashed.values.values())
+    if channels is not None:
+        channels.attach(twin)
+        params += channels.parameters()
+    fit(twin, params, adapt, replay, cfg, log=log)
     log(f"hashed diff: {sum(counts.values())} buckets over {len(counts)} matrices")
-    return finish_diff(deployed, "hashed", hashed.deltas(), target_version, seed=cfg.hash_seed)
+    return finish_diff(deployed, "hashed", hashed.deltas(), target_version, seed=cfg.hash_seed,
+                       channels=channels.deltas(deployed) if channels is not None else None)

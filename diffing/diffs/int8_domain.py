@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from device_agent.device_model import QMAX, DeviceModel
-from device_agent.diff import Diff, SparseDelta, apply_diff
+from device_agent.diff import ChannelDeltas, Diff, SparseDelta, apply_diff
 from device_agent.tokenizer import CharTokenizer
 from diffing.data import Batch, Example, batch_groups, batches, load_examples, spec_augment
 from diffing.progress import step_reporter
@@ -42,13 +42,15 @@ class Int8Twin:
         self.q_base = {n: torch.from_numpy(w.q.astype(np.float32)) for n, w in deployed.weights.items()}
         self.scale = {n: torch.from_numpy(w.scale.copy())[:, None] for n, w in deployed.weights.items()}
         self.delta_fn = delta_fn
+        self.channels: Any = None  # a ChannelLayout attaches itself here (per-row scale factors)
         self.model.weight_transform = self
 
     def __call__(self, name: str, w: torch.Tensor) -> torch.Tensor:
         d = self.delta_fn(name)
-        if d is None:
-            return w
-        return torch.clamp(self.q_base[name] + d, -QMAX, QMAX) * self.scale[name]
+        if d is not None:
+            w = torch.clamp(self.q_base[name] + d, -QMAX, QMAX) * self.scale[name]
+        factor = self.channels.scale_factor(name) if self.channels is not None else None
+        return w if factor is None else w * factor[:, None]
 
 
 def load_adaptation_data(deployed: DeviceModel, train_manifest: str | Path, replay_manifest: str | Path | None,
@@ -137,10 +139,10 @@ def _lattice_kl(p: torch.Tensor, q: torch.Tensor, batch: Batch) -> tuple[torch.T
 
 
 def finish_diff(deployed: DeviceModel, method: str, deltas: dict, target_version: int, seed: int = 0,
-                metadata: dict[str, str] | None = None) -> Diff:
+                metadata: dict[str, str] | None = None, channels: ChannelDeltas | None = None) -> Diff:
     """Fill in base/target hashes by running the device's own apply code."""
     diff = Diff(method, deployed.model_id, deployed.version, target_version, deployed.content_hash(), "",
-                deltas, seed, dict(metadata or {}))
+                deltas, seed, dict(metadata or {}), channels)
     diff.target_hash = apply_diff(deployed, diff, check_hashes=False).content_hash()
     return diff
 

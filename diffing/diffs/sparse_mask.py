@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from device_agent.device_model import DeviceModel
-from device_agent.diff import Diff, HashedDelta
+from device_agent.diff import ChannelDeltas, Diff, HashedDelta
 from device_agent.errors import ConfigError, DiffError
 from diffing.compression import cubic_schedule
 from diffing.diffs.api import DiffConfig, register
+from diffing.diffs.channel import channel_layout
 from diffing.diffs.hashed import HashedLayout
 from diffing.diffs.int8_domain import (Int8Twin, finish_diff, fit, load_adaptation_data, round_ste,
                                        sparse_deltas_from_dense, split_flat, top_k_entries)
@@ -83,20 +84,21 @@ class HybridDiffConfig(SparseMaskDiffConfig):
 
 
 def diff_within_budget(deployed: DeviceModel, method: str, dense: dict[str, np.ndarray], budget: int,
-                       target_version: int, fixed: dict[str, HashedDelta] | None = None, seed: int = 0) -> Diff:
-    """Integer deltas (plus `fixed` hashed deltas) -> Diff; drop the smallest sparse entries until
-    the bundle fits `budget` bytes."""
+                       target_version: int, fixed: dict[str, HashedDelta] | None = None, seed: int = 0,
+                       channels: ChannelDeltas | None = None) -> Diff:
+    """Integer deltas (plus `fixed` hashed deltas and channel deltas) -> Diff; drop the smallest sparse
+    entries until the bundle fits `budget` bytes."""
     fixed = fixed or {}
 
     def make(dense: dict[str, np.ndarray]) -> Diff:
         return finish_diff(deployed, method, {**sparse_deltas_from_dense(deployed, dense), **fixed}, target_version,
-                           seed=seed)
+                           seed=seed, channels=channels)
 
     diff = make(dense)
     while (size := serialized_bytes(diff, deployed)) > budget:
         entries = sum(int(np.count_nonzero(d)) for d in dense.values())
         if entries == 0:
-            raise DiffError(f"the hashed part alone takes {size} bytes, over the {budget}-byte budget")
+            raise DiffError(f"the hashed and channel parts alone take {size} bytes, over the {budget}-byte budget")
         dense = top_k_entries(deployed, dense, int(entries * min(0.98, budget / size)))
         diff = make(dense)
     return diff
@@ -107,7 +109,9 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
                       replay_manifest: str | Path | None, target_version: int, progress: bool,
                       log: Callable[[str], None]) -> Diff:
     assert isinstance(cfg.budget, int), "learn_diff resolves the budget to bytes"
-    hashed, sparse_budget = _hashed_part(deployed, cfg)  # first: an unreachable budget fails before any work
+    channels = channel_layout(deployed, cfg)
+    # first: an unreachable budget fails before any work
+    hashed, sparse_budget = _hashed_part(deployed, cfg, cfg.budget - (channels.reserve_bytes(deployed) if channels else 0))
     k_final = sparse_entries_for_bytes(deployed, sparse_budget)
     sparse_names = [n for n in deployed.weights if n not in hashed.counts]
     total_entries = sum(deployed.weights[n].q.size for n in sparse_names)
@@ -120,7 +124,11 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     method, seed = ("hybrid", cfg.hash_seed) if hybrid else ("sparse", 0)
     twin = Int8Twin(deployed, lambda name: round_ste(deltas[name] * masks[name]) if name in deltas
                     else hashed.delta(name))
-    optimizer = torch.optim.Adam(list(deltas.values()) + list(hashed.values.values()), lr=cfg.lr)
+    params = list(deltas.values()) + list(hashed.values.values())
+    if channels is not None:
+        channels.attach(twin)
+        params += channels.parameters()
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
 
     def importance(name: str) -> torch.Tensor:
         d = deltas[name] * masks[name]
@@ -138,6 +146,7 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
         # an entry that rounds to 0 now still costs a position once it moves: count it as +-1
         values = np.where(flat[order] == 0, 1, flat[order])
         hashed_now = hashed.deltas()  # fixed while the bisection probes sizes
+        channels_now = channels.deltas(deployed) if channels is not None else None
 
         def size_of(k: int) -> int:
             dense = np.zeros(flat.size, dtype=np.int16)
@@ -145,7 +154,7 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
             parts = split_flat(dense, shapes)
             return serialized_bytes(finish_diff(deployed, method, {**sparse_deltas_from_dense(deployed, parts),
                                                                    **hashed_now}, target_version,
-                                                seed=seed), deployed)
+                                                seed=seed, channels=channels_now), deployed)
 
         return largest_prefix_within(int(FILL * cfg.budget), limit, size_of)
 
@@ -173,13 +182,13 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
             masks[n] &= keep_n
             deltas[n].mul_(masks[n])
 
-    fit(twin, list(deltas.values()) + list(hashed.values.values()), adapt, replay, cfg, after_step=prune, log=log,
-        optimizer=optimizer)
+    fit(twin, params, adapt, replay, cfg, after_step=prune, log=log, optimizer=optimizer)
 
     # 3) integer deltas, trimmed until the byte budget is met
     with torch.no_grad():
         dense = {n: torch.round(deltas[n] * masks[n]).to(torch.int16).numpy() for n in deltas}
-    diff = diff_within_budget(deployed, method, dense, cfg.budget, target_version, hashed.deltas(), seed)
+    diff = diff_within_budget(deployed, method, dense, cfg.budget, target_version, hashed.deltas(), seed,
+                              channels.deltas(deployed) if channels is not None else None)
     log(f"{method} diff: {diff.nonzero_entries()} entries and buckets")
     return diff
 
@@ -187,20 +196,24 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
 register("hybrid", HybridDiffConfig)(learn_sparse_mask)
 
 
-def _hashed_part(deployed: DeviceModel, cfg: SparseMaskDiffConfig) -> tuple[HashedLayout, int]:
-    """The hybrid's hashed matrices with their buckets, and the bytes left for sparse entries.
-    The byte budget is split above the bundle's floor (manifest, one bucket per hashed matrix)."""
+def _hashed_part(deployed: DeviceModel, cfg: SparseMaskDiffConfig, budget: int) -> tuple[HashedLayout, int]:
+    """The hybrid's hashed matrices with their buckets, and the bytes left for sparse entries out of
+    `budget` (what channel deltas leave). It is split above the bundle's floor (manifest, one bucket
+    per hashed matrix)."""
+    if budget < 64:
+        raise ConfigError(f"a budget of {cfg.budget} bytes cannot be met: the channel deltas alone take about "
+                          f"{cfg.budget - budget} bytes")
     if not isinstance(cfg, HybridDiffConfig):
-        return HashedLayout(deployed, {}, 0), cfg.budget
+        return HashedLayout(deployed, {}, 0), budget
     names = [n for n, w in deployed.weights.items() if n.startswith(cfg.hashed_prefixes) and w.nnz]
     if not names:
         raise ConfigError(f"no weight matrix with nonzero entries matches hashed_prefixes {cfg.hashed_prefixes}; "
                           f"matrices: {sorted(deployed.weights)}")
     floor = min_hashed_bytes(deployed, names)
-    if floor >= cfg.budget:
-        raise ConfigError(f"a budget of {cfg.budget} bytes cannot be met: the bundle with one bucket for each "
+    if floor >= budget:
+        raise ConfigError(f"a budget of {budget} bytes cannot be met: the bundle with one bucket for each "
                           f"of the {len(names)} hashed matrices already takes {floor} bytes")
-    hashed_bytes = int(cfg.hashed_share * (cfg.budget - floor))
-    buckets, rest = hashed_buckets_for_bytes(deployed, floor + hashed_bytes, names), cfg.budget - hashed_bytes
+    hashed_bytes = int(cfg.hashed_share * (budget - floor))
+    buckets, rest = hashed_buckets_for_bytes(deployed, floor + hashed_bytes, names), budget - hashed_bytes
     counts = split_buckets({n: deployed.weights[n].nnz for n in names}, buckets)
     return HashedLayout(deployed, counts, cfg.hash_seed), rest
