@@ -237,7 +237,7 @@ def test_hybrid_refuses_to_ship_over_budget_when_its_buckets_alone_do_not_fit() 
     rng = np.random.default_rng(0)
     wide = {name: HashedDelta(3000, rng.integers(-127, 128, 3000).astype(np.int8))}
     sparse = {n: np.ones(w.q.shape, dtype=np.int16) for n, w in base.weights.items() if n != name}
-    with pytest.raises(DiffError, match="hashed part alone"):
+    with pytest.raises(DiffError, match="hashed and channel parts alone"):
         diff_within_budget(base, "hybrid", sparse, 2000, base.version + 1, wide, seed=1)
 
 
