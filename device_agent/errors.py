@@ -54,6 +54,13 @@ class DiffError(DataError):
     exit_code = 8
 
 
+class DecodeBoundError(DataError):
+    """Decoding passed its bounds (symbols per utterance, the WER gate's time budget):
+    the model is refused like one that failed the gate."""
+
+    exit_code = 12
+
+
 class BundleError(DataError):
     """An update bundle is corrupt, truncated, hostile or unsupported."""
 

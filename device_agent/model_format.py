@@ -10,7 +10,7 @@ content hash.
 """
 from __future__ import annotations
 
-import json
+import math
 import struct
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,9 @@ from device_agent.atomic import write_atomic
 from device_agent.device_model import QMAX, DeviceModel, QuantizedWeight, canonical_json
 from device_agent.errors import ConfigError, ContentHashMismatchError, ModelFormatError
 from device_agent.model_config import ModelConfig, tensor_layout
-from device_agent.sparse_coding import bitmask_encode, decode_sparse, index_encode
+from device_agent.sparse_coding import decode_sparse, pick_sparse_coding, varint_len
+from device_agent.strict_header import (MAX_VERSION, check_content_hash, check_exact_keys, check_int, check_name,
+                                        check_string_map, check_xxh64, is_int, parse_canonical_json)
 from device_agent.zstd_frames import decompress_exact
 from device_agent.tokenizer import CharTokenizer
 
@@ -33,6 +35,9 @@ PREAMBLE = struct.Struct("<8sHHI")  # magic, version, reserved, header length
 MAX_HEADER_BYTES = 1 << 20
 MAX_FILE_BYTES = 1 << 30
 MAX_TENSORS = 256
+MAX_TENSOR_NUMEL = 1 << 28  # 4 * 8192 * 8192: the largest matrix a ModelConfig may declare
+MAX_DECODED_BYTES = 1 << 30  # decoded tensors of one model; callers pass tighter limits (decode_model)
+MAX_METADATA_ENTRIES = 64
 ZSTD_LEVEL = 19
 HEADER_KEYS = {"model_id", "version", "config", "tokenizer", "content_hash", "metadata", "tensors"}
 ENTRY_KEYS = {"name", "dtype", "shape", "coding", "nnz", "offset", "length", "raw_length", "xxh64"}
@@ -47,19 +52,13 @@ def _compress(raw: bytes, level: int = ZSTD_LEVEL) -> bytes:
 
 
 def _encode_weight(w: QuantizedWeight, level: int) -> tuple[str, bytes, bytes, int]:
-    """-> (coding, raw, compressed, nnz); picks the smaller compressed coding."""
+    """-> (coding, raw, compressed, nnz); the position coding that compresses smaller."""
     flat = w.q.reshape(-1)
     positions = np.flatnonzero(flat)
     head = np.ascontiguousarray(w.scale, dtype="<f4").tobytes()
-    values = flat[positions].tobytes()
-    best = None
-    for coding, positions_bytes in (("bitmask", bitmask_encode(flat != 0)), ("index", index_encode(positions))):
-        raw = head + positions_bytes + values
-        packed = _compress(raw, level)
-        if best is None or len(packed) < len(best[2]):
-            best = (coding, raw, packed, int(positions.size))
-    assert best is not None
-    return best
+    coding, raw, packed = pick_sparse_coding(positions, flat[positions], flat.size,
+                                             lambda raw: _compress(raw, level), head=head)
+    return coding, raw, packed, int(positions.size)
 
 
 def encode_model(model: DeviceModel, level: int = ZSTD_LEVEL) -> bytes:
@@ -100,18 +99,8 @@ def save_model(model: DeviceModel, path: str | Path) -> str:
 
 
 # --- decoding ---------------------------------------------------------------
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise ModelFormatError(f"header JSON repeats keys {sorted({k for k in keys if keys.count(k) > 1})}")
-    return dict(pairs)
-
-
-def _is_int(value: Any, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-def parse_header(buf: bytes) -> dict[str, Any]:
+def _parse_preamble(buf: bytes) -> int:
+    """Steps 1-2 -> header length."""
     if len(buf) < PREAMBLE.size:
         raise ModelFormatError(f"file is {len(buf)} bytes, shorter than the {PREAMBLE.size}-byte preamble (truncated?)")
     if len(buf) > MAX_FILE_BYTES:
@@ -123,65 +112,91 @@ def parse_header(buf: bytes) -> dict[str, Any]:
         raise ModelFormatError(f"format version {version} is not supported; this reader supports {FORMAT_VERSION}")
     if reserved != 0:
         raise ModelFormatError(f"reserved preamble field is {reserved}, expected 0")
-    if header_len > MAX_HEADER_BYTES:
-        raise ModelFormatError(f"header length {header_len} exceeds the limit of {MAX_HEADER_BYTES} bytes")
+    if not 2 <= header_len <= MAX_HEADER_BYTES:
+        raise ModelFormatError(f"header length {header_len} outside [2, {MAX_HEADER_BYTES}] bytes")
     if PREAMBLE.size + header_len > len(buf):
         raise ModelFormatError(f"header length {header_len} runs past the end of a {len(buf)}-byte file (truncated?)")
-    try:
-        header = json.loads(buf[PREAMBLE.size:PREAMBLE.size + header_len].decode("utf-8"),
-                            object_pairs_hook=_no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError covers JSONDecodeError and huge ints
-        raise ModelFormatError(f"header is not valid UTF-8 JSON: {exc}") from exc
-    if not isinstance(header, dict) or set(header) != HEADER_KEYS:
-        got = sorted(header) if isinstance(header, dict) else type(header).__name__
-        raise ModelFormatError(f"header keys {got} differ from the expected {sorted(HEADER_KEYS)}")
+    return header_len
+
+
+def parse_header(buf: bytes) -> dict[str, Any]:
+    """Steps 1-4: preamble, canonical header JSON (device_agent.strict_header), identity fields.
+
+    `buf` needs only the preamble and the header; config and tensor table are checked by decode_model."""
+    header_len = _parse_preamble(buf)
+    header = parse_canonical_json(bytes(buf[PREAMBLE.size:PREAMBLE.size + header_len]), "header", ModelFormatError,
+                                  floats=True)  # FeatureConfig may hold floats; NaN/Infinity never parse
+    check_exact_keys(header, HEADER_KEYS, "header", ModelFormatError)
+    check_name(header["model_id"], "model_id", ModelFormatError)
+    check_int(header["version"], 0, MAX_VERSION, "version", ModelFormatError)
+    check_content_hash(header["content_hash"], "content_hash", ModelFormatError)
+    check_string_map(header["metadata"], MAX_METADATA_ENTRIES, "metadata", ModelFormatError)
     return header
 
 
+def decoded_bytes(cfg: ModelConfig) -> int:
+    """Bytes the decoded tensors of a config take (int8 values + fp32 scales, fp32 floats),
+    computed on Python integers before anything is allocated."""
+    total = 0
+    for kind, shape in tensor_layout(cfg).values():
+        numel = math.prod(shape)
+        if numel > MAX_TENSOR_NUMEL:
+            raise ModelFormatError(f"config makes a tensor of shape {list(shape)} ({numel} entries); the limit is "
+                                   f"{MAX_TENSOR_NUMEL}")
+        total += numel + 4 * shape[0] if kind == "int8" else 4 * numel
+    return total
+
+
+def _raw_range(kind: str, coding: str, shape: tuple[int, ...], nnz: int) -> tuple[int, int]:
+    numel = math.prod(shape)
+    if kind == "float32":
+        return 4 * numel, 4 * numel
+    head = 4 * shape[0]
+    if coding == "bitmask":
+        return head + (numel + 7) // 8 + nnz, head + (numel + 7) // 8 + nnz
+    return head + 2 * nnz, head + nnz * (1 + varint_len(numel - 1))  # canonical varints of gaps < numel
+
+
+def _check_entry(e: Any, name: str, kind: str, shape: tuple[int, ...], offset: int, room: int) -> None:
+    """Step 6 for one tensor entry: exact keys and types, codings, sizes, contiguous offset."""
+    check_exact_keys(e, ENTRY_KEYS, f"tensor entry {name}", ModelFormatError)
+    if e["name"] != name:
+        raise ModelFormatError(f"tensor table lists {e['name']!r:.80} where the config's layout has {name!r}")
+    shape_ok = isinstance(e["shape"], list) and all(is_int(d, 0, MAX_TENSOR_NUMEL) for d in e["shape"])
+    if e["dtype"] != kind or not shape_ok or tuple(e["shape"]) != shape:
+        raise ModelFormatError(f"{name}: table says {e['dtype']!r:.20} {str(e['shape']):.60}, the config requires "
+                               f"{kind} {list(shape)}")
+    codings = ("bitmask", "index") if kind == "int8" else ("dense",)
+    if e["coding"] not in codings:
+        raise ModelFormatError(f"{name}: coding {e['coding']!r:.40} not in {codings}")
+    numel = math.prod(shape)
+    check_int(e["nnz"], 0, numel, f"{name}: nnz", ModelFormatError)
+    if kind == "float32" and e["nnz"] != numel:
+        raise ModelFormatError(f"{name}: a dense tensor's nnz must be its size {numel}, got {e['nnz']}")
+    low, high = _raw_range(kind, e["coding"], shape, e["nnz"])
+    check_int(e["raw_length"], low, high, f"{name}: raw_length", ModelFormatError)
+    if not is_int(e["offset"], offset, offset):
+        raise ModelFormatError(f"{name}: section offset {e['offset']!r:.40}, expected {offset} "
+                               "(sections must be contiguous, without holes or overlaps)")
+    if not is_int(e["length"], 1, room):
+        raise ModelFormatError(f"{name}: section length {e['length']!r:.40} outside [1, {room}]: it runs past the "
+                               "end of the file (truncated?)")
+    check_xxh64(e["xxh64"], f"{name}: xxh64", ModelFormatError)
+
+
 def _check_table(header: dict[str, Any], cfg: ModelConfig, data_len: int) -> list[dict[str, Any]]:
-    entries = header["tensors"]
-    layout = tensor_layout(cfg)
-    if not isinstance(entries, list) or len(entries) > MAX_TENSORS:
-        raise ModelFormatError(f"tensor table must be a list of at most {MAX_TENSORS} entries")
-    names = []
-    for e in entries:
-        if not isinstance(e, dict) or set(e) != ENTRY_KEYS:
-            raise ModelFormatError(f"tensor entry {str(e)[:120]} must have exactly the keys {sorted(ENTRY_KEYS)}")
-        names.append(e["name"])
-    if names != list(layout):
-        raise ModelFormatError(f"tensor table {names[:4]}... does not list the config's tensors in canonical order "
-                               f"{list(layout)[:4]}...")
-    expected_offset = 0
-    for e in entries:
-        kind, shape = layout[e["name"]]
-        numel = int(np.prod(shape))
-        if e["dtype"] != kind or e["shape"] != list(shape):
-            raise ModelFormatError(f"{e['name']}: table says {e['dtype']} {e['shape']}, the config requires "
-                                   f"{kind} {list(shape)}")
-        codings = ("bitmask", "index") if kind == "int8" else ("dense",)
-        if e["coding"] not in codings:
-            raise ModelFormatError(f"{e['name']}: coding {e['coding']!r} not in {codings}")
-        if not _is_int(e["nnz"], 0, numel):
-            raise ModelFormatError(f"{e['name']}: nnz {e['nnz']!r} outside [0, {numel}]")
-        if kind == "float32":
-            max_raw = min_raw = 4 * numel
-        elif e["coding"] == "bitmask":
-            max_raw = min_raw = 4 * shape[0] + (numel + 7) // 8 + e["nnz"]
-        else:
-            min_raw, max_raw = 4 * shape[0] + 2 * e["nnz"], 4 * shape[0] + 11 * e["nnz"]
-        if not _is_int(e["raw_length"], min_raw, max_raw):
-            raise ModelFormatError(f"{e['name']}: raw length {e['raw_length']!r} outside [{min_raw}, {max_raw}]")
-        if e["offset"] != expected_offset:
-            raise ModelFormatError(f"{e['name']}: section offset {e['offset']!r}, expected {expected_offset} "
-                                   "(sections must be contiguous, without holes or overlaps)")
-        if not _is_int(e["length"], 1, data_len - expected_offset):
-            raise ModelFormatError(f"{e['name']}: section length {e['length']!r} runs past the end of the file "
-                                   f"({data_len - expected_offset} bytes remain; truncated?)")
-        if not isinstance(e["xxh64"], str) or len(e["xxh64"]) != 16:
-            raise ModelFormatError(f"{e['name']}: xxh64 must be 16 hex digits")
-        expected_offset += e["length"]
-    if expected_offset != data_len:
-        raise ModelFormatError(f"{data_len - expected_offset} trailing bytes after the last section "
+    """Steps 5-6: the tensor table against the config's layout and the bytes present."""
+    entries, layout = header["tensors"], tensor_layout(cfg)
+    if not isinstance(entries, list) or len(entries) > MAX_TENSORS or len(entries) != len(layout):
+        got = f"{len(entries)} entries" if isinstance(entries, list) else type(entries).__name__
+        raise ModelFormatError(f"tensor table must list the config's {len(layout)} tensors (at most {MAX_TENSORS}), "
+                               f"got {got}")
+    offset = 0
+    for e, (name, (kind, shape)) in zip(entries, layout.items()):
+        _check_entry(e, name, kind, shape, offset, data_len - offset)
+        offset += e["length"]
+    if offset != data_len:
+        raise ModelFormatError(f"{data_len - offset} trailing bytes after the last section "
                                "(expected the file to end exactly there)")
     return entries
 
@@ -208,21 +223,25 @@ def _decode_weight(entry: dict[str, Any], raw: bytes, shape: tuple[int, ...]) ->
     return QuantizedWeight(q.reshape(shape), scale)
 
 
-def decode_model(buf: bytes) -> DeviceModel:
-    """File bytes -> DeviceModel, or ModelFormatError saying what was wrong."""
+def decode_model(buf: bytes, *, max_decoded_bytes: int | None = None) -> DeviceModel:
+    """File bytes -> DeviceModel, or ModelFormatError saying what was wrong.
+
+    `max_decoded_bytes` (default MAX_DECODED_BYTES) bounds the memory the decoded
+    tensors may take; it is checked from the config before any section is read,
+    so callers that know what the model is for can pass a tighter, relative limit."""
+    if not isinstance(buf, (bytes, bytearray, memoryview)):
+        raise ModelFormatError(f"expected model file bytes, got {type(buf).__name__}")
     header = parse_header(buf)
-    if not isinstance(header["model_id"], str) or not 0 < len(header["model_id"]) <= 128:
-        raise ModelFormatError("model_id must be a string of 1-128 characters")
-    if not _is_int(header["version"], 0, 2**53):
-        raise ModelFormatError(f"version must be a non-negative integer, got {header['version']!r}")
-    if not isinstance(header["metadata"], dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in header["metadata"].items()):
-        raise ModelFormatError("metadata must be an object of strings")
     try:
         cfg = ModelConfig.from_json(header["config"])
         tokenizer = CharTokenizer.from_json(header["tokenizer"])
     except (ConfigError, ValueError, TypeError) as exc:
         raise ModelFormatError(f"header config/tokenizer invalid: {exc}") from exc
+    limit = MAX_DECODED_BYTES if max_decoded_bytes is None else min(max_decoded_bytes, MAX_DECODED_BYTES)
+    need = decoded_bytes(cfg)
+    if need > limit:
+        raise ModelFormatError(f"config {header['config']!s:.200} makes {need} bytes of tensors; the limit here is "
+                               f"{limit}")
     header_len = PREAMBLE.unpack_from(buf)[3]
     data = memoryview(buf)[PREAMBLE.size + header_len:]
     entries = _check_table(header, cfg, len(data))
@@ -236,7 +255,8 @@ def decode_model(buf: bytes) -> DeviceModel:
             weights[e["name"]] = _decode_weight(e, raw, shape)
         else:
             floats[e["name"]] = np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
-    model = DeviceModel(cfg, tokenizer, weights, floats, header["model_id"], header["version"], header["metadata"])
+    model = DeviceModel(cfg, tokenizer, weights, floats, header["model_id"], header["version"],
+                        dict(header["metadata"]))
     model.validate()
     actual = model.content_hash()
     if actual != header["content_hash"]:
@@ -256,8 +276,12 @@ def load_model(path: str | Path) -> DeviceModel:
 
 def read_header(path: str | Path) -> dict[str, Any]:
     """Header only (for `ota model inspect` and quick identity checks)."""
-    with open(path, "rb") as f:
-        pre = f.read(PREAMBLE.size)
-        if len(pre) == PREAMBLE.size:
-            pre += f.read(min(PREAMBLE.unpack_from(pre)[3], MAX_HEADER_BYTES))
+    try:
+        with open(path, "rb") as f:
+            pre = f.read(PREAMBLE.size)
+            if len(pre) == PREAMBLE.size:
+                pre += f.read(min(PREAMBLE.unpack_from(pre)[3], MAX_HEADER_BYTES))
+    except OSError as exc:
+        raise ModelFormatError(f"cannot read model file {path}: {exc.strerror or exc} (expected an .otam device model)") \
+            from None
     return parse_header(pre)

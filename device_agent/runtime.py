@@ -17,6 +17,7 @@ a matmul per emitted token.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +25,14 @@ import numpy as np
 import torch
 
 from device_agent.device_model import DeviceModel, QuantizedWeight
+from device_agent.errors import DecodeBoundError
 from device_agent.features import StreamingFeatures, utterance_features
 from device_agent.model_format import load_model
 from device_agent.tokenizer import BLANK
+
+# Greedy decoding emits at most this many symbols per encoder frame, whatever the
+# config says: 10 characters in 30 ms is already far beyond any speech.
+MAX_SYMBOLS_PER_FRAME = 10
 
 
 class Int8Linear:
@@ -178,9 +184,14 @@ class Int8Runtime:
     def stream(self) -> "DecoderStream":
         return DecoderStream(self)
 
-    def transcribe(self, audio: np.ndarray | torch.Tensor) -> str:
-        """Whole utterance (16 kHz float) -> text."""
-        s = self.stream()
+    def transcribe(self, audio: np.ndarray | torch.Tensor, *, max_symbols: int | None = None,
+                   check: Callable[[], None] | None = None) -> str:
+        """Whole utterance (16 kHz float) -> text.
+
+        `max_symbols` bounds the symbols of the utterance (DecodeBoundError past it);
+        `check` is called once per encoder frame and may raise to stop decoding
+        (a time budget, a stop request)."""
+        s = DecoderStream(self, max_symbols=max_symbols, check=check)
         s.push_features(utterance_features(audio, self.config.features))
         return s.text
 
@@ -211,8 +222,13 @@ class _Hypothesis:
 class DecoderStream:
     """Greedy streaming decoder: push audio (16 kHz) chunks, read `.text` at any time."""
 
-    def __init__(self, runtime: Int8Runtime) -> None:
+    def __init__(self, runtime: Int8Runtime, *, max_symbols: int | None = None,
+                 check: Callable[[], None] | None = None) -> None:
         self.rt = runtime
+        self.max_symbols = max_symbols
+        self._check = check
+        # a model that never emits blank must not spend 8192 predictor steps per frame (a legal config value)
+        self._per_frame = min(runtime.config.max_symbols_per_step, MAX_SYMBOLS_PER_FRAME)
         self._features = StreamingFeatures(runtime.config.features)
         self._enc_state: LSTMState | None = None
         with torch.no_grad():
@@ -229,11 +245,16 @@ class DecoderStream:
     def push_features(self, feats: torch.Tensor) -> None:
         rt, hyp = self.rt, self._hyp
         for t in range(feats.shape[0]):
+            if self._check is not None:
+                self._check()
             enc, self._enc_state = rt.encode_frame(feats[t], self._enc_state)
-            for _ in range(rt.config.max_symbols_per_step):
+            for _ in range(self._per_frame):
                 token = int(rt.joint(enc, hyp.pred_out).argmax())
                 if token == BLANK:
                     break
+                if self.max_symbols is not None and len(hyp.tokens) >= self.max_symbols:
+                    raise DecodeBoundError(f"the model emitted more than {self.max_symbols} symbols for "
+                                           f"{self.frames + t + 1} encoder frames (does it never emit blank?)")
                 hyp.tokens.append(token)
                 hyp.pred_out, hyp.pred_state = rt.predict(token, hyp.pred_state)
         self.frames += feats.shape[0]

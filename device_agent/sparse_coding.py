@@ -4,20 +4,29 @@
 - index: the sorted flat positions as LEB128 varints of gaps
   (first position, then `pos[i] - pos[i-1] - 1`).
 
-Encoders pick nothing; callers compare sizes. Decoders are strict: any
-non-canonical input (padding bits set, overlong varints, positions out of
-range) raises ValueError with the reason, which callers wrap in their own
-error class.
+`pick_sparse_coding` is the one place both codecs choose a coding (the smaller
+compressed section; ties go to bitmask). Decoders are strict: any
+non-canonical input (padding bits set, overlong varints, a varint longer than
+the tensor's largest gap needs or overflowing 64 bits, positions out of range)
+raises ValueError with the reason, which callers wrap in their own error class.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from collections.abc import Callable
 
 from device_agent.device_model import QMAX
 
 BITMASK_CHUNK_BYTES = 1 << 20  # decode bitmasks 8 Mi positions at a time
 
 MAX_VARINT_BYTES = 10  # 64-bit values
+VARINT_CHUNK_BYTES = 1 << 20  # varints are decoded this many bytes at a time: temporaries stay ~40 MiB
+
+
+def varint_len(value: int) -> int:
+    """Bytes of the canonical LEB128 encoding of a non-negative integer."""
+    return max(1, (int(value).bit_length() + 6) // 7)
 
 
 def bitmask_encode(mask: np.ndarray) -> bytes:
@@ -50,20 +59,41 @@ def varint_encode(values: np.ndarray) -> bytes:
     return groups[k < nbytes[:, None]].tobytes()
 
 
-def varint_decode(buf: bytes, count: int) -> np.ndarray:
-    """Exactly `count` canonical varints filling `buf` -> uint64 (count,)."""
+def varint_decode(buf: bytes, count: int, max_bytes: int = MAX_VARINT_BYTES) -> np.ndarray:
+    """Exactly `count` canonical varints of at most `max_bytes` bytes each filling `buf` -> uint64 (count,).
+
+    Decoded in chunks of whole varints, so temporaries stay bounded whatever `count` is."""
     arr = np.frombuffer(buf, dtype=np.uint8)
-    ends = np.flatnonzero((arr & 0x80) == 0)
-    if ends.size != count or (count and ends[-1] != arr.size - 1) or (count == 0 and arr.size):
-        raise ValueError(f"expected {count} varints filling {arr.size} bytes, found {ends.size} terminators")
-    if count == 0:
-        return np.zeros(0, dtype=np.uint64)
+    max_bytes = min(max_bytes, MAX_VARINT_BYTES)
+    out = np.zeros(count, dtype=np.uint64)
+    done, start = 0, 0
+    while start < arr.size:
+        stop = min(arr.size, start + VARINT_CHUNK_BYTES)
+        chunk = arr[start:stop]
+        ends = np.flatnonzero((chunk & 0x80) == 0)
+        if ends.size == 0:
+            raise ValueError("unterminated varint at the end" if stop == arr.size
+                             else f"varint longer than {max_bytes} bytes")
+        chunk = chunk[:ends[-1] + 1]  # whole varints only; the rest starts the next chunk
+        if done + ends.size > count:
+            raise ValueError(f"expected {count} varints filling {arr.size} bytes, found more")
+        out[done:done + ends.size] = _decode_whole_varints(chunk, ends, max_bytes)
+        done += ends.size
+        start += chunk.size
+    if done != count:
+        raise ValueError(f"expected {count} varints filling {arr.size} bytes, found {done} terminators")
+    return out
+
+
+def _decode_whole_varints(arr: np.ndarray, ends: np.ndarray, max_bytes: int) -> np.ndarray:
     starts = np.concatenate([[0], ends[:-1] + 1])
     lengths = ends - starts + 1
-    if lengths.max() > MAX_VARINT_BYTES:
-        raise ValueError(f"varint longer than {MAX_VARINT_BYTES} bytes")
+    if lengths.max() > max_bytes:
+        raise ValueError(f"varint of {int(lengths.max())} bytes; at most {max_bytes} are canonical here")
     if np.any((lengths > 1) & (arr[ends] == 0)):
         raise ValueError("overlong (non-canonical) varint")
+    if max_bytes == MAX_VARINT_BYTES and np.any((lengths == MAX_VARINT_BYTES) & (arr[ends] > 1)):
+        raise ValueError("varint overflows 64 bits")
     pos_in = np.arange(arr.size) - np.repeat(starts, lengths)
     parts = (arr & 0x7F).astype(np.uint64) << (7 * pos_in).astype(np.uint64)
     return np.add.reduceat(parts, starts)
@@ -84,7 +114,7 @@ def index_encode(positions: np.ndarray) -> bytes:
 
 def index_decode(buf: bytes, count: int, numel: int) -> np.ndarray:
     """-> int64 (count,) strictly increasing positions in [0, numel)."""
-    gaps = varint_decode(buf, count)
+    gaps = varint_decode(buf, count, varint_len(max(numel - 1, 0)))  # no gap can need more bytes
     if count == 0:
         return np.zeros(0, dtype=np.int64)
     if gaps.max() >= numel:  # also keeps the cumulative sum far from overflow
@@ -122,3 +152,20 @@ def decode_sparse(coding: str, body: bytes, values: bytes, count: int, numel: in
     if vals.size != count or np.any(vals == 0) or np.any(vals < -QMAX):
         raise ValueError(f"{count} stored values must be nonzero and within [-{QMAX}, {QMAX}]")
     return positions.astype(np.int64, copy=False), vals
+
+
+def pick_sparse_coding(positions: np.ndarray, values: np.ndarray, numel: int,
+                       compress: Callable[[bytes], bytes], head: bytes = b"") -> tuple[str, bytes, bytes]:
+    """-> (coding, raw, compressed) of `head + positions + values`: the coding whose
+    compressed bytes are smaller (ties: bitmask). One rule for model files and bundles."""
+    mask = np.zeros(numel, dtype=bool)
+    mask[positions] = True
+    tail = np.asarray(values, dtype=np.int8).tobytes()
+    best: tuple[str, bytes, bytes] | None = None
+    for coding, body in (("bitmask", bitmask_encode(mask)), ("index", index_encode(positions))):
+        raw = head + body + tail
+        packed = compress(raw)
+        if best is None or len(packed) < len(best[2]):
+            best = (coding, raw, packed)
+    assert best is not None
+    return best

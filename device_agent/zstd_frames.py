@@ -4,6 +4,8 @@ Both formats store one zstd frame per section next to the length it must
 decompress to. Everything a hostile frame could lie about is checked before
 or while decoding, so memory stays bounded by that length whatever the bytes
 say: the declared content size, the window, a dictionary, trailing bytes.
+Only the canonical form is accepted: exactly one zstd *data* frame (magic
+28 B5 2F FD), never a skippable frame, never two frames back to back.
 """
 from __future__ import annotations
 
@@ -11,10 +13,16 @@ import zstandard
 
 MAX_WINDOW_BYTES = 1 << 23  # zstd level 19 never needs a window above 8 MiB
 INPUT_CHUNK = 128  # compressed bytes fed per step: bounds a lying frame's overshoot to ~4 MiB
+DATA_FRAME_MAGIC = b"\x28\xb5\x2f\xfd"  # skippable frames (0x184D2A5?) carry no data and are refused
 
 
 def decompress_exact(packed: bytes, raw_length: int, where: str, error: type[Exception]) -> bytes:
     """Decompress one frame that must yield exactly `raw_length` bytes; raise `error(where: ...)` otherwise."""
+    if not isinstance(packed, (bytes, bytearray, memoryview)):
+        raise error(f"{where}: expected compressed bytes, got {type(packed).__name__}")
+    if bytes(packed[:4]) != DATA_FRAME_MAGIC:
+        raise error(f"{where}: does not start with a zstd data frame (magic {bytes(packed[:4]).hex() or 'none'}, "
+                    f"expected {DATA_FRAME_MAGIC.hex()}); skippable frames are not allowed")
     try:
         params = zstandard.get_frame_parameters(packed)
     except zstandard.ZstdError as exc:

@@ -90,7 +90,7 @@ def test_trailing_bytes(tiny_bytes: bytes) -> None:
 
 def test_oversized_header(tiny_bytes: bytes) -> None:
     buf = tiny_bytes[:12] + struct.pack("<I", MAX_HEADER_BYTES + 1) + tiny_bytes[16:]
-    with pytest.raises(ModelFormatError, match="exceeds the limit"):
+    with pytest.raises(ModelFormatError, match="header length .* outside"):
         decode_model(buf)
 
 
@@ -153,7 +153,7 @@ def test_lying_nnz_and_raw_length(tiny_bytes: bytes) -> None:
     header, _ = _header(tiny_bytes)
     entry = next(e for e in header["tensors"] if e["dtype"] == "int8")
     entry["raw_length"] = 2**40  # a decompression bomb would need this
-    with pytest.raises(ModelFormatError, match="raw length"):
+    with pytest.raises(ModelFormatError, match="raw_length"):
         decode_model(_with_header(tiny_bytes, header))
     header, _ = _header(tiny_bytes)
     entry = next(e for e in header["tensors"] if e["dtype"] == "int8")

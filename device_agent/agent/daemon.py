@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from device_agent.errors import (AgentBusyError, BundleError, ConfigError, ContentHashMismatchError, DataError,
-                                 DiskFullError, LifecycleError, OtaError, TrustError)
+                                 DecodeBoundError, DiskFullError, LifecycleError, OtaError, TrustError)
 from device_agent.agent.config import AgentConfig
 from device_agent.agent.download import RangeDownloader, RetryPolicy, Stopped
 from device_agent.agent.lifecycle import Event, State, next_state
@@ -37,6 +37,14 @@ from device_agent.agent.telemetry import Outbox, report_key
 from device_agent.agent.validate import Validator
 
 Observer = Callable[[State, AgentState], None]
+STOP_GRACE_S = 3.0  # docs/agent.md: SIGTERM stops the daemon within seconds in every state
+
+
+def _exit_stopped(log: Callable[..., None]) -> None:
+    try:
+        log("agent_stopped", level="warning", detail=f"a step did not reach a boundary within {STOP_GRACE_S} s")
+    finally:
+        os._exit(143)  # 128 + SIGTERM; state on disk is consistent after every write
 
 
 class Agent:
@@ -51,9 +59,10 @@ class Agent:
         self.log = log or JsonLog(device_id=config.device_id)
         self.observer = observer
         self.sleep = sleep
-        self.validator = Validator(config.validation_manifest, self.data / "wer_cache.json")
-        self.outbox = Outbox(self.data / "outbox")
         self._stop = threading.Event()
+        self.validator = Validator(config.validation_manifest, self.data / "wer_cache.json",
+                                   should_stop=self._stop.is_set)
+        self.outbox = Outbox(self.data / "outbox")
         self._lock_fd: int | None = None
         self._lock_depth = 0
         self._error: BaseException | None = None  # the exception behind the last FAILED, this process only
@@ -113,6 +122,18 @@ class Agent:
     def stop(self) -> None:
         """Ask a running loop to stop at the next step boundary (signal-handler safe)."""
         self._stop.set()
+
+    def _stop_or_exit(self) -> None:
+        """SIGTERM/SIGINT: stop at the next step boundary (downloads and the WER gate check
+        between chunks and frames); if a step still runs after STOP_GRACE_S (a slow store
+        call, a long apply), exit anyway. Every step is crash-safe (bench/crash_agent.py
+        kills it in each state), so leaving mid-step loses at most that step's work."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        timer = threading.Timer(STOP_GRACE_S, _exit_stopped, args=(self.log,))
+        timer.daemon = True
+        timer.start()
 
     # --- persistence -------------------------------------------------------------------
     def _transition(self, st: AgentState, event: Event, **fields: Any) -> None:
@@ -194,7 +215,7 @@ class Agent:
             import signal
 
             for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: self.stop())
+                signal.signal(sig, lambda *_: self._stop_or_exit())
         self.log("agent_started", config=self.cfg.to_json())
         cycles = 0
         with self:
@@ -405,7 +426,13 @@ class Agent:
     def _validating(self, st: AgentState) -> Event:
         rec = st.update
         assert rec is not None
-        rec.wer_after = self.validator.wer(model_path(self.data, rec.candidate_slot), rec.target_hash)
+        try:
+            rec.wer_after = self.validator.wer(model_path(self.data, rec.candidate_slot), rec.target_hash)
+        except DecodeBoundError as exc:  # e.g. a model that never emits blank: refused, never retried
+            rec.gate_reasons = [str(exc)]
+            self.log("wer_gate", passed=False, wer_before=rec.wer_before, wer_after=None,
+                     expected_wer=rec.expected_wer, reasons=rec.gate_reasons)
+            return Event.GATE_FAILED
         if rec.previous is not None:
             rec.wer_before = self.validator.wer(model_path(self.data, rec.previous.slot), rec.previous.hash)
         decision = gate_decision(rec.wer_after, rec.wer_before, rec.expected_wer,

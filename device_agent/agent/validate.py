@@ -1,20 +1,38 @@
 """Local checks of a model: WER on the device's validation set (cached per content
-hash) and the post-activation self-test."""
+hash) and the post-activation self-test.
+
+Decoding a candidate is bounded, so a signed model that never emits blank
+cannot hold the device: at most `MAX_SYMBOLS_PER_SECOND` symbols per second of
+audio per utterance, and a wall-clock budget for the whole gate of
+`GATE_BUDGET_BASE_S + GATE_BUDGET_PER_AUDIO_S * audio seconds`. Exceeding either
+raises DecodeBoundError, which the daemon turns into a refusal (never retried).
+A stop request is honoured between encoder frames.
+"""
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import xxhash
 
-from device_agent.errors import ManifestError, ModelFormatError, TransportError
+from device_agent.errors import DecodeBoundError, ManifestError, ModelFormatError, TransportError
 from device_agent.agent.state import write_json_atomic
 
 
+MAX_SYMBOLS_PER_SECOND = 40  # fast speech is ~15 characters per second
+GATE_BUDGET_BASE_S = 20.0  # model load, first-call warm-up
+GATE_BUDGET_PER_AUDIO_S = 2.0  # the runtime decodes ~30x faster than real time on one core
+
+
 class Validator:
-    def __init__(self, manifest: Path, cache_path: Path) -> None:
+    def __init__(self, manifest: Path, cache_path: Path, *, should_stop: Callable[[], bool] | None = None,
+                 budget: tuple[float, float] = (GATE_BUDGET_BASE_S, GATE_BUDGET_PER_AUDIO_S)) -> None:
         self.manifest = Path(manifest)
         self.cache_path = Path(cache_path)
+        self.should_stop = should_stop
+        self.budget = budget  # (seconds, seconds per second of audio)
         self._utts = None
 
     def utterances(self):  # -> list[Utterance]
@@ -51,10 +69,30 @@ class Validator:
         from device_agent.runtime import Int8Runtime  # torch only when a model is really decoded
         from device_agent.wer import evaluate
 
+        from device_agent.agent.download import Stopped
+
+        started = time.monotonic()
         rt = Int8Runtime.from_file(model_file)
         if rt.content_hash != content_hash:
             raise ModelFormatError(f"{model_file} hashes to {rt.content_hash}, expected {content_hash}")
-        value = evaluate(rt.transcribe, self.utterances()).wer
+        from device_agent.audio import MAX_SECONDS
+
+        audio_s = sum(min(u.duration, MAX_SECONDS) for u in self.utterances())
+        budget = self.budget[0] + self.budget[1] * audio_s
+        deadline = started + budget
+
+        def check() -> None:  # called once per encoder frame
+            if self.should_stop is not None and self.should_stop():
+                raise Stopped("stop requested while the WER gate was decoding")
+            if time.monotonic() > deadline:
+                raise DecodeBoundError(f"the WER gate took longer than its budget of {budget:.1f} s for "
+                                       f"{audio_s:.1f} s of audio (does the model never emit blank?)")
+
+        def transcribe(audio) -> str:
+            limit = 16 + int(MAX_SYMBOLS_PER_SECOND * len(audio) / 16_000)
+            return rt.transcribe(audio, max_symbols=limit, check=check)
+
+        value = evaluate(transcribe, self.utterances()).wer
         doc = self._cache() or {"manifest": self._digest(), "wers": {}}
         doc["wers"][content_hash] = value
         doc["wers"] = dict(list(doc["wers"].items())[-8:])  # a few models' worth is all a device needs
