@@ -13,6 +13,9 @@ from device_agent.errors import AudioError
 SAMPLE_RATE = 16_000
 # A clip longer than this is almost certainly a wrong file, not an utterance.
 MAX_SECONDS = 600.0
+# Rates outside this range are header damage, not audio: resampling from them would
+# need a polyphase filter as long as the rate itself (gigabytes for a lying header).
+MIN_RATE, MAX_RATE = 1_000, 384_000
 
 
 def resample(audio: np.ndarray, rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -30,6 +33,10 @@ def load_audio(path: str | Path, target_rate: int = SAMPLE_RATE) -> np.ndarray:
         raise AudioError(f"audio file not found: {path} (expected a readable WAV/FLAC file)")
     try:
         info = sf.info(str(path))
+        if not MIN_RATE <= info.samplerate <= MAX_RATE:
+            raise AudioError(f"{path}: sample rate {info.samplerate} Hz; expected {MIN_RATE}-{MAX_RATE} Hz")
+        if not 1 <= info.channels <= 64:
+            raise AudioError(f"{path}: {info.channels} channels; expected 1-64")
         if info.duration > MAX_SECONDS:
             raise AudioError(f"{path}: {info.duration:.0f} s long; expected at most {MAX_SECONDS:.0f} s")
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)

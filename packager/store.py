@@ -581,13 +581,30 @@ class S3Store(Store):
 
 
 # --- URLs -------------------------------------------------------------------------
+def _check_endpoint(url: str, endpoint: str) -> None:
+    """An endpoint must be http(s)://host[:port] (boto3 raises a bare ValueError otherwise)."""
+    try:
+        parsed = urlparse(endpoint)
+        ok = parsed.scheme in ("http", "https") and bool(parsed.hostname) and (parsed.port is None or parsed.port > 0)
+    except ValueError:  # bad port, unbalanced IPv6 brackets
+        ok = False
+    if not ok:
+        raise ConfigError(f"store URL {url!r:.200}: endpoint {endpoint!r:.80} is not a URL; "
+                          "expected endpoint=http://host:port")
+
+
 def open_store(url: str, **s3_options: Any) -> Store:
     """Open `file:///abs/dir` or `s3://bucket/prefix?endpoint=URL&region=R`.
 
     S3 credentials come from the standard AWS environment variables unless
     passed in `s3_options` (access_key=, secret_key=, ...).
     """
-    parsed = urlparse(url)
+    if not isinstance(url, str):
+        raise ConfigError(f"store URL {url!r:.80}: expected a file:// or s3:// URL string")
+    try:
+        parsed = urlparse(url)
+    except ValueError as exc:
+        raise ConfigError(f"store URL {url!r:.200}: {exc}; expected a file:// or s3:// URL") from None
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost") or not parsed.path:
             raise ConfigError(f"store URL {url!r}: expected file:///absolute/path")
@@ -601,10 +618,7 @@ def open_store(url: str, **s3_options: Any) -> Store:
             raise ConfigError(f"store URL {url!r}: unknown parameter(s) {sorted(unknown)}; expected endpoint= and region=")
         endpoint = query.get("endpoint", [None])[0]
         if endpoint is not None:
-            ep = urlparse(endpoint)
-            if ep.scheme not in ("http", "https") or not ep.hostname:
-                raise ConfigError(f"store URL {url!r}: endpoint {endpoint!r} is not a URL; "
-                                  "expected endpoint=http://host:port or https://host")
+            _check_endpoint(url, endpoint)
         return S3Store(
             parsed.netloc,
             unquote(parsed.path),

@@ -59,7 +59,8 @@ class AgentConfig:
                 raise ConfigError(f"agent config {key}: expected 1-128 of [A-Za-z0-9_.-], got {getattr(self, key)!r}")
         if not self.store_url.startswith(("file://", "s3://")):
             raise ConfigError(f"agent config store_url: expected file:///dir or s3://bucket/..., got {self.store_url!r}")
-        if self.report_store_url is not None and not self.report_store_url.startswith(("file://", "s3://")):
+        if self.report_store_url is not None and (not isinstance(self.report_store_url, str)
+                                                  or not self.report_store_url.startswith(("file://", "s3://"))):
             raise ConfigError(f"agent config report_store_url: expected a file:// or s3:// URL, got {self.report_store_url!r}")
         for key in _PATH_KEYS:
             if not isinstance(getattr(self, key), Path):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from device_agent.atomic import write_atomic
 from device_agent.errors import DataError, ModelFormatError
-from device_agent.agent.state import SlotRef, os_error
+from device_agent.agent.state import SlotRef, os_error, typed_record
 
 SLOTS = ("a", "b")
 MODEL_FILE = "model.otam"
@@ -52,12 +52,14 @@ def pointer_path(data_dir: Path) -> Path:
 def read_pointer(data_dir: Path) -> Pointer:
     path = pointer_path(data_dir)
     try:
-        doc = json.loads(path.read_bytes())
-        return Pointer(*(SlotRef(**doc[k]) if doc.get(k) else None for k in ("active", "previous")))
+        return typed_record(Pointer, json.loads(path.read_bytes()), "pointer")
     except FileNotFoundError:
         return Pointer()
-    except (ValueError, TypeError, KeyError) as exc:
-        raise DataError(f"active pointer {path} is unreadable ({exc}); expected the JSON the agent writes") from None
+    except OSError as exc:  # e.g. data_dir below a regular file
+        raise os_error(exc, f"reading the active pointer {path}") from None
+    except (ValueError, TypeError, KeyError, RecursionError, DataError) as exc:
+        raise DataError(f"active pointer {path} is unreadable ({str(exc)[:200]}); expected the JSON the agent "
+                        "writes") from None
 
 
 def fsync_dir(path: Path) -> None:

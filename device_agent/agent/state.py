@@ -5,8 +5,11 @@ restarted daemon finds the last completed step and re-runs the next one.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,8 +59,7 @@ class UpdateRecord:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> UpdateRecord:
-        prev = obj.get("previous")
-        return cls(**{**obj, "previous": SlotRef(**prev) if prev else None})
+        return typed_record(cls, obj, "update")
 
 
 @dataclass
@@ -79,16 +81,58 @@ class AgentState:
         return doc
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> AgentState:
+    def from_json(cls, doc: Any) -> AgentState:
+        if not isinstance(doc, dict):
+            raise DataError(f"agent state: expected a JSON object, got {type(doc).__name__}")
         doc = dict(doc)
         if doc.pop("format", None) != STATE_FORMAT:
             raise DataError(f"agent state format: expected {STATE_FORMAT}")
-        upd = doc.pop("update", None)
-        rb = doc.pop("rollback", None)
-        if rb is not None:
-            rb = {k: SlotRef(**v) if v else None for k, v in rb.items()}
-        return cls(state=State(doc.pop("state")), update=UpdateRecord.from_json(upd) if upd else None,
-                   rollback=rb, **doc)
+        try:
+            doc["state"] = State(doc.get("state"))
+        except ValueError:
+            raise DataError(f"agent state: unknown state {doc.get('state')!r:.40}") from None
+        return typed_record(cls, doc, "state")
+
+
+def typed_record(cls: type, obj: Any, where: str) -> Any:
+    """A dataclass from parsed JSON, every field checked against its annotation
+    (nested dataclasses, optionals, lists and dicts of plain types); DataError
+    names the first field of the wrong type. Unknown or missing fields are errors too."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    if set(obj) - names or required - set(obj):
+        raise DataError(f"{where}: fields {sorted(obj)[:20]} differ from the expected {sorted(names)}")
+    return cls(**{k: _typed(v, hints[k], f"{where}.{k}") for k, v in obj.items()})
+
+
+def _typed(value: Any, tp: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _typed(value, inner[0], where) if len(inner) == 1 else _fail(value, tp, where)
+    if dataclasses.is_dataclass(tp):
+        return typed_record(tp, value, where)
+    if origin is list and isinstance(value, list):
+        return [_typed(v, args[0], f"{where}[]") for v in value]
+    if origin is dict and isinstance(value, dict):
+        return {_typed(k, args[0], where): _typed(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if tp is Any or (isinstance(tp, type) and issubclass(tp, State) and isinstance(value, State)):
+        return value
+    if tp is float and type(value) in (int, float):
+        return float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    return _fail(value, tp, where)
+
+
+def _fail(value: Any, tp: Any, where: str) -> Any:
+    raise DataError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {type(value).__name__} {value!r:.40}")
 
 
 def state_path(data_dir: Path) -> Path:
@@ -103,11 +147,13 @@ def load_state(data_dir: Path) -> AgentState:
         raw = path.read_bytes()
     except FileNotFoundError:
         return AgentState()
+    except OSError as exc:  # e.g. data_dir below a regular file, a directory named state.json
+        raise os_error(exc, f"reading the agent state {path}") from None
     try:
         return AgentState.from_json(json.loads(raw))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise DataError(f"agent state {path} is unreadable ({exc}); expected the JSON the agent writes. "
-                               "Move it aside to start over (refused versions will be forgotten)") from None
+    except (ValueError, TypeError, KeyError, RecursionError, DataError) as exc:
+        raise DataError(f"agent state {path} is unreadable ({str(exc)[:200]}); expected the JSON the agent writes. "
+                        "Move it aside to start over (refused versions will be forgotten)") from None
 
 
 def save_state(data_dir: Path, st: AgentState) -> None:
