@@ -393,7 +393,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "bytes_after_frame": (_section(0, lambda e, s: s + b"\0"), "bytes after the zstd frame"),
     "two_frames": (_section(0, lambda e, s: s + zstandard.ZstdCompressor().compress(b"")),
                    "bytes after the zstd frame"),
-    "not_zstd": (_section(0, lambda e, s: b"\0" * len(s)), "not a zstd frame"),
+    "not_zstd": (_section(0, lambda e, s: b"\0" * len(s)), "does not start with a zstd data frame"),
     "truncated_frame": (_section(0, lambda e, s: s[:-3]), "zstd frame is truncated"),
     # decoded payloads
     "index_overlong_varint": (lambda d: _raw(_first_index(d), lambda e, r: bytes([r[0] | 0x80, 0]) + r[1:])(d),
