@@ -22,7 +22,12 @@ def diff() -> None:
               "(default: the method's: none, or both for --method channel).")
 @click.option("--budget", default=None,
               help="Most bytes the bundle may take: a share of the base model file's bytes ('2%') or bytes ('20KB'); "
+              "'auto': the smallest rung of --ladder whose dev WER is within --max-gap of the best; "
               "default: the method's.")
+@click.option("--max-gap", type=click.FloatRange(0, 100), default=1.0, show_default=True,
+              help="With --budget auto: WER points the shipped diff may trail the best rung on the dev split.")
+@click.option("--ladder", default="1%,2%,3%,5%,10%", show_default=True,
+              help="With --budget auto: the budgets to learn, comma-separated.")
 @click.option("--base", "base_path", required=True, type=INPUT_FILE,
               help="The deployed device model (.otam) the diff applies to.")
 @click.option("--data", "data", required=True, type=INPUT_FILE, help="Adaptation manifest (JSONL).")
@@ -33,13 +38,16 @@ def diff() -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads (default: the cores not busy with other work).")
 @click.option("--out", "out_path", required=True, type=OUTPUT_FILE, help="Diff bundle to write (.otab).")
-def train(method: str, channels: str | None, budget: str | None, base_path: Path, data: Path, replay: Path | None,
-          epochs: int, lr: float | None, seed: int, threads: int | None, out_path: Path) -> None:
+def train(method: str, channels: str | None, budget: str | None, max_gap: float, ladder: str, base_path: Path,
+          data: Path, replay: Path | None, epochs: int, lr: float | None, seed: int, threads: int | None,
+          out_path: Path) -> None:
     """Learn a diff against the exact int8 model a device runs.
 
     \b
     Example:
       ota diff train --method sparse --budget 1% --base models/base-v1.otam \\
+          --data work/update/adapt.jsonl --replay samples/replay.jsonl --out work/v2.otab
+      ota diff train --budget auto --max-gap 1.0 --base models/base-v1.otam \
           --data work/update/adapt.jsonl --replay samples/replay.jsonl --out work/v2.otab
     """
     from cli.progress import training_progress
@@ -48,15 +56,31 @@ def train(method: str, channels: str | None, budget: str | None, base_path: Path
     from diffing.diffs import config_for, learn_diff  # server side only
     from packager.bundle import encode_diff_bundle
 
-    config = config_for(method, budget=budget, epochs=epochs, seed=seed, lr=lr, threads=threads, channels=channels)
+    auto = budget is not None and budget.strip().lower() == "auto"
+    config = config_for(method, budget=None if auto else budget, epochs=epochs, seed=seed, lr=lr, threads=threads,
+                        channels=channels)
     base = load_model(base_path)
+    rungs = []
     with training_progress() as progress:
-        result = learn_diff(base, str(data), config, replay_manifest=replay and str(replay), progress=True,
-                            log=progress.log)
+        if auto:
+            from diffing.diffs.auto_budget import learn_auto_budget
+
+            result, rungs = learn_auto_budget(base, str(data), config, max_gap=max_gap,
+                                              ladder=tuple(b for b in ladder.split(",") if b.strip()),
+                                              replay_manifest=replay and str(replay), log=progress.log)
+        else:
+            result = learn_diff(base, str(data), config, replay_manifest=replay and str(replay), progress=True,
+                                log=progress.log)
+    for rung in rungs:
+        mark = "  <- shipped" if rung.diff is result else ""
+        click.echo(f"budget {rung.budget:>6}  {rung.bytes:>9,} bytes  dev WER {100 * rung.dev_wer:5.1f}%{mark}")
     data_bytes = encode_diff_bundle(result, base)
     write_atomic(out_path, data_bytes)
-    click.echo(json.dumps({"out": str(out_path), "bytes": len(data_bytes), "entries": result.nonzero_entries(),
-                           "base_hash": result.base_hash, "target_hash": result.target_hash}))
+    record = {"out": str(out_path), "bytes": len(data_bytes), "entries": result.nonzero_entries(),
+              "base_hash": result.base_hash, "target_hash": result.target_hash}
+    if rungs:
+        record["ladder"] = [{"budget": r.budget, "bytes": r.bytes, "dev_wer": round(r.dev_wer, 4)} for r in rungs]
+    click.echo(json.dumps(record))
 
 
 @diff.command()
