@@ -4,14 +4,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Without an NVIDIA GPU, torch comes from PyTorch's CPU wheel index (~200 MB instead of
+# several GB of CUDA libraries from PyPI). Override: make TORCH_INDEX=https://download.pytorch.org/whl/cu126
+TORCH_INDEX ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 \
+	|| echo https://download.pytorch.org/whl/cpu)
 
 .PHONY: demo test system-deps bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
-	$(BIN)/pip install -q torch==2.13.0
+	# torch first and pinned, from the CPU index when there is no GPU (TORCH_INDEX above)
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 

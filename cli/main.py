@@ -7,8 +7,14 @@ second.
 """
 from __future__ import annotations
 
-from cli.errors import OtaGroup
-from cli.lazy import lazy_group
+import os
+
+# Before torch loads: waiting OpenMP threads sleep instead of spinning, so training next to
+# other CPU-bound work does not stall on busy cores (diffing/threads.py sizes the threads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from cli.errors import OtaGroup  # noqa: E402
+from cli.lazy import lazy_group  # noqa: E402
 
 # name -> (module, attribute). Order is help order; a module that fails to
 # import is listed as unavailable with its reason, never dropped.
