@@ -35,27 +35,25 @@ def demo(out_dir: Path, store: str, budget: str | None, epochs: int, n_adapt: in
       ota demo
       ota demo --store file --out /tmp/ota-demo
     """
-    from rich.console import Console
-    from rich.table import Table
-
+    from cli.progress import training_progress
+    from cli.tables import print_table
     from diffing.demo import SHIPPED_MODEL, DemoConfig, run_demo
 
-    sizes = dict(epochs=1, n_adapt=8, n_update_test=4, n_replay=4, n_original_test=4, n_device_validation=2) \
-        if tiny else dict(epochs=epochs, n_adapt=n_adapt)
-    cfg = DemoConfig(out_dir=Path(out_dir), store=store, base_model=model_path or SHIPPED_MODEL, budget=budget,
-                     **sizes)
-    report = run_demo(cfg, say=lambda line: click.echo(line, err=True))
-    console = Console()
-    table = Table("model", "bytes shipped", "vs full model", "WER update test", "WER original test")
-    for name, r in report.results.items():
-        size = r["bytes"]
-        table.add_row(name, f"{size:,}", f"{size / report.full_model_bytes:.2%}", f"{r['update_test']:.1%}",
-                      f"{r['original_test']:.1%}")
-    console.print(table)
+    settings = dict(out_dir=out_dir, store=store, base_model=model_path or SHIPPED_MODEL, budget=budget)
+    cfg = DemoConfig.tiny(**settings) if tiny else DemoConfig(**settings, epochs=epochs, n_adapt=n_adapt)
+    with training_progress() as progress:
+        report = run_demo(cfg, say=progress.log)
+    rows = [(name, f"{r['bytes']:,}", f"{r['bytes'] / report.full_model_bytes:.2%}", f"{r['update_test']:.1%}",
+             f"{r['original_test']:.1%}") for name, r in report.results.items()]
+    print_table(("model", "bytes shipped", "vs full model", "WER update test", "WER original test"), rows)
     for name, d in report.devices.items():
-        status = d.get("status", {})
+        update, status = d.get("update", {}), d.get("status", {})
         active = (status.get("active") or {}).get("version")
-        console.print(f"{name}: update outcome {d.get('update', {}).get('outcome')}, active version {active}")
-    console.print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report.stages.items()))
-    console.print(f"report: {Path(out_dir) / 'report'}")
-
+        click.echo(f"{name}: update outcome {update.get('outcome')}, active version {active}")
+    for r in report.regressions():
+        click.echo(f"WER ROSE: {r['model']} on {r['set']}: {r['before']:.1%} -> {r['after']:.1%} "
+                   f"(+{100 * (r['after'] - r['before']):.1f} points)")
+    if not report.regressions():
+        click.echo("no measured set got worse")
+    click.echo("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report.stages.items()))
+    click.echo(f"report: {out_dir / 'report'}")

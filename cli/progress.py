@@ -22,10 +22,11 @@ class RichSteps:
                                  TimeRemainingColumn(), console=console, transient=False)
         self.task: TaskID | None = None
         self.label = ""
+        self.stage = ""  # the demo's current stage, from its "[stage] ..." lines
         self.loss_sum, self.losses = 0.0, 0
 
     def start(self, description: str, total: int, completed: int) -> None:
-        self.label = description
+        self.label = f"{self.stage} {description}".strip()
         self.loss_sum, self.losses = 0.0, 0
         self.task = self.progress.add_task(description, total=total, completed=completed, loss="-")
 
@@ -45,6 +46,8 @@ class RichSteps:
         self.task = None
 
     def log(self, line: str) -> None:
+        if line.startswith("[") and line.endswith("] ..."):
+            self.stage = line[1:-5]
         self.progress.console.print(line, markup=False, highlight=False)
 
 

@@ -54,6 +54,12 @@ class DemoConfig:
     epochs: int = 12
     seed: int = 0
 
+    @classmethod
+    def tiny(cls, **settings: Any) -> "DemoConfig":
+        """Seconds instead of minutes (tests, a first look): every step runs, the numbers mean nothing."""
+        sizes = dict(epochs=1, n_adapt=8, n_update_test=4, n_replay=4, n_original_test=4, n_device_validation=2)
+        return cls(**{**sizes, **settings})
+
     def __post_init__(self) -> None:
         if self.store not in ("seaweedfs", "file"):
             raise ConfigError(f"demo store must be 'seaweedfs' or 'file', got {self.store!r}")
@@ -70,6 +76,25 @@ class DemoReport:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model: bytes, WERs
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def regressions(self) -> list[dict[str, Any]]:
+        """Every measured set whose WER rose with an update: the diffs' test sets against the base
+        model, and each device's own validation set across its update (a device's small set can
+        miss a regression its gate should have seen; the reported sets and the fleet's reports
+        are what catch it)."""
+        found = []
+        base = self.results.get("base", {})
+        for name, r in self.results.items():
+            for key in ("update_test", "original_test"):
+                if name != "base" and key in base and r[key] > base[key]:
+                    found.append({"model": name, "set": key, "before": base[key], "after": r[key]})
+        for name, d in self.devices.items():
+            update = d.get("update") or {}
+            before, after = update.get("wer_before"), update.get("wer_after")
+            if before is not None and after is not None and after > before:
+                found.append({"model": f"{name} ({update.get('outcome')})", "set": "device validation",
+                              "before": before, "after": after})
+        return found
+
 
 @contextmanager
 def _stage(report: DemoReport, name: str, say: Callable[[str], None]) -> Iterator[None]:
@@ -84,8 +109,8 @@ def _build_data(cfg: DemoConfig, data: Path) -> dict[str, Path]:
     from diffing.synth.build import build_corpus, build_update_set
 
     update = build_update_set(data / "update", cfg.update_kind, n_adapt=cfg.n_adapt, n_test=cfg.n_update_test,
-                              seed=cfg.seed + 1, progress=False)
-    base = build_corpus(data / "base", cfg.n_replay, cfg.n_original_test, seed=cfg.seed + 2, progress=False)
+                              seed=cfg.seed + 1)
+    base = build_corpus(data / "base", cfg.n_replay, cfg.n_original_test, seed=cfg.seed + 2)
     # the device's own validation set: a few utterances of each domain, not the reported test sets
     update_val = read_manifest(update["test"])[: cfg.n_device_validation]
     base_val = read_manifest(base["test"])[: cfg.n_device_validation]
@@ -193,7 +218,8 @@ def _write_report(cfg: DemoConfig, report: DemoReport) -> None:
     folder = cfg.out_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
-    write_atomic(folder / "summary.json", json.dumps({"config": config, **asdict(report)}, indent=2,
+    write_atomic(folder / "summary.json", json.dumps({"config": config, **asdict(report),
+                                                      "regressions": report.regressions()}, indent=2,
                                                      default=str).encode())
     import matplotlib
 
