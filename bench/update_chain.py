@@ -17,8 +17,18 @@ is asked to keep what earlier updates taught; `--replay base` draws from
 base training data only (the protocol of the first chain runs, under which
 every method forgets earlier updates).
 
-    python bench/update_chain.py [--budgets 0.01,0.02,0.05,0.1] [--methods sparse,hashed,hybrid,lora,full] \
+    python bench/update_chain.py [--budgets 0.01,0.02,0.03,0.05,0.1] [--methods full,sparse,hashed,hybrid,auto] \
         [--epochs 6] [--eval-limit 200] [--updates 5] [--config '{"hashed_share": 0.6}' --cache OTHER.partial.json]
+
+Methods: any registered diff method (sparse, hashed, hybrid, channel, lora), `METHOD+channels`
+for that method with per-channel scale and bias deltas, `auto` for the automatic budget
+(`--auto-method` learned at every budget of `--budgets` on a dev split of the adaptation data,
+the smallest within `--max-gap` WER points of the best shipped; its ladder is recorded), and
+`full` (the dense fine-tune, plus post-hoc top-k of it at every budget).
+
+Before any training the run checks that every test set holds at least `--eval-limit`
+utterances (100 gave 3-4 points of noise) and that the real-speech update's test speakers
+are not among its adaptation speakers.
 """
 from __future__ import annotations
 
@@ -38,9 +48,9 @@ from device_agent.manifest import read_manifest, write_manifest  # noqa: E402
 from device_agent.model_format import encode_model, load_model  # noqa: E402
 from device_agent.runtime import Int8Runtime  # noqa: E402
 from device_agent.wer import evaluate  # noqa: E402
-from diffing.diffs import HashedDiffConfig, HybridDiffConfig, SparseMaskDiffConfig, learn_diff  # noqa: E402
-from diffing.diffs.baselines import (FullFinetuneConfig, LoRADiffConfig, bsdiff_bytes, topk_of,  # noqa: E402
-                                     zstd_patch_from_bytes)
+from diffing.diffs import DIFF_METHODS, learn_diff  # noqa: E402
+from diffing.diffs.auto_budget import learn_auto_budget  # noqa: E402
+from diffing.diffs.baselines import FullFinetuneConfig, bsdiff_bytes, topk_of, zstd_patch_from_bytes  # noqa: E402
 from packager.bundle import encode_diff_bundle  # noqa: E402
 
 WORK = ROOT / "work"
@@ -55,6 +65,7 @@ ORIGINAL_TEST = WORK / "corpus/base/test.jsonl"
 REPLAY = WORK / "corpus/base_x3/train.jsonl"  # the shipped model's training data (docs/BASE-MODEL.md)
 REPLAY_LIMIT = 2000  # utterances of base training data in the replay pool
 CACHE = RESULTS / "update_chain.partial.json"
+SPEAKER_DISJOINT = ("fsdd_speakers",)  # updates whose test voices must be new to the diff
 
 
 def wer_on(model: DeviceModel, manifest: Path, limit: int) -> float:
@@ -64,18 +75,40 @@ def wer_on(model: DeviceModel, manifest: Path, limit: int) -> float:
 
 
 def make_config(method: str, budget: int, epochs: int, threads: int, extra: dict | None = None):
-    cls = {"sparse": SparseMaskDiffConfig, "hashed": HashedDiffConfig, "hybrid": HybridDiffConfig,
-           "lora": LoRADiffConfig}.get(method)
-    if cls is None:
+    """`method` is a registered method name, optionally with `+channels` (channel deltas too)."""
+    name, _, suffix = method.partition("+")
+    if name == "full":
         return FullFinetuneConfig(epochs=epochs, threads=threads)
-    return cls.from_json({"budget": budget, "epochs": epochs, "threads": threads, **(extra or {})})
+    fields = {"budget": budget, "epochs": epochs, "threads": threads, **(extra or {})}
+    if suffix:
+        if suffix != "channels":
+            raise SystemExit(f"method {method!r}: the only suffix is '+channels'")
+        fields["channels"] = "both"
+    return DIFF_METHODS[name][0].from_json(fields)
+
+
+def check_update_sets(updates: list[tuple[str, Path, Path]], eval_limit: int) -> None:
+    """SystemExit unless every test set has `eval_limit` utterances and the real-speech update's test
+    speakers did not speak its adaptation data."""
+    for name, adapt, test in [*updates, ("original", None, ORIGINAL_TEST)]:
+        utts = read_manifest(test, check_audio=False)
+        if len(utts) < eval_limit:
+            raise SystemExit(f"{name}: {test} has {len(utts)} test utterances, fewer than --eval-limit {eval_limit}")
+        if adapt is not None and name in SPEAKER_DISJOINT:
+            shared = {u.speaker for u in read_manifest(adapt, check_audio=False)} & {u.speaker for u in utts}
+            if shared or any(u.speaker is None for u in utts):
+                raise SystemExit(f"{name}: test speakers must not be adaptation speakers (shared: {sorted(map(str, shared))}); "
+                                 f"split the recordings by speaker (bench/real_speakers.py)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budgets", default="0.01,0.02,0.05,0.1",
+    parser.add_argument("--budgets", default="0.01,0.02,0.03,0.05,0.1",
                         help="diff budgets as fractions of the full int8 model file's bytes")
-    parser.add_argument("--methods", default="full,sparse,hashed,lora")
+    parser.add_argument("--methods", default="full,sparse,hashed,hybrid")
+    parser.add_argument("--auto-method", default="hybrid", help="the method `auto` learns at every budget")
+    parser.add_argument("--max-gap", type=float, default=1.0,
+                        help="`auto`: dev WER points the shipped rung may trail the best rung")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--eval-limit", type=int, default=200)
     parser.add_argument("--updates", type=int, default=5)
@@ -106,12 +139,15 @@ def main() -> None:
         raise SystemExit(f"{cache_path} holds results for {cache['_setup']}, not {setup}: use another --cache")
     replay = base_replay_pool(args.replay_from, args.replay_limit)
     updates = UPDATES[: args.updates]
+    check_update_sets(updates, args.eval_limit)
     base_wers = cache.get("_base_wer") or {"original": wer_on(base, ORIGINAL_TEST, args.eval_limit),
                                            **{name: wer_on(base, test, args.eval_limit) for name, _, test in updates}}
     cache = update_cache(cache_path, {"_setup": setup, "_base_wer": base_wers})
     print("base model WER:", base_wers)
 
-    chains = [(m, b) for m in args.methods.split(",") if m != "full" for b in budgets]
+    chains = [(m, b) for m in args.methods.split(",") if m not in ("full", "auto") for b in budgets]
+    if "auto" in args.methods.split(","):
+        chains.append(("auto", 0.0))
     if "full" in args.methods.split(","):
         chains = [("full", 1.0)] + [("topk", b) for b in budgets] + chains
     for method, budget in chains:
@@ -123,7 +159,16 @@ def main() -> None:
                 model = apply_diff(model, _load_diff(diff_dir, key))
                 continue
             started = time.time()
-            if method == "topk":
+            ladder = None
+            if method == "auto":
+                config = make_config(args.auto_method, int(budgets[0] * len(base_file)), args.epochs, args.threads,
+                                     args.config)
+                diff, rungs = learn_auto_budget(model, adapt, config, max_gap=args.max_gap,
+                                                ladder=tuple(f"{int(b * len(base_file))}B" for b in budgets),
+                                                replay_manifest=replay_pool(replay, updates[:k], args.replay))
+                ladder = [{"budget": b, "bytes": r.bytes, "dev_wer": round(r.dev_wer, 4),
+                           "shipped": r.diff is diff} for b, r in zip(budgets, rungs)]
+            elif method == "topk":
                 full_key = f"full/1.0/{name}"
                 diff = topk_of(model, _load_diff(diff_dir, full_key), int(budget * len(base_file)))
             else:
@@ -141,6 +186,8 @@ def main() -> None:
                       "wer_update": wer_on(new_model, test, args.eval_limit),
                       "wer_original": wer_on(new_model, ORIGINAL_TEST, args.eval_limit),
                       "wer_earlier": {n: wer_on(new_model, t, args.eval_limit) for n, _, t in updates[:k]}}
+            if ladder is not None:  # budget 0.0 stands for "auto"; the rung it shipped is chosen_budget
+                record.update(ladder=ladder, chosen_budget=next(r["budget"] for r in ladder if r["shipped"]))
             if method == "full":
                 old_file = encode_model(model)
                 record["zstd_patch_from_bytes"] = zstd_patch_from_bytes(old_file, new_file)
