@@ -97,8 +97,8 @@ def check_update_sets(updates: list[tuple[str, Path, Path]], eval_limit: int) ->
         if adapt is not None and name in SPEAKER_DISJOINT:
             shared = {u.speaker for u in read_manifest(adapt, check_audio=False)} & {u.speaker for u in utts}
             if shared or any(u.speaker is None for u in utts):
-                raise SystemExit(f"{name}: test speakers must not be adaptation speakers (shared: {sorted(map(str, shared))}); "
-                                 f"split the recordings by speaker (bench/real_speakers.py)")
+                raise SystemExit(f"{name}: test speakers must not be adaptation speakers (shared: "
+                                 f"{sorted(map(str, shared))}); split the recordings by speaker (bench/real_speakers.py)")
 
 
 def main() -> None:

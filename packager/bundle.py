@@ -407,7 +407,8 @@ def _check_entry(i: int, name: str, e: Any, expected_offset: int, room: int) -> 
         if enc in SPARSE_ENCODINGS and not _is_int(e["count"], 0, e["numel"]):
             raise BundleError(f"{where}: count {e['count']!r:.40} outside [0, numel={e['numel']}]")
         if enc == CHANNELS and not _is_int(e["count"], 1, min(e["numel"], MAX_SECTIONS)):
-            raise BundleError(f"{where}: count {e['count']!r:.40} (tensors) outside [1, {min(e['numel'], MAX_SECTIONS)}]")
+            raise BundleError(f"{where}: count {e['count']!r:.40} (tensors) outside "
+                              f"[1, {min(e['numel'], MAX_SECTIONS)}]")
         if (enc == CHANNELS) != (name == CHANNELS):
             raise BundleError(f"{where}: encoding {CHANNELS!r} goes with the section named {CHANNELS!r} only")
     low, high = _raw_range(e)

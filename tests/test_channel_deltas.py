@@ -169,8 +169,8 @@ def test_cli_refuses_a_hostile_channel_bundle_and_writes_nothing(base: DeviceMod
     raw = _raw(data)
     (tmp_path / "bad.otab").write_bytes(_with_raw(data, raw[:-1] + b"\x80"))
     save_model(base, tmp_path / "base.otam")
-    result = CliRunner().invoke(cli, ["diff", "apply", str(tmp_path / "bad.otab"), "--base", str(tmp_path / "base.otam"),
-                                      "--out", str(tmp_path / "new.otam")])
+    result = CliRunner().invoke(cli, ["diff", "apply", str(tmp_path / "bad.otab"),
+                                      "--base", str(tmp_path / "base.otam"), "--out", str(tmp_path / "new.otam")])
     assert result.exit_code not in (0, 1) and "BundleError" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "new.otam").exists()
@@ -217,3 +217,22 @@ def test_sparse_entries_and_channels_train_together_within_budget(manifest: Path
     data = encode_diff_bundle(diff, base)
     assert len(data) <= 1500
     assert apply_bundle(decode_bundle(data), base).content_hash() == diff.target_hash
+
+
+def test_a_channel_diff_over_budget_drops_its_smallest_codes(base: DeviceModel) -> None:
+    from diffing.diffs.channel import trimmed_to_budget
+    from diffing.diffs.int8_domain import finish_diff
+
+    rng = np.random.default_rng(3)
+    codes = {n: (-9 if kind == "bias" else -8, np.clip(rng.normal(0, 20, c), -127, 127).round())
+             for n, kind, c in channel_tensors(base)}
+    diff = finish_diff(base, "channel", {}, 2, channels=ChannelDeltas.pack(base, codes))
+    size = len(encode_diff_bundle(diff, base))
+    trimmed = trimmed_to_budget(base, diff, size - 150)
+    assert len(encode_diff_bundle(trimmed, base)) <= size - 150
+    kept = trimmed.channels.codes != 0
+    assert 0 < kept.sum() < np.count_nonzero(diff.channels.codes)
+    # what is left are the largest codes, unchanged
+    assert np.abs(trimmed.channels.codes[kept]).min() >= np.abs(diff.channels.codes[~kept]).max()
+    assert np.array_equal(trimmed.channels.codes[kept], diff.channels.codes[kept])
+    assert apply_diff(base, trimmed).content_hash() == trimmed.target_hash

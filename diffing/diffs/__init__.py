@@ -9,5 +9,5 @@ from diffing.diffs.hashed import HashedDiffConfig
 from diffing.diffs.sparse_mask import HybridDiffConfig, SparseMaskDiffConfig
 from diffing.diffs import baselines as _baselines  # noqa: F401,E402 (registers full, lora)
 
-__all__ = ["DIFF_METHODS", "ChannelDiffConfig", "DiffConfig", "HashedDiffConfig", "config_for", "HybridDiffConfig", "SparseMaskDiffConfig", "learn_diff",
-           "register"]
+__all__ = ["DIFF_METHODS", "ChannelDiffConfig", "DiffConfig", "HashedDiffConfig", "HybridDiffConfig",
+           "SparseMaskDiffConfig", "config_for", "learn_diff", "register"]

@@ -53,7 +53,8 @@ class ChannelLayout:
         for name, kind in self.kinds.items():
             if kind == "bias":
                 module_path, attr = RNNT.module_path(name).rsplit(".", 1)
-                parametrize.register_parametrization(twin.model.get_submodule(module_path), attr, _BiasOffset(self, name))
+                module = twin.model.get_submodule(module_path)
+                parametrize.register_parametrization(module, attr, _BiasOffset(self, name))
 
     def parameters(self) -> list[torch.Tensor]:
         return list(self.values.values())
@@ -66,7 +67,8 @@ class ChannelLayout:
     def reserve_bytes(self, deployed: DeviceModel) -> int:
         """Bytes the channels section adds to a bundle, for codes of the typical spread."""
         rng = np.random.default_rng(0)
-        codes = {n: (self.exps[n], np.clip(np.round(rng.normal(0, CODE_STD, c)), -QMAX, QMAX)) for n, _, c in self.tensors}
+        codes = {n: (self.exps[n], np.clip(np.round(rng.normal(0, CODE_STD, c)), -QMAX, QMAX))
+                 for n, _, c in self.tensors}
         h = deployed.content_hash()
 
         def size(channels: ChannelDeltas | None) -> int:
@@ -95,21 +97,19 @@ def channel_layout(deployed: DeviceModel, cfg: DiffConfig) -> ChannelLayout | No
 def trimmed_to_budget(deployed: DeviceModel, diff: Diff, budget: int) -> Diff:
     """Drop the smallest channel codes until the bundle fits `budget` bytes (DiffError if the rest alone
     does not fit)."""
-    channels = diff.channels
-    while channels is not None and (size := serialized_bytes(diff, deployed)) > budget:
-        nonzero = np.flatnonzero(channels.codes)
+    sizes = [c for _, _, c in channel_tensors(deployed)]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    while diff.channels is not None and (size := serialized_bytes(diff, deployed)) > budget:
+        codes = diff.channels.codes.copy()
+        nonzero = np.flatnonzero(codes)
         if nonzero.size == 0:
             raise DiffError(f"the diff without channel codes still takes {size} bytes, over the {budget}-byte budget")
-        codes = channels.codes.copy()
-        drop = nonzero[np.argsort(np.abs(codes[nonzero]), kind="stable")[:max(1, int(nonzero.size * (1 - budget / size)) + 1)]]
-        codes[drop] = 0
-        per_tensor = {}
-        start = 0
-        for (name, _, count), exp in zip(channel_tensors(deployed), channels.step_exps.tolist()):
-            per_tensor[name] = (exp, codes[start:start + count])
-            start += count
-        channels = ChannelDeltas.pack(deployed, per_tensor)
-        diff = finish_diff(deployed, diff.method, diff.deltas, diff.target_version, diff.seed, diff.metadata, channels)
+        drop = int(nonzero.size * (1 - budget / size)) + 1  # about the share of bytes over budget
+        codes[nonzero[np.argsort(np.abs(codes[nonzero]), kind="stable")[:drop]]] = 0
+        # a tensor left without codes gets step exponent 0 (the canonical form)
+        exps = np.where(np.add.reduceat(np.abs(codes.astype(np.int16)), starts) > 0, diff.channels.step_exps, 0)
+        diff = finish_diff(deployed, diff.method, diff.deltas, diff.target_version, diff.seed, diff.metadata,
+                           ChannelDeltas(exps, codes))
     return diff
 
 

@@ -110,8 +110,8 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
                       log: Callable[[str], None]) -> Diff:
     assert isinstance(cfg.budget, int), "learn_diff resolves the budget to bytes"
     channels = channel_layout(deployed, cfg)
-    # first: an unreachable budget fails before any work
-    hashed, sparse_budget = _hashed_part(deployed, cfg, cfg.budget - (channels.reserve_bytes(deployed) if channels else 0))
+    reserve = channels.reserve_bytes(deployed) if channels is not None else 0
+    hashed, sparse_budget = _hashed_part(deployed, cfg, cfg.budget - reserve)  # first: fails before any work
     k_final = sparse_entries_for_bytes(deployed, sparse_budget)
     sparse_names = [n for n in deployed.weights if n not in hashed.counts]
     total_entries = sum(deployed.weights[n].q.size for n in sparse_names)
