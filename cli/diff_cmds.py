@@ -43,6 +43,9 @@ def train(method: str, channels: str | None, budget: str | None, max_gap: float,
           out_path: Path) -> None:
     """Learn a diff against the exact int8 model a device runs.
 
+    Under `torchrun --nproc-per-node N -m cli.main diff train ...` the diff is
+    learned on N processes; every rank must reach the same target hash.
+
     \b
     Example:
       ota diff train --method sparse --budget 1% --base models/base-v1.otam \\
@@ -53,31 +56,41 @@ def train(method: str, channels: str | None, budget: str | None, max_gap: float,
     from cli.progress import training_progress
     from device_agent.atomic import write_atomic
     from device_agent.model_format import load_model
-    from diffing.diffs import config_for, learn_diff  # server side only
+    from diffing import distributed
+    from diffing.diffs import config_for  # server side only
+    from diffing.diffs.data_parallel import learn_diff_on_ranks
     from packager.bundle import encode_diff_bundle
 
     auto = budget is not None and budget.strip().lower() == "auto"
     config = config_for(method, budget=None if auto else budget, epochs=epochs, seed=seed, lr=lr, threads=threads,
                         channels=channels)
     base = load_model(base_path)
+    world = distributed.init()  # under torchrun: one rank of a data-parallel job; rank 0 writes
     rungs = []
-    with training_progress() as progress:
-        if auto:
-            from diffing.diffs.auto_budget import learn_auto_budget
+    try:
+        with training_progress() as progress:
+            log = progress.log if world.is_writer else (lambda _: None)
+            if auto:
+                from diffing.diffs.auto_budget import learn_auto_budget
 
-            result, rungs = learn_auto_budget(base, str(data), config, max_gap=max_gap,
-                                              ladder=tuple(b for b in ladder.split(",") if b.strip()),
-                                              replay_manifest=replay and str(replay), log=progress.log)
-        else:
-            result = learn_diff(base, str(data), config, replay_manifest=replay and str(replay), progress=True,
-                                log=progress.log)
+                result, rungs = learn_auto_budget(base, str(data), config, max_gap=max_gap,
+                                                  ladder=tuple(b for b in ladder.split(",") if b.strip()),
+                                                  replay_manifest=replay and str(replay), log=log)
+                rank_hashes = distributed.agree("diffs (target hashes)", result.target_hash)
+            else:
+                result, rank_hashes = learn_diff_on_ranks(base, str(data), config, progress=True, log=log,
+                                                          replay_manifest=replay and str(replay))
+    finally:
+        distributed.shutdown()
+    if not world.is_writer:
+        return
     for rung in rungs:
         mark = "  <- shipped" if rung.diff is result else ""
         click.echo(f"budget {rung.budget:>6}  {rung.bytes:>9,} bytes  dev WER {100 * rung.dev_wer:5.1f}%{mark}")
     data_bytes = encode_diff_bundle(result, base)
     write_atomic(out_path, data_bytes)
     record = {"out": str(out_path), "bytes": len(data_bytes), "entries": result.nonzero_entries(),
-              "base_hash": result.base_hash, "target_hash": result.target_hash}
+              "base_hash": result.base_hash, "target_hash": result.target_hash, "rank_target_hashes": rank_hashes}
     if rungs:
         record["ladder"] = [{"budget": r.budget, "bytes": r.bytes, "dev_wer": round(r.dev_wer, 4)} for r in rungs]
     click.echo(json.dumps(record))

@@ -40,6 +40,7 @@ ERROR_CODES: dict[type[e.OtaError], int] = {
     e.StoreConflictError: 24,
     e.DiskFullError: 25,
     e.AgentBusyError: 26,
+    e.DistributedTrainingError: 27,
 }
 
 MEANINGS: dict[int, str] = {
@@ -62,6 +63,7 @@ MEANINGS: dict[int, str] = {
     24: "another publisher changed the store first; re-run",
     25: "disk full",
     26: "another agent holds the data directory",
+    27: "a data-parallel training job lost a rank (or ranks disagreed); rerun to resume",
     FILE_NOT_FOUND: "file or folder not found",
     IS_A_DIRECTORY: "a directory where a file is expected (or a file where a folder is)",
     PERMISSION_DENIED: "permission denied (unreadable input, unwritable output)",

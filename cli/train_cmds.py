@@ -28,26 +28,51 @@ from cli.params import INPUT_FILE, OUTPUT_FILE, OUTPUT_FOLDER
 @click.option("--init-from", type=INPUT_FILE,
               help="Fine-tune from this checkpoint (weights, masks, normalisation); QAT on from the start.")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
-              help="torch threads (default: the cores not busy with other work).")
-def train(train_manifest: Path, dev_manifest: Path | None, out_dir: Path, epochs: int, sparsity: float, lr: float,
-          model_id: str, vtlp: float, speed: float, seed: int, init_from: Path | None, threads: int | None) -> None:
+              help="torch threads per process (default: the cores not busy with other work, shared by the "
+              "processes torchrun starts on this machine).")
+@click.option("--config", "config_path", type=INPUT_FILE,
+              help="Training settings as JSON (TrainConfig fields, e.g. a smaller model); options given on the "
+              "command line take precedence.")
+@click.pass_context
+def train(ctx: click.Context, train_manifest: Path, dev_manifest: Path | None, out_dir: Path, epochs: int,
+          sparsity: float, lr: float, model_id: str, vtlp: float, speed: float, seed: int, init_from: Path | None,
+          threads: int | None, config_path: Path | None) -> None:
     """Train a streaming RNN-T with pruning and QAT, then export an int8 model.
 
-    Rerunning the same command resumes from OUT/last.pt.
+    Rerunning the same command resumes from OUT/last.pt. Under
+    `torchrun --nproc-per-node N -m cli.main train ...` the same command
+    trains on N processes (README: Scaling out).
 
     \b
     Example:
       ota train --train work/corpus/base/train.jsonl --dev work/corpus/base/test.jsonl --out work/runs/base
     """
     from cli.progress import training_progress
+    from device_agent.errors import DistributedTrainingError
+    from diffing import distributed
     from diffing.train import TrainConfig, train as run  # training code only on the server side
 
+    settings = dict(epochs=epochs, target_sparsity=sparsity, lr=lr, model_id=model_id, vtlp=vtlp, speed=speed,
+                    seed=seed, threads=threads or 0)
+    if config_path:
+        field_of = {"sparsity": "target_sparsity"}  # option names that differ from TrainConfig fields
+        explicit = {field_of.get(name, name) for name in ctx.params
+                    if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+        settings = {**TrainConfig.settings_from_file(str(config_path)),
+                    **{k: v for k, v in settings.items() if k in explicit}}
     cfg = TrainConfig.for_stage(str(train_manifest), dev_manifest and str(dev_manifest), str(out_dir),
-                                init_from=init_from and str(init_from), epochs=epochs, target_sparsity=sparsity, lr=lr,
-                                model_id=model_id, vtlp=vtlp, speed=speed, seed=seed, threads=threads or 0)
-    with training_progress() as progress:
-        path = run(cfg, log=progress.log)
-    click.echo(f"exported {path}")
+                                init_from=init_from and str(init_from), **settings)
+    world = distributed.init()  # under torchrun: one rank of a data-parallel job; rank 0 writes
+    try:
+        with training_progress() as progress:
+            path = run(cfg, log=progress.log)
+    except DistributedTrainingError as exc:
+        raise DistributedTrainingError(f"{exc}; {out_dir / 'last.pt'} holds the last complete epoch: "
+                                       "rerun the same command to resume") from exc
+    finally:
+        distributed.shutdown()
+    if world.is_writer:
+        click.echo(f"exported {path}")
 
 
 @click.command()

@@ -117,3 +117,10 @@ class AgentBusyError(TransportError):
     """Another agent process holds the data directory's lock."""
 
     exit_code = 26
+
+
+# --- server-side training ---------------------------------------------------
+class DistributedTrainingError(TransportError):
+    """A data-parallel job cannot go on: a rank stopped, or ranks reached different results."""
+
+    exit_code = 27

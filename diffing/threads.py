@@ -42,7 +42,8 @@ def set_threads(threads: int = AUTO) -> int:
     """Set torch's intra-op threads (AUTO: the free cores); returns the number used."""
     import torch
 
-    n = free_cores() if threads == AUTO else threads
+    # the processes torchrun starts on this machine share its free cores
+    n = max(1, free_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if threads == AUTO else threads
     torch.set_num_threads(n)
     return n
 

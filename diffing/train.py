@@ -6,6 +6,10 @@ quantization-aware training, ending in an exported int8 device model.
 Checkpoints (`last.pt`) carry the model config, the training config and the
 identity of the data they were trained on; rerunning the same command
 resumes from them.
+
+Under `torchrun --nproc-per-node N` the same command trains data-parallel
+(diffing/distributed.py): DistributedDataParallel, each global batch dealt
+out by utterance, rank 0 the only writer.
 """
 from __future__ import annotations
 
@@ -25,8 +29,9 @@ from device_agent.errors import ConfigError
 from device_agent.model_config import ModelConfig
 from device_agent.model_format import save_model
 from device_agent.tokenizer import CharTokenizer
+from diffing import distributed
 from diffing.compression import CompressionState, cubic_schedule
-from diffing.data import batch_groups, batches, feature_stats, load_examples, spec_augment, speed_perturb, vtlp
+from diffing.data import feature_stats, load_examples, spec_augment, speed_perturb, vtlp
 from diffing.export import export_model
 from diffing.model import RNNT
 from diffing.rnnt_loss import rnnt_loss
@@ -96,6 +101,20 @@ class TrainConfig:
             if init_from else {}
         return cls(train_manifest, dev_manifest, out_dir, **stage, **settings)
 
+    @classmethod
+    def settings_from_file(cls, path: str) -> dict:
+        """Settings from a JSON file of TrainConfig fields (the data and run folder come from elsewhere)."""
+        try:
+            obj = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: expected a JSON object of training settings ({exc})") from exc
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{path}: expected a JSON object of training settings, got {type(obj).__name__}")
+        known = {f.name for f in fields(cls)} - {"train_manifest", "dev_manifest", "out_dir", "init_from"}
+        if set(obj) - known:
+            raise ConfigError(f"{path}: unknown training settings {sorted(set(obj) - known)}; allowed: {sorted(known)}")
+        return obj
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["model"] = self.model.to_json()
@@ -150,8 +169,34 @@ def dev_wer(model: RNNT, examples: list, tokenizer: CharTokenizer) -> float:
     return errors / max(words, 1)
 
 
+class TrainLoss(torch.nn.Module):
+    """One batch's loss (RNN-T plus auxiliary CTC) as a module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: RNNT, ctc_head: torch.nn.Linear, ctc_weight: float) -> None:
+        super().__init__()
+        self.model, self.ctc_head, self.ctc_weight = model, ctc_head, ctc_weight
+
+    def forward(self, feats: torch.Tensor, targets: torch.Tensor, feat_lens: torch.Tensor,
+                target_lens: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        enc, _ = model.encoder(feats, None, model.weight_transform)  # (B, T, H)
+        start = targets.new_zeros(targets.shape[0], 1)
+        pred, _ = model.predict(torch.cat([start, targets], dim=1))  # (B, U+1, P)
+        logits = model.joint_logits(enc[:, :, None, :], pred[:, None, :, :])  # (B, T, U+1, V)
+        loss = rnnt_loss(logits, targets, feat_lens, target_lens)
+        if self.ctc_weight > 0:
+            ctc_log_probs = self.ctc_head(enc).log_softmax(-1).transpose(0, 1)  # (T, B, V)
+            ctc = F.ctc_loss(ctc_log_probs, targets, feat_lens, target_lens,
+                             blank=0, reduction="sum", zero_infinity=True) / len(targets)
+            loss = loss + self.ctc_weight * ctc
+        return loss
+
+
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> Path:
     """Train (or resume) and export; returns the path of the device model."""
+    world = distributed.init()
+    if not world.is_writer:  # one writer: logs, checkpoints and the export come from rank 0
+        log, progress = (lambda _: None), False
     set_threads(cfg.threads)
     torch.set_flush_denormal(True)  # Adam state of pruned weights decays into denormals, which are slow
     out = Path(cfg.out_dir)
@@ -162,10 +207,17 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
     identity = {"train": data_identity(cfg.train_manifest),
                 "dev": data_identity(cfg.dev_manifest) if cfg.dev_manifest else None}
 
-    # 1) data: cached log-mel features, normalisation statistics from training data
+    distributed.require_same("training settings or data", {**_recipe(cfg.to_json()), "data": identity})
+
+    # 1) data: cached log-mel features (rank 0 fills the cache first), normalisation statistics from training data
     feats_cfg = cfg.model.features
+    if not world.is_writer:
+        distributed.barrier("feature extraction")
     train_set = load_examples(cfg.train_manifest, tokenizer, feats_cfg, out / "cache", progress)
-    dev_set = load_examples(cfg.dev_manifest, tokenizer, feats_cfg, out / "cache", progress) if cfg.dev_manifest else []
+    dev_set = load_examples(cfg.dev_manifest, tokenizer, feats_cfg, out / "cache", progress) \
+        if cfg.dev_manifest and world.is_writer else []
+    if world.is_writer:
+        distributed.barrier("feature extraction")
     dev_set = dev_set[:: max(1, len(dev_set) // cfg.dev_utterances)][: cfg.dev_utterances]
 
     # 2) model, optimiser, compression state; resume if a checkpoint exists
@@ -183,12 +235,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay + [ctc_head.weight], "weight_decay": cfg.weight_decay},
                                    {"params": no_decay + [ctc_head.bias], "weight_decay": 0.0}], lr=cfg.lr)
-    n_batches = len(batch_groups(train_set, cfg.max_frames, feats_cfg.stack))
+    n_batches = len(distributed.global_groups(train_set, cfg.max_frames, feats_cfg.stack))
     total_steps = n_batches * cfg.epochs
     step, epoch, history = 0, 0, []
     ckpt_path = out / "last.pt"
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt = distributed.from_writer(lambda: torch.load(ckpt_path, weights_only=False) if ckpt_path.exists() else None)
+    if ckpt is not None:
         if ckpt["data_identity"] != identity or _recipe(ckpt["train_config"]) != _recipe(cfg.to_json()):
             raise ConfigError(f"{ckpt_path} was trained with different data or settings; "
                               "use a new --out directory or delete the checkpoint")
@@ -209,14 +261,17 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
 
     # 3) epochs: prune on the cubic schedule, fake-quantize late, checkpoint every epoch
     rng = random.Random(cfg.seed + epoch)
+    augment_rng = distributed.augmentation_rng(rng)  # rng itself in one process; rng orders the batches
+    step_loss = distributed.wrap(TrainLoss(model, ctc_head, cfg.ctc_weight))
     model.train()
     report = step_reporter()
     report.start("train", total_steps, step)
     while epoch < cfg.epochs:
         report.epoch(epoch + 1, cfg.epochs)
         started, total_loss, n = time.time(), 0.0, 0
-        perturb = (lambda f: speed_perturb(f, feats_cfg, rng.uniform(1 - cfg.speed, 1 + cfg.speed))) if cfg.speed else None
-        for batch in batches(train_set, cfg.max_frames, feats_cfg.stack, rng, perturb):
+        perturb = (lambda f: speed_perturb(f, feats_cfg, augment_rng.uniform(1 - cfg.speed, 1 + cfg.speed))) \
+            if cfg.speed else None
+        for batch, weight in distributed.local_batches(train_set, cfg.max_frames, feats_cfg.stack, rng, perturb):
             progress_frac = step / total_steps
             target = cubic_schedule((progress_frac - cfg.prune_start) / max(1e-9, cfg.prune_end - cfg.prune_start),
                                     cfg.target_sparsity) if progress_frac >= cfg.prune_start else 0.0
@@ -227,27 +282,20 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, cfg)
 
-            feats = model.normalize(vtlp(batch.feats, feats_cfg, rng, cfg.vtlp))
+            feats = model.normalize(vtlp(batch.feats, feats_cfg, augment_rng, cfg.vtlp))
             if cfg.spec_augment:
-                feats = torch.stack([spec_augment(f, feats_cfg.n_mels, rng) for f in feats])
-            enc, _ = model.encoder(feats, None, model.weight_transform)  # (B, T, H)
-            start = batch.targets.new_zeros(batch.targets.shape[0], 1)
-            pred, _ = model.predict(torch.cat([start, batch.targets], dim=1))  # (B, U+1, P)
-            logits = model.joint_logits(enc[:, :, None, :], pred[:, None, :, :])  # (B, T, U+1, V)
-            loss = rnnt_loss(logits, batch.targets, batch.feat_lens, batch.target_lens)
-            if cfg.ctc_weight > 0:
-                ctc_log_probs = ctc_head(enc).log_softmax(-1).transpose(0, 1)  # (T, B, V)
-                ctc = F.ctc_loss(ctc_log_probs, batch.targets, batch.feat_lens, batch.target_lens,
-                                 blank=0, reduction="sum", zero_infinity=True) / len(batch.texts)
-                loss = loss + cfg.ctc_weight * ctc
+                feats = torch.stack([spec_augment(f, feats_cfg.n_mels, augment_rng) for f in feats])
+            # weight: this rank's share of the global batch, so averaged gradients are the global mean's
+            loss = distributed.collective("a training step", lambda: step_loss(
+                feats, batch.targets, batch.feat_lens, batch.target_lens))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            distributed.collective("a gradient all-reduce", (loss * weight).backward)
             torch.nn.utils.clip_grad_norm_([*model.parameters(), *ctc_head.parameters()], cfg.grad_clip)
             optimizer.step()
             with torch.no_grad():  # keep pruned weights exactly zero after the update
                 for name, w in weights.items():
                     w.mul_(compression.masks[name])
-            total_loss += loss.item()
+            total_loss += loss.item() * weight  # summed over ranks: the global batch's mean loss
             n += 1
             step += 1
             report.advance(loss.item())
@@ -255,7 +303,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
                 log(json.dumps({"step": step, "loss": round(total_loss / n, 3), "lr": round(lr_at(step, total_steps, cfg), 6),
                                 "sparsity": round(compression.sparsity(), 3), "qat": compression.quantize}))
         epoch += 1
+        total_loss = distributed.mean_over_ranks(total_loss)
         wer = dev_wer(model, dev_set, tokenizer) if dev_set else float("nan")
+        if not world.is_writer:
+            distributed.barrier(f"epoch {epoch}'s checkpoint")  # wait until rank 0 has written it
+            continue
         record = {"epoch": epoch, "step": step, "loss": round(total_loss / max(n, 1), 4), "dev_wer": round(wer, 4),
                   "sparsity": round(compression.sparsity(), 4), "qat": compression.quantize,
                   "seconds": round(time.time() - started, 1)}
@@ -266,9 +318,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
                                     "history": history, "train_config": cfg.to_json(),
                                     "model_config": cfg.model.to_json(), "tokenizer": tokenizer.to_json(),
                                     "data_identity": identity})
+        distributed.barrier(f"epoch {epoch}'s checkpoint")
     report.finish()
 
-    # 4) export: masked weights -> per-channel int8 device model
+    # 4) export (rank 0): masked weights -> per-channel int8 device model
+    if not world.is_writer:
+        return out / "model.otam"
     device = export_checkpoint(ckpt_path, out / "model.otam")
     (out / "summary.json").write_text(json.dumps({"train_config": cfg.to_json(), "data_identity": identity,
                                                   "history": history, "content_hash": device,

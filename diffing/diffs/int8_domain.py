@@ -17,7 +17,8 @@ import torch
 from device_agent.device_model import QMAX, DeviceModel
 from device_agent.diff import ChannelDeltas, Diff, SparseDelta, apply_diff
 from device_agent.tokenizer import CharTokenizer
-from diffing.data import Batch, Example, batch_groups, batches, load_examples, spec_augment
+from diffing import distributed
+from diffing.data import Batch, Example, batches, load_examples, spec_augment
 from diffing.progress import step_reporter
 from diffing.threads import set_threads
 from diffing.diffs.api import DiffConfig
@@ -72,11 +73,14 @@ def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay
     set_threads(cfg.threads)
     model, k = twin.model, twin.model.cfg.features.stack
     rng = random.Random(cfg.seed)
+    augment_rng = distributed.augmentation_rng(rng)  # rng itself in one process; rng orders the batches
     n_replay = min(len(replay), int(round(cfg.replay_ratio * len(adapt))))
     optimizer = optimizer or torch.optim.Adam(params, lr=lr)
     # 1) the number of steps is fixed up front so schedules can use it
     # (replay is sampled afresh each epoch, so its count is that of a typical sample)
-    per_epoch = len(batch_groups(adapt, max_frames, k)) + len(batch_groups(replay[:n_replay], max_frames, k))
+    # (under torchrun each step is one global batch, dealt out to the ranks by utterance)
+    per_epoch = len(distributed.global_groups(adapt, max_frames, k)) + \
+        len(distributed.global_groups(replay[:n_replay], max_frames, k))
     total, step = per_epoch * epochs, 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)) if schedule == "cosine" else 1.0)
@@ -85,26 +89,28 @@ def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay
     for epoch in range(epochs):
         report.epoch(epoch + 1, epochs)
         # 2) each step is one adaptation batch or one replay batch, in random order
-        steps = [(b, False) for b in batches(adapt, max_frames, k, rng)]
-        steps += [(b, True) for b in batches(rng.sample(replay, n_replay), max_frames, k, rng)]
+        steps = [(b, w, False) for b, w in distributed.local_batches(adapt, max_frames, k, rng)]
+        steps += [(b, w, True) for b, w in distributed.local_batches(rng.sample(replay, n_replay), max_frames, k, rng)]
         rng.shuffle(steps)
         loss_sum, n = 0.0, 0
-        for batch, is_replay in steps:
-            feats = torch.stack([spec_augment(f, model.cfg.features.n_mels, rng) for f in model.normalize(batch.feats)])
+        for batch, weight, is_replay in steps:
+            feats = torch.stack([spec_augment(f, model.cfg.features.n_mels, augment_rng)
+                                 for f in model.normalize(batch.feats)])
             logits = _lattice_logits(model, feats, batch.targets)
             loss = rnnt_loss(logits, batch.targets, batch.feat_lens, batch.target_lens)
             if is_replay and distill > 0:
                 loss = loss + distill * _kl_from_deployed(model, feats, batch, logits)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()  # weight: this rank's share of the global batch
+            distributed.average_gradients(params)  # every rank takes the same step
             optimizer.step()
             scheduler.step()
             step += 1
             if after_step is not None:
                 after_step(step, total)
-            loss_sum, n = loss_sum + loss.item(), n + 1
+            loss_sum, n = loss_sum + loss.item() * weight, n + 1
             report.advance(loss.item())
-        log(f"epoch {epoch + 1}/{epochs}: loss {loss_sum / max(n, 1):.3f}")
+        log(f"epoch {epoch + 1}/{epochs}: loss {distributed.mean_over_ranks(loss_sum) / max(n, 1):.3f}")
     report.finish()
 
 
