@@ -1,4 +1,4 @@
-"""The device agent: `ota agent run|check-once|status|rollback` and `ota fleet status`."""
+"""The device agent: `ota agent run|check-once|status|rollback`."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,6 @@ import sys
 import click
 
 from cli.params import INPUT_FILE
-from cli.tables import print_table
 
 CONFIG_HELP = "Agent TOML file; OTA_AGENT_<KEY> environment variables override its keys."
 
@@ -89,38 +88,3 @@ def rollback(config_path: str) -> None:
     """
     _echo_json(_agent(config_path).rollback())
 
-
-@click.group()
-def fleet() -> None:
-    """What the fleet reported: outcomes and WER per model, channel and version.
-
-    \b
-    Example:
-      ota fleet status --store s3://updates/repo?endpoint=http://127.0.0.1:8333
-    """
-
-
-@fleet.command("status")
-@click.option("--store", "store_url", required=True, envvar="OTA_STORE",
-              help="file:///dir or s3://bucket/prefix?endpoint=URL holding reports/ (AWS_* for credentials).")
-@click.option("--model-id", default=None, help="Only this model.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
-def fleet_status_cmd(store_url: str, model_id: str | None, as_json: bool) -> None:
-    """Summarise device reports: committed / refused / failed / rolled back, median WER.
-
-    \b
-    Example:
-      ota fleet status --store file:///srv/ota/store --model-id digits --json
-    """
-    from device_agent.agent import fleet_status
-    from packager.store import open_store
-
-    rows = fleet_status(open_store(store_url), model_id)
-    if as_json:
-        _echo_json(rows)
-        return
-    rows = [(r["model_id"], r["channel"], str(r["version"]), *(str(r[k]) for k in (
-        "attempts", "committed", "refused", "failed", "rolled_back", "devices")),
-        "-" if r["median_wer_after"] is None else f"{r['median_wer_after']:.4f}") for r in rows]
-    print_table(("model", "channel", "ver", "tries", "commit", "refuse", "fail", "rolled back", "devices",
-                 "median WER"), rows, wrap=(0, 1))

@@ -9,7 +9,8 @@ import json
 
 import click
 
-from cli.repo_cmds import keys_option, repo, store_option
+from cli.repo_cmds import keys_option, repo, rollout, store_option
+from cli.tables import print_table
 
 
 @repo.command()
@@ -82,3 +83,60 @@ def rotate_keys_cmd(store_url: str, keys_dir: str, role: str, num_keys: int, thr
 def _echo_json(doc: object) -> None:
     click.echo(json.dumps(doc, indent=1, sort_keys=True, default=str))
 
+
+@click.group()
+def fleet() -> None:
+    """What the devices report: versions, failing checks, outcomes and WER per release.
+
+    \b
+    Example:
+      ota fleet status --store s3://updates/repo?endpoint=http://127.0.0.1:8333
+    """
+
+
+@fleet.command("status")
+@click.option("--store", "store_url", required=True, envvar="OTA_STORE",
+              help="file:///dir or s3://bucket/prefix?endpoint=URL holding heartbeats/ and reports/.")
+@click.option("--model-id", default=None, help="Only this model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of tables.")
+def fleet_status_cmd(store_url: str, model_id: str | None, as_json: bool) -> None:
+    """Versions per channel, devices failing to check and why, and per release: committed,
+    refused, failed and rolled-back counts with WER before/after distributions.
+
+    Malformed or oversized records are skipped and counted (a warning on stderr).
+
+    \b
+    Example:
+      ota fleet status --store file:///srv/ota/store --model-id speech-commands
+    """
+    from packager.fleet_status import fleet_summary
+    from packager.store import open_store
+
+    summary = fleet_summary(open_store(store_url), model_id)
+    if summary["ignored"]:
+        ignored = ", ".join(f"{n} {kind}{'s' if n > 1 else ''}" for kind, n in summary["ignored"].items())
+        click.echo(f"warning: ignored {ignored}", err=True)
+    if as_json:
+        _echo_json(summary)
+        return
+    print_table(("channel", "devices per version"),
+                [(ch, ", ".join(f"v{v}: {n}" for v, n in counts.items())) for ch, counts in summary["versions"].items()],
+                wrap=(1,), title=f"{summary['devices']} devices")
+    failing = summary["failing"]
+    if failing["devices"]:
+        print_table(("reason", "devices"), [(r, str(n)) for r, n in failing["by_reason"].items()],
+                    title=f"{failing['devices']} devices failing to check")
+    print_table(("model/channel", "ver", "tries", "commit", "refuse", "fail", "rolled back", "WER before",
+                 "WER after", "change p10/med/p90"),
+                [(f"{r['model_id']}/{r['channel']}", r["version"], *(str(r[k]) for k in (
+                    "attempts", "committed", "refused", "failed", "rolled_back")),
+                  _median(r["wer_before"]), _median(r["wer_after"]), _spread(r["wer_change"]))
+                 for r in summary["releases"]], wrap=(0,), title="releases")
+
+
+def _median(dist: dict | None) -> str:
+    return "-" if dist is None else f"{dist['median']:.3f}"
+
+
+def _spread(dist: dict | None) -> str:
+    return "-" if dist is None else f"{dist['p10']:+.3f}/{dist['median']:+.3f}/{dist['p90']:+.3f}"

@@ -29,10 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "repo": ("cli.fleet_cmds", "repo"),  # repo_cmds.repo plus refresh and rotate-keys
     "bundle": ("cli.repo_cmds", "bundle"),
     "publish": ("cli.repo_cmds", "publish"),
-    "rollout": ("cli.repo_cmds", "rollout"),
+    "rollout": ("cli.fleet_cmds", "rollout"),  # repo_cmds.rollout plus plan, watch, show
     "releases": ("cli.repo_cmds", "releases"),
     "agent": ("cli.agent_cmds", "agent"),
-    "fleet": ("cli.agent_cmds", "fleet"),
+    "fleet": ("cli.fleet_cmds", "fleet"),
     "demo": ("cli.demo_cmds", "demo"),
 }
 

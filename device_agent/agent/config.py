@@ -48,6 +48,7 @@ class AgentConfig:
     retry_backoff: float = 1.0  # seconds, doubled per retry
     retry_backoff_max: float = 30.0
     max_hops: int = 8  # bundles applied in one check (a plan may chain full + diffs)
+    heartbeat_interval: float = 3600.0  # seconds between unchanged heartbeats (a change is sent at once)
 
     def __post_init__(self) -> None:
         for key in ("store_url", "model_id", "device_id", "channel"):
@@ -78,6 +79,7 @@ class AgentConfig:
         _number(self, "retry_backoff", 0.0, 3600.0)
         _number(self, "retry_backoff_max", 0.0, 86400.0)
         _integer(self, "max_hops", 1, 100)
+        _number(self, "heartbeat_interval", 0.0, 86400.0 * 7)
 
     @property
     def reports_url(self) -> str:

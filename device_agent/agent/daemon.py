@@ -20,6 +20,7 @@ import random
 import threading
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +28,7 @@ from device_agent.errors import (AgentBusyError, BundleError, ConfigError, Conte
                                  DecodeBoundError, DiskFullError, LifecycleError, OtaError, TrustError)
 from device_agent.agent.config import AgentConfig
 from device_agent.agent.download import RangeDownloader, RetryPolicy, Stopped
+from device_agent.agent.heartbeat import Heartbeat, HeartbeatSender, failure_reason, heartbeat_key, metadata_expiry
 from device_agent.agent.lifecycle import Event, State, next_state
 from device_agent.agent.log import JsonLog
 from device_agent.agent.policy import GateConfig, choose_update, gate_decision, parse_expected_wer
@@ -51,7 +53,8 @@ class Agent:
     """One device's update agent over `config.data_dir` (exclusive: see `lock`)."""
 
     def __init__(self, config: AgentConfig, *, store=None, report_store=None, log: Callable[..., None] | None = None,
-                 observer: Observer | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 observer: Observer | None = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.cfg = config
         self.data = Path(config.data_dir)
         self._store = store
@@ -63,6 +66,8 @@ class Agent:
         self.validator = Validator(config.validation_manifest, self.data / "wer_cache.json",
                                    should_stop=self._stop.is_set)
         self.outbox = Outbox(self.data / "outbox")
+        self.heartbeats = HeartbeatSender(self.data / "heartbeat.json", config.heartbeat_interval)
+        self.clock = clock  # None: real time; a simulated clock reaches the TUF expiry checks and heartbeats
         self._lock_fd: int | None = None
         self._lock_depth = 0
         self._error: BaseException | None = None  # the exception behind the last FAILED, this process only
@@ -183,6 +188,7 @@ class Agent:
                 installed.append(latest.get("to_version"))
             outcome["installed"] = installed
             self._flush_reports()
+            self._heartbeat(st, outcome)
             if outcome.get("outcome") == "failed" and raise_errors and self._error is not None:
                 raise self._error
             return outcome
@@ -277,7 +283,7 @@ class Agent:
         from packager.trust_client import TrustedUpdater
 
         updater = TrustedUpdater(self.store, self.data / "metadata", self._trusted_root(),
-                                 target_chunk_size=self.cfg.chunk_size)
+                                 target_chunk_size=self.cfg.chunk_size, clock=self.clock)
         updater.refresh()  # all-or-nothing: a hostile or stale store leaves metadata_dir as it was
         channel = fetch_channel(updater, self.cfg.model_id, self.cfg.channel)
         active = read_pointer(self.data).active
@@ -534,6 +540,23 @@ class Agent:
                 "gate_reasons": rec.gate_reasons, "bytes_downloaded": rec.bytes_downloaded,
                 "bytes_refetched": rec.bytes_refetched, "resumed_from": rec.resumed_from, "length": rec.length,
                 "started_at": rec.started_at, "durations": rec.durations}
+
+    def _heartbeat(self, st: AgentState, outcome: dict[str, Any]) -> None:
+        """Leave this check's status record in the store (rate-limited; never fails the check)."""
+        failed = outcome.get("outcome") == "failed"
+        active = read_pointer(self.data).active
+        error = (st.last_error or {}) if failed else {}
+        now = self.clock().timestamp() if self.clock else time.time()
+        beat = Heartbeat(self.cfg.device_id, self.cfg.model_id, self.cfg.channel, now,
+                         active.version if active else None, str(outcome.get("outcome")),
+                         error.get("class"), failure_reason(error.get("class"), self._error if failed else None),
+                         error.get("message"), 0, metadata_expiry(self.data / "metadata"), list(st.refused))
+        self.heartbeats.record(beat, failed)
+        try:
+            self.heartbeats.send(self.report_store, heartbeat_key(self.cfg.model_id, self.cfg.channel,
+                                                                  self.cfg.device_id), beat)
+        except OtaError as exc:
+            self.log("heartbeat_not_sent", level="warning", error=f"{type(exc).__name__}: {exc}")
 
     def _flush_reports(self) -> None:
         try:
