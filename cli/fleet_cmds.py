@@ -140,3 +140,128 @@ def _median(dist: dict | None) -> str:
 
 def _spread(dist: dict | None) -> str:
     return "-" if dist is None else f"{dist['p10']:+.3f}/{dist['median']:+.3f}/{dist['p90']:+.3f}"
+
+
+def _model_channel(fn):  # type: ignore[no-untyped-def]
+    fn = click.option("--channel", default="stable", show_default=True, help="Release channel.")(fn)
+    return click.option("--model-id", default="speech-commands", show_default=True, help="Model id.")(fn)
+
+
+@rollout.command("plan")
+@store_option
+@keys_option
+@_model_channel
+@click.option("--version", required=True, type=int, help="The published version to roll out.")
+@click.option("--previous", "previous_version", type=int,
+              help="Version to go back to on halt (default: the channel's current version).")
+@click.option("--cohorts", default="1,10,50,100", show_default=True, help="Rollout percentages, ending at 100.")
+@click.option("--min-reports", type=int, help="Reports a cohort needs before it advances [20].")
+@click.option("--min-success", type=click.FloatRange(0, 1), help="Committed share needed to advance [0.95].")
+@click.option("--max-wer-change", type=float, help="Median WER change (after - before) allowed to advance [0.01].")
+@click.option("--halt-failed", "halt_failed_share", type=click.FloatRange(0, 1), help="Failed share that halts [0.05].")
+@click.option("--halt-refused", "halt_refused_share", type=click.FloatRange(0, 1),
+              help="Gate-refusal share that halts [0.10].")
+@click.option("--halt-rolled-back", "halt_rolled_back_share", type=click.FloatRange(0, 1),
+              help="Rolled-back share that halts [0.05].")
+@click.option("--halt-wer-regression", type=float, help="Median WER change that halts [0.02].")
+@click.option("--min-halt-reports", type=int, help="Reports needed before any halt [5].")
+@click.option("--revert-bundle", type=click.Path(dir_okay=False, exists=True),
+              help="Bundle from VERSION back to the previous version (ota bundle build --from new --to old): "
+                   "published now, used on halt.")
+def rollout_plan(store_url: str, keys_dir: str, model_id: str, channel: str, version: int,
+                 previous_version: int | None, cohorts: str, revert_bundle: str | None, **limits) -> None:
+    """Start a staged rollout of a published version (opens the first cohort).
+
+    With --revert-bundle, a halt moves the channel back to the previous version
+    and devices that took the release return to it through that small bundle.
+
+    \b
+    Example:
+      ota publish work/v2.otab --rollout 0
+      ota bundle build --from work/v2.otam --to models/base-v1.otam --out work/2-1.otab
+      ota rollout plan --version 2 --revert-bundle work/2-1.otab
+      ota rollout watch --interval 60
+    """
+    from pathlib import Path
+
+    from device_agent.errors import ConfigError
+    from packager.publish import publish_bundle, read_channel
+    from packager.rollout_controller import RolloutController, RolloutPlan
+    from packager.store import open_store
+
+    store = open_store(store_url)
+    try:
+        percents = tuple(float(c) for c in cohorts.split(","))
+    except ValueError:
+        raise ConfigError(f"--cohorts {cohorts!r}: expected comma-separated percentages, e.g. 1,10,50,100") from None
+    if previous_version is None:
+        state = read_channel(store, keys_dir, model_id, channel)
+        if state is not None and state.current_version != str(version):
+            previous_version = int(state.current_version)
+    if revert_bundle:
+        publish_bundle(store, keys_dir, Path(revert_bundle).read_bytes(), channel=channel, make_current=False)
+    plan = RolloutPlan(model_id, channel, str(version), None if previous_version is None else str(previous_version),
+                       percents, revert=revert_bundle is not None,
+                       **{k: v for k, v in limits.items() if v is not None})
+    RolloutController(store, keys_dir, model_id, channel).plan(plan)
+    click.echo(f"{model_id}/{channel}: rolling out version {version} from {percents[0]:g}% "
+               f"(back to {previous_version or 'nothing'} on halt{'' if revert_bundle else ': rollout 0 only'})")
+
+
+@rollout.command("watch")
+@store_option
+@keys_option
+@_model_channel
+@click.option("--interval", default=60.0, show_default=True, type=click.FloatRange(0), help="Seconds between steps.")
+@click.option("--once", is_flag=True, help="Decide once and exit (for cron).")
+def rollout_watch(store_url: str, keys_dir: str, model_id: str, channel: str, interval: float, once: bool) -> None:
+    """Advance, wait or halt the channel's rollout on the devices' reports, until it completes or halts.
+
+    Every decision is stored with its numbers; a restarted watch resumes.
+
+    \b
+    Example:
+      ota rollout watch --channel stable --interval 60
+    """
+    import time
+
+    from packager.rollout_controller import RolloutController
+    from packager.store import open_store
+
+    controller = RolloutController(open_store(store_url), keys_dir, model_id, channel)
+    controller.resume()
+    while True:
+        decision = controller.step()
+        click.echo(f"{decision['action']}: {decision['reason']}")
+        if decision["status"] != "running" or once:
+            break
+        time.sleep(interval)
+
+
+@rollout.command("show")
+@store_option
+@_model_channel
+@click.option("--json", "as_json", is_flag=True, help="Print the stored state as JSON.")
+def rollout_show(store_url: str, model_id: str, channel: str, as_json: bool) -> None:
+    """Print a rollout's plan, status and every decision with its numbers.
+
+    \b
+    Example:
+      ota rollout show --channel stable
+    """
+    from packager.rollout_controller import state_key
+    from packager.store import open_store
+
+    data = open_store(store_url).get(state_key(model_id, channel))
+    doc = json.loads(data)
+    if as_json:
+        _echo_json(doc)
+        return
+    plan = doc["plan"]
+    click.echo(f"version {plan['version']} on {model_id}/{channel}: {doc['status']} at cohort "
+               f"{plan['cohorts'][doc['cohort']]:g}%")
+    for d in doc["decisions"]:
+        n = d.get("numbers") or {}
+        numbers = f" [{n.get('reports')} reports, {n.get('refused')} refused, {n.get('failed')} failed, " \
+                  f"WER change {n.get('median_wer_change')}]" if n else ""
+        click.echo(f"  {d['at']:.0f} {d['action']:<8} {d['cohort_percent']:g}%: {d['reason']}{numbers}")

@@ -76,11 +76,13 @@ def _fetch_all(store, keys: list[str]) -> list[tuple[str, bytes | None]]:
 
 
 class ReportReader:
-    """Reads `reports/<model>/...` incrementally: each key is fetched once."""
+    """Reads `reports/<model>/<channel>/...` incrementally: each key is fetched once."""
 
-    def __init__(self, store, model_id: str | None = None) -> None:
+    def __init__(self, store, model_id: str | None = None, channel: str | None = None) -> None:
         self.store = store
         self.prefix = REPORTS_PREFIX + (f"{model_id}/" if model_id else "")
+        if model_id and channel:
+            self.prefix += f"{channel}/"
         self.reports: dict[str, dict[str, Any]] = {}
         self.skipped: set[str] = set()
         self.warnings = Warnings()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Callable
 
 from device_agent.errors import ConfigError, DiffError, StoreNotFoundError
@@ -83,7 +84,7 @@ class Release:
 
 def publish_bundle(store: Store, keys_dir: str | os.PathLike[str], bundle: bytes, *, channel: str = "stable",
                    expected_wer: float | None = None, make_current: bool = True,
-                   rollout_percent: float | None = None) -> Release:
+                   rollout_percent: float | None = None, now: datetime | None = None) -> Release:
     """Publish a bundle and the channel file that lists it, in one TUF commit.
 
     The channel is read from the same verified snapshot the commit replaces,
@@ -116,12 +117,12 @@ def publish_bundle(store: Store, keys_dir: str | os.PathLike[str], bundle: bytes
         return [(name, bundle, bundle_custom(manifest, expected_wer)),
                 (state.target_name, state.to_json(), _channel_custom(state))]
 
-    published = publish_targets(store, keys_dir, build)
+    published = publish_targets(store, keys_dir, build, now=now)
     return Release(name, channel, published, result["state"])
 
 
 def set_rollout(store: Store, keys_dir: str | os.PathLike[str], model_id: str, channel: str,
-                percent: float, version: int | None = None) -> ChannelState:
+                percent: float, version: int | None = None, *, now: datetime | None = None) -> ChannelState:
     """Change the rollout percentage (and optionally which published version is current)."""
     result: dict[str, ChannelState] = {}
 
@@ -138,5 +139,5 @@ def set_rollout(store: Store, keys_dir: str | os.PathLike[str], model_id: str, c
         result["state"] = state
         return [(state.target_name, state.to_json(), _channel_custom(state))]
 
-    publish_targets(store, keys_dir, build)
+    publish_targets(store, keys_dir, build, now=now)
     return result["state"]

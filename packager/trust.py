@@ -534,14 +534,14 @@ TargetBuilder = Callable[[Callable[[str], "bytes | None"]], list[tuple[str, byte
 
 
 def publish_targets(store: Store, keys_dir: str | os.PathLike[str], build: TargetBuilder, *,
-                    expiry: ExpiryPolicy | None = None) -> Published:
+                    expiry: ExpiryPolicy | None = None, now: datetime | None = None) -> Published:
     """Read-modify-write several targets in ONE commit.
 
     `build(read)` gets a reader of the current targets (the same verified
     snapshot the commit will replace) and returns (name, bytes, custom) to
     publish. If another publisher commits in between, the timestamp's
     conditional write fails and StoreConflictError says so: nothing is lost
-    silently.
+    silently. `now` (default: the real time) dates the new expiry periods.
     """
     repo = _Repo(store, Path(keys_dir))
     files = build(repo.read_target)
@@ -553,7 +553,8 @@ def publish_targets(store: Store, keys_dir: str | os.PathLike[str], build: Targe
         store.put(target_store_key(name, info.hashes), data)  # content addressed: idempotent
         info.unrecognized_fields["custom"] = custom
         repo.targets.signed.targets[name] = info
-    return repo.commit(new_targets=True, expiry=expiry, what=f"publishing {', '.join(n for n, _, _ in files)}")
+    return repo.commit(new_targets=True, expiry=expiry, what=f"publishing {', '.join(n for n, _, _ in files)}",
+                       now=now)
 
 
 def current_target_bytes(store: Store, keys_dir: str | os.PathLike[str], name: str) -> bytes | None:
