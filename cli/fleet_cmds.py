@@ -9,6 +9,7 @@ import json
 
 import click
 
+from cli.params import INPUT_FILE
 from cli.repo_cmds import keys_option, repo, rollout, store_option
 from cli.tables import print_table
 
@@ -165,7 +166,7 @@ def _model_channel(fn):  # type: ignore[no-untyped-def]
               help="Rolled-back share that halts [0.05].")
 @click.option("--halt-wer-regression", type=float, help="Median WER change that halts [0.02].")
 @click.option("--min-halt-reports", type=int, help="Reports needed before any halt [5].")
-@click.option("--revert-bundle", type=click.Path(dir_okay=False, exists=True),
+@click.option("--revert-bundle", type=INPUT_FILE,
               help="Bundle from VERSION back to the previous version (ota bundle build --from new --to old): "
                    "published now, used on halt.")
 def rollout_plan(store_url: str, keys_dir: str, model_id: str, channel: str, version: int,
