@@ -97,7 +97,8 @@ def train(method: str, channels: str | None, budget: str | None, max_gap: float,
 
 
 @diff.command()
-def methods() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print {method: description} as JSON.")
+def methods(as_json: bool) -> None:
     """List the registered diff methods and what each ships.
 
     \b
@@ -106,9 +107,20 @@ def methods() -> None:
     """
     from diffing.diffs import DIFF_METHODS
 
-    for name, (config_cls, _) in DIFF_METHODS.items():
-        summary = (config_cls.__doc__ or "").strip().splitlines()[0] if config_cls.__doc__ else ""
-        click.echo(f"{name:<8} {summary}")
+    described = {name: _first_sentence(config_cls, learner) for name, (config_cls, learner) in DIFF_METHODS.items()}
+    if as_json:
+        click.echo(json.dumps(described, indent=1))
+        return
+    from cli.tables import print_table
+
+    print_table(("method", "what it ships"), sorted(described.items()), wrap=(1,))
+
+
+def _first_sentence(config_cls: type, learner: object) -> str:
+    doc = config_cls.__doc__ or ""
+    if doc.startswith(f"{config_cls.__name__}("):  # dataclass's generated signature, not a description
+        doc = getattr(learner, "__doc__", None) or ""
+    return " ".join(doc.split()).split(". ")[0].rstrip(".")
 
 
 @diff.command()

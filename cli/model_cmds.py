@@ -78,16 +78,11 @@ def inspect(path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
+    from cli.tables import print_table
 
-    console = Console()
-    console.print(f"[bold]{device.model_id}[/] v{device.version}  hash {summary['content_hash']}")
-    console.print(f"{summary['file_bytes']:,} bytes, {summary['parameters']:,} parameters, "
-                  f"{summary['weight_sparsity']:.1%} zeros in weight matrices")
-    table = Table("tensor", "dtype", "shape", "coding", "zeros", "bytes")
-    for r in rows:
-        table.add_row(r["name"], r["dtype"], "x".join(map(str, r["shape"])), r["coding"],
-                      f"{r['zeros']:.1%}", f"{r['bytes']:,}")
-    console.print(table)
-
+    click.echo(f"{device.model_id} v{device.version}  hash {summary['content_hash']}")
+    click.echo(f"{summary['file_bytes']:,} bytes, {summary['parameters']:,} parameters, "
+               f"{summary['weight_sparsity']:.1%} zeros in weight matrices")
+    print_table(("tensor", "dtype", "shape", "coding", "zeros", "bytes"),
+                [(r["name"], r["dtype"], "x".join(map(str, r["shape"])), r["coding"], f"{r['zeros']:.1%}",
+                  f"{r['bytes']:,}") for r in rows], wrap=(0,))

@@ -97,16 +97,17 @@ def export(checkpoint: Path, out_path: Path, model_id: str | None, version: int 
 @click.option("--manifest", required=True, type=INPUT_FILE, help="Manifest to decode and score.")
 @click.option("--out", "out_json", type=OUTPUT_FILE, help="Write per-utterance errors to this JSON file.")
 @click.option("--limit", type=int, default=None, help="Score only the first N utterances.")
-def eval_cmd(model_path: Path, manifest: Path, out_json: Path | None, limit: int | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object instead of a table.")
+def eval_cmd(model_path: Path, manifest: Path, out_json: Path | None, limit: int | None, as_json: bool) -> None:
     """Word error rate of a device model through the int8 runtime (jiwer).
 
     \b
     Example:
       ota eval --model models/base-v1.otam --manifest work/corpus/base/test.jsonl --out work/eval.json
     """
-    from rich.console import Console
     from rich.progress import Progress
-    from rich.table import Table
+
+    from cli.tables import print_table
 
     from device_agent.atomic import write_atomic
     from device_agent.manifest import read_manifest
@@ -126,9 +127,10 @@ def eval_cmd(model_path: Path, manifest: Path, out_json: Path | None, limit: int
                "wer": round(result.wer, 4), "rtf": round(seconds / max(audio, 1e-9), 4)}
     if out_json:
         write_atomic(Path(out_json), json.dumps({**summary, **result.to_json()}, indent=2).encode())
-    table = Table("model", "utterances", "words", "errors", "WER", "RTF")
-    table.add_row(Path(model_path).name, str(len(utterances)), str(result.words), str(result.errors),
-                  f"{result.wer:.2%}", f"{summary['rtf']:.3f}")
-    Console().print(table)
-    click.echo(json.dumps(summary))
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    print_table(("model", "utterances", "words", "errors", "WER", "RTF"),
+                [(Path(model_path).name, str(len(utterances)), str(result.words), str(result.errors),
+                  f"{result.wer:.2%}", f"{summary['rtf']:.3f}")], wrap=(0,))
 

@@ -24,6 +24,8 @@ from diffing.diffs.sizing import hashed_buckets_for_bytes, min_hashed_bytes, ser
 
 @dataclass
 class HashedDiffConfig(DiffConfig):
+    """Every entry of a weight matrix moves through a few shared, hashed buckets: bucket values ship, no positions."""
+
     lr: float = 1.0  # novel names, 2% of the model's bytes: lr 1.0 -> 32.1% WER (lr 0.3 learned far less)
     hash_seed: int = 0x5EED
 

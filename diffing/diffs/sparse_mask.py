@@ -39,6 +39,8 @@ FILL = 0.96
 
 @dataclass
 class SparseMaskDiffConfig(DiffConfig):
+    """Pruned integer deltas: the entries that matter most, with their positions, within the budget."""
+
     # Measured on a novel-names update at 2% of the model's bytes, 6 epochs (docs/diffs.md):
     # a short dense phase finds which entries matter, a quick prune to the budget, then
     # most of training fine-tunes the survivors with a large step (lr 0.5 -> 1.0: 45.1% -> 38.3% WER).
