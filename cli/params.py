@@ -7,6 +7,7 @@ of cli/exit_codes.py.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,12 @@ class OutputPath(click.ParamType):
             ancestor = ancestor.parent
         if not ancestor.is_dir():
             raise CliFault(f"{label}{path}: {ancestor} is a file; expected a folder", exit_codes.IS_A_DIRECTORY)
-        if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise CliFault(f"{label}{path}: folder {ancestor} is not writable", exit_codes.PERMISSION_DENIED)
+        try:  # a real probe: permission bits say nothing for root or on read-only file systems
+            with tempfile.TemporaryFile(dir=ancestor):
+                pass
+        except OSError as exc:
+            raise CliFault(f"{label}{path}: folder {ancestor} is not writable ({exc.strerror or exc})",
+                           exit_codes.code_for_os_error(exc)) from None
         return path
 
 

@@ -71,6 +71,9 @@ def test_missing_input_and_folder_for_file(name: tuple[str, ...], command: click
             below_a_file = MODEL / "out"
             result = CliRunner().invoke(cli, [*name, *_args(param, str(below_a_file))])
             assert "expected a folder" in _one_line_error(result, exit_codes.IS_A_DIRECTORY)
+            if not param.type.folder:  # sysfs refuses new files even to root: a real read-only place
+                result = CliRunner().invoke(cli, [*name, *_args(param, "/sys/ota-test.out")])
+                assert "not writable" in _one_line_error(result, exit_codes.PERMISSION_DENIED)
 
 
 def test_every_command_taking_files_is_swept() -> None:
