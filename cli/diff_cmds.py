@@ -96,6 +96,53 @@ def train(method: str, channels: str | None, budget: str | None, max_gap: float,
     click.echo(json.dumps(record))
 
 
+@diff.command(name="train-many")
+@click.argument("plan", type=INPUT_FILE)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the bundles (CHANNEL-from-vN.otab) and each diff's log.")
+@click.option("--parallel", type=click.IntRange(min=1), default=None,
+              help="Diffs learned at once (default: the free cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch threads per diff process.")
+@click.option("--publish", "do_publish", is_flag=True, help="Once every diff exists, publish each on its channel.")
+@click.option("--store", "store_url", envvar="OTA_STORE", help="Repository store URL (with --publish).")
+@click.option("--keys", "keys_dir", default="work/keys", show_default=True, envvar="OTA_KEYS",
+              help="Signing keys folder (with --publish).")
+@click.option("--rollout", "rollout_percent", type=click.FloatRange(0, 100), help="Rollout percentage to set.")
+def train_many(plan: Path, out_dir: Path, parallel: int | None, threads: int, do_publish: bool, store_url: str | None,
+               keys_dir: str, rollout_percent: float | None) -> None:
+    """Learn one diff per channel's deployed model for one release, in parallel processes,
+    then (with --publish) publish them together.
+
+    The plan (JSON) names the data once and each channel's base model; see
+    README, "Scaling out". Nothing is published unless every diff was learned.
+
+    \b
+    Example:
+      ota diff train-many release.json --out work/release --parallel 2 --publish --store file:///srv/ota
+    """
+    from device_agent.errors import ConfigError
+    from diffing.threads import free_cores
+    from diffing.train_many import read_plan, train_many as learn_all
+
+    jobs = read_plan(plan)
+    if do_publish and not store_url:
+        raise ConfigError("--publish needs --store (or OTA_STORE): the repository to publish to")
+    bundles = learn_all(jobs, out_dir, parallel=parallel or max(1, free_cores() // threads), threads=threads,
+                        log=click.echo)
+    if not do_publish:
+        click.echo(json.dumps({name: str(path) for name, path in bundles.items()}))
+        return
+    from packager.publish import publish_bundle
+    from packager.store import open_store
+
+    store = open_store(store_url)
+    for job in jobs:  # every bundle exists: publish channel by channel (one signed commit each)
+        release = publish_bundle(store, keys_dir, bundles[job.name].read_bytes(), channel=job.channel,
+                                 rollout_percent=rollout_percent)
+        click.echo(f"published {release.target} on {job.channel}: current version {release.state.current_version}")
+
+
 @diff.command()
 @click.option("--json", "as_json", is_flag=True, help="Print {method: description} as JSON.")
 def methods(as_json: bool) -> None:
