@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.params import INPUT_FILE, OUTPUT_FILE
+from cli.params import INPUT_FILE, OUTPUT_FILE, OUTPUT_FOLDER
 
 
 @click.group()
@@ -98,7 +98,7 @@ def train(method: str, channels: str | None, budget: str | None, max_gap: float,
 
 @diff.command(name="train-many")
 @click.argument("plan", type=INPUT_FILE)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", required=True, type=OUTPUT_FOLDER,
               help="Folder for the bundles (CHANNEL-from-vN.otab) and each diff's log.")
 @click.option("--parallel", type=click.IntRange(min=1), default=None,
               help="Diffs learned at once (default: the free cores).")
