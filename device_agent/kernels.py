@@ -1,25 +1,32 @@
-"""Compiled (numba) kernels of the int8 runtime: int8 weights, float32 activations.
+"""Compiled (numba) kernels of the int8 runtime.
 
-A weight matrix is used as stored: `q` int8 (N, K) and its per-row float32
-`scale`; y = (q @ x) * scale + bias is computed in float32 with the int8
-values converted on the fly, so no float copy of a matrix exists. Each
-kernel runs a whole chunk of frames per call: Python's per-operation
-overhead is paid per chunk, not per frame.
+A weight matrix is used as stored: `q` int8 (N, K) with its per-row float32
+`scale`. Each input vector is quantized on the fly to int8 with one scale
+(symmetric, kept as uint8 = value + 128), the products are summed exactly in
+int32 (AVX-512 VNNI where the CPU has it, `device_agent.vnni`), and
+y = (sum - 128 * rowsum(q)) * x_scale * scale + bias restores floats. No
+float copy of a weight matrix exists. Each kernel runs a whole chunk of
+frames per call: Python's per-operation overhead is paid per chunk.
 
-Every output row is computed by the same code whatever the chunk length (a
-dot product over K, then one scale and one bias), so a chunked stream does
-bit-for-bit the arithmetic of a whole utterance.
+Every output row is computed by the same code whatever the chunk length (one
+quantization of the input row, an exact integer sum, then the same float
+operations), so a chunked stream gives bit-for-bit the results of a whole
+utterance, on either integer path.
 
 tanh is a rational approximation (the one Eigen uses for float, a few ulp
-from the exact value): it is plain arithmetic, so the compiler vectorises
-the gate math; libm's tanh/exp would be a call per element.
+from the exact value): plain arithmetic the compiler vectorises, where
+libm's tanh/exp would be a call per element.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
+from device_agent.vnni import HAS_VNNI, vnni_row_blocks1, vnni_row_blocks4
+
 _FLAGS = dict(cache=True, fastmath=True, nogil=True)
+ZERO_POINT = 128  # uint8 code of an activation of 0
+_QMAX = np.float32(127.0)
 _TANH_CLAMP = np.float32(7.90531110763549805)
 _A = tuple(np.float32(a) for a in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
                                    5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
@@ -47,111 +54,183 @@ def _sigmoid(x: np.float32) -> np.float32:
     return _HALF * _tanh(_HALF * x) + _HALF
 
 
-@njit(**_FLAGS)
-def _dot(q_row: np.ndarray, x: np.ndarray) -> np.float32:
-    acc = np.float32(0.0)
-    for k in range(q_row.shape[0]):
-        acc += np.float32(q_row[k]) * x[k]
-    return acc
+def interleave(q: np.ndarray) -> np.ndarray:
+    """int8 (N, K) -> (ceil(N/16), ceil(K/4), 16, 4): for every 4 inputs, the weights of 16
+    output rows side by side, so one instruction multiplies 4 inputs into 16 row sums.
+    Padding rows and columns are 0; the values are the model's int8 values, moved."""
+    n, k = q.shape
+    padded = np.zeros((-(-n // 16) * 16, -(-k // 4) * 4), np.int8)
+    padded[:n, :k] = q
+    return np.ascontiguousarray(padded.reshape(-1, 16, padded.shape[1] // 4, 4).transpose(0, 2, 1, 3))
 
 
 @njit(**_FLAGS)
-def linear(q: np.ndarray, scale: np.ndarray, bias: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
-    """out (T, N) = x (T, K) @ (q * scale).T + bias; each weight row is read once per chunk."""
-    for n in range(q.shape[0]):
-        row, s, b = q[n], scale[n], bias[n]
-        for t in range(x.shape[0]):
-            out[t, n] = _dot(row, x[t]) * s + b
+def _int_sums_vnni(w: np.ndarray, xq: np.ndarray, t: int, acc: np.ndarray) -> None:
+    """acc (16 * blocks,) = interleaved int8 rows w . xq[t] (uint8), exactly."""
+    blocks, k4 = w.shape[0], w.shape[1]
+    x_addr, w_addr, acc_addr = xq.ctypes.data + t * xq.shape[1], w.ctypes.data, acc.ctypes.data
+    step = k4 * 64
+    b = 0
+    while b + 4 <= blocks:  # four independent accumulators hide the instruction's latency
+        vnni_row_blocks4(x_addr, w_addr + b * step, k4, acc_addr + b * 64)
+        b += 4
+    while b < blocks:
+        vnni_row_blocks1(x_addr, w_addr + b * step, k4, acc_addr + b * 64)
+        b += 1
 
 
 @njit(**_FLAGS)
-def _lstm_step(gates: np.ndarray, q_hh: np.ndarray, s_hh: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
-    """gates (4H,) holds the input side (+ biases) on entry; h, c (H,) are updated in place.
-    Gate order i, f, g, o as in torch."""
+def _int_sums_plain(w: np.ndarray, xq: np.ndarray, t: int, acc: np.ndarray) -> None:
+    """The same sums as plain loops (any CPU)."""
+    for b in range(w.shape[0]):
+        for i in range(16):
+            acc[b * 16 + i] = 0
+        for kk in range(w.shape[1]):
+            for i in range(16):
+                s = np.int32(0)
+                for j in range(4):
+                    s += np.int32(xq[t, kk * 4 + j]) * np.int32(w[b, kk, i, j])
+                acc[b * 16 + i] += s
+
+
+int_sums = _int_sums_vnni if HAS_VNNI else _int_sums_plain  # resolved when the kernels compile
+
+
+@njit(**_FLAGS)
+def quantize(x: np.ndarray, xq: np.ndarray, t: int) -> np.float32:
+    """x (K,) float32 -> xq[t] uint8 codes (zero point 128; padding columns get 128);
+    returns the scale."""
+    amax = np.float32(0.0)
+    for k in range(x.shape[0]):
+        amax = max(amax, abs(x[k]))
+    scale = amax / _QMAX if amax > 0 else np.float32(1.0)
+    inv = np.float32(1.0) / scale
+    for k in range(x.shape[0]):
+        xq[t, k] = np.uint8(np.int32(np.rint(x[k] * inv)) + ZERO_POINT)
+    for k in range(x.shape[0], xq.shape[1]):
+        xq[t, k] = ZERO_POINT
+    return scale
+
+
+@njit(**_FLAGS)
+def _matvec(m: tuple, xq: np.ndarray, t: int, x_scale: np.float32, out: np.ndarray, accumulate: bool,
+            acc: np.ndarray) -> None:
+    """out (N,) (+)= (q * scale) @ x + bias for the quantized input xq[t]; m = (w interleaved,
+    scale, offset, bias) with offset = 128 * rowsum(q); acc is int32 scratch."""
+    w, scale, offset, bias = m
+    int_sums(w, xq, t, acc)
+    if accumulate:
+        for n in range(out.shape[0]):
+            out[n] += np.float32(acc[n] - offset[n]) * (x_scale * scale[n]) + bias[n]
+    else:
+        for n in range(out.shape[0]):
+            out[n] = np.float32(acc[n] - offset[n]) * (x_scale * scale[n]) + bias[n]
+
+
+@njit(**_FLAGS)
+def _scratch(m: tuple, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quantized-input rows and an int32 accumulator sized for matrix m."""
+    w = m[0]
+    return np.empty((rows, w.shape[1] * 4), np.uint8), np.empty(w.shape[0] * 16, np.int32)
+
+
+@njit(**_FLAGS)
+def linear(m: tuple, x: np.ndarray, out: np.ndarray) -> None:
+    """out (T, N) = x (T, K) @ (q * scale).T + bias."""
+    xq, acc = _scratch(m, x.shape[0])
+    for t in range(x.shape[0]):
+        _matvec(m, xq, t, quantize(x[t], xq, t), out[t], False, acc)
+
+
+@njit(**_FLAGS)
+def _lstm_step(gates: np.ndarray, hh: tuple, h: np.ndarray, c: np.ndarray, hq: np.ndarray,
+               acc: np.ndarray) -> None:
+    """gates (4H,) holds the input side (+ biases) on entry; h, c (H,) are updated in place;
+    hq, acc are scratch from `_scratch(hh, 1)`. Gate order i, f, g, o as in torch."""
     hidden = h.shape[0]
+    _matvec(hh, hq, 0, quantize(h, hq, 0), gates, True, acc)
+    # in place over one array at a time, so the compiler vectorises without alias checks
     for n in range(4 * hidden):
-        gates[n] += _dot(q_hh[n], h) * s_hh[n]
+        gates[n] = _tanh(gates[n]) if 2 * hidden <= n < 3 * hidden else _sigmoid(gates[n])
     for j in range(hidden):
-        c[j] = _sigmoid(gates[hidden + j]) * c[j] + _sigmoid(gates[j]) * _tanh(gates[2 * hidden + j])
-        h[j] = _sigmoid(gates[3 * hidden + j]) * _tanh(c[j])
+        c[j] = gates[hidden + j] * c[j] + gates[j] * gates[2 * hidden + j]
+    for j in range(hidden):
+        h[j] = _tanh(c[j])
+    for j in range(hidden):
+        h[j] *= gates[3 * hidden + j]
 
 
 @njit(**_FLAGS)
-def lstm_recurrence(x_gates: np.ndarray, q_hh: np.ndarray, s_hh: np.ndarray, h: np.ndarray, c: np.ndarray,
-                    out: np.ndarray) -> None:
+def lstm_recurrence(x_gates: np.ndarray, hh: tuple, h: np.ndarray, c: np.ndarray, out: np.ndarray) -> None:
     """One LSTM layer over a chunk: x_gates (T, 4H) input projections (+ biases, consumed);
-    h, c (H,) carry the state in place; out (T, H) receives h of every frame."""
+    hh = the recurrent matrix (no bias); h, c (H,) carry the state in place; out (T, H)."""
+    hq, acc = _scratch(hh, 1)
     for t in range(x_gates.shape[0]):
-        _lstm_step(x_gates[t], q_hh, s_hh, h, c)
+        _lstm_step(x_gates[t], hh, h, c, hq, acc)
         out[t] = h
 
 
 @njit(**_FLAGS)
 def predict_step(token: int, pred: tuple, h: np.ndarray, c: np.ndarray, pred_out: np.ndarray,
-                 scratch: np.ndarray) -> None:
+                 gates: np.ndarray) -> None:
     """Prediction network for one token, then the joint's projection into pred_out (J,).
 
-    pred = (table_bf16, embed_q, embed_scale, q_ih, s_ih, bias, q_hh, s_hh, q_proj, s_proj, b_proj).
+    pred = (table_bf16, embed_q, embed_scale, ih, hh, proj), matrices as in `linear`.
     With a table (V, 4P) of bf16 bits, the token's input gates (biases included) are looked
     up; with an empty table they are computed from the int8 embedding row."""
-    table, embed_q, embed_scale, q_ih, s_ih, bias, q_hh, s_hh, q_proj, s_proj, b_proj = pred
+    table, embed_q, embed_scale, ih, hh, proj = pred
     if table.shape[0]:
-        bits = scratch.view(np.uint32)
-        row = table[token]
-        for n in range(row.shape[0]):
-            bits[n] = np.uint32(row[n]) << 16  # bf16 -> float32: the high half of the bits
+        bits = gates.view(np.uint32)
+        for n in range(table.shape[1]):
+            bits[n] = np.uint32(table[token, n]) << 16  # bf16 -> float32: the high half of the bits
     else:
         x = embed_q[token].astype(np.float32) * embed_scale[token]
-        for n in range(q_ih.shape[0]):
-            scratch[n] = _dot(q_ih[n], x) * s_ih[n] + bias[n]
-    _lstm_step(scratch, q_hh, s_hh, h, c)
-    for n in range(q_proj.shape[0]):
-        pred_out[n] = _dot(q_proj[n], h) * s_proj[n] + b_proj[n]
+        xq, acc = _scratch(ih, 1)
+        _matvec(ih, xq, 0, quantize(x, xq, 0), gates, False, acc)
+    hq, acc = _scratch(hh, 1)
+    _lstm_step(gates, hh, h, c, hq, acc)
+    hq, acc = _scratch(proj, 1)
+    _matvec(proj, hq, 0, quantize(h, hq, 0), pred_out, False, acc)
 
 
 @njit(**_FLAGS)
-def _joint_argmax(enc: np.ndarray, pred_out: np.ndarray, joint: tuple, hidden: np.ndarray) -> int:
-    q_out, s_out, b_out = joint
+def _joint_row(enc: np.ndarray, pred_out: np.ndarray, out: tuple, hq: np.ndarray, acc: np.ndarray,
+               hidden: np.ndarray, logits: np.ndarray) -> None:
     for j in range(hidden.shape[0]):
         hidden[j] = _tanh(enc[j] + pred_out[j])
-    best, best_logit = 0, -np.inf
-    for v in range(q_out.shape[0]):
-        logit = _dot(q_out[v], hidden) * s_out[v] + b_out[v]
-        if logit > best_logit:  # first maximum wins, like torch.argmax
-            best, best_logit = v, logit
-    return best
+    _matvec(out, hq, 0, quantize(hidden, hq, 0), logits, False, acc)
 
 
 @njit(**_FLAGS)
-def greedy_decode(enc: np.ndarray, max_symbols: int, blank: int, joint: tuple, pred: tuple,
+def greedy_decode(enc: np.ndarray, max_symbols: int, blank: int, out: tuple, pred: tuple,
                   h: np.ndarray, c: np.ndarray, pred_out: np.ndarray, tokens: np.ndarray) -> int:
-    """Greedy RNN-T search over encoder frames enc (T, J); joint = (q_out, s_out, b_out).
+    """Greedy RNN-T search over encoder frames enc (T, J) with the joint's output matrix `out`.
     The prediction state (h, c, pred_out) is updated in place. Emitted token ids go to
     `tokens` (room for T * max_symbols); returns their count."""
     hidden = np.empty(enc.shape[1], np.float32)
-    scratch = np.empty(4 * h.shape[0], np.float32)
+    hq, acc = _scratch(out, 1)
+    logits = np.empty(out[1].shape[0], np.float32)
+    gates = np.empty(4 * h.shape[0], np.float32)
     count = 0
     for t in range(enc.shape[0]):
         for _ in range(max_symbols):
-            token = _joint_argmax(enc[t], pred_out, joint, hidden)
+            _joint_row(enc[t], pred_out, out, hq, acc, hidden, logits)
+            token = int(np.argmax(logits))  # first maximum, like torch.argmax
             if token == blank:
                 break
             tokens[count] = token
             count += 1
-            predict_step(token, pred, h, c, pred_out, scratch)
+            predict_step(token, pred, h, c, pred_out, gates)
     return count
 
 
 @njit(**_FLAGS)
-def joint_logits(enc: np.ndarray, pred: np.ndarray, joint: tuple) -> np.ndarray:
+def joint_logits(enc: np.ndarray, pred: np.ndarray, out: tuple) -> np.ndarray:
     """Logits over the whole lattice: enc (T, J), pred (U+1, J) -> (T, U+1, V)."""
-    q_out, s_out, b_out = joint
-    logits = np.empty((enc.shape[0], pred.shape[0], q_out.shape[0]), np.float32)
+    logits = np.empty((enc.shape[0], pred.shape[0], out[1].shape[0]), np.float32)
     hidden = np.empty(enc.shape[1], np.float32)
+    hq, acc = _scratch(out, 1)
     for t in range(enc.shape[0]):
         for u in range(pred.shape[0]):
-            for j in range(hidden.shape[0]):
-                hidden[j] = _tanh(enc[t, j] + pred[u, j])
-            for v in range(q_out.shape[0]):
-                logits[t, u, v] = _dot(q_out[v], hidden) * s_out[v] + b_out[v]
+            _joint_row(enc[t], pred[u], out, hq, acc, hidden, logits[t, u])
     return logits

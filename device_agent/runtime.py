@@ -41,25 +41,42 @@ _EMPTY_F32 = np.zeros(0, np.float32)
 
 @dataclass(frozen=True)
 class Int8Matrix:
-    """y = x @ (q * scale).T + bias with q int8 (N, K) kept as stored."""
+    """y = x @ (q * scale).T + bias for the model's int8 q (N, K), held interleaved."""
 
-    q: np.ndarray  # (N, K) int8, the model's own array
+    w: np.ndarray  # q's int8 values in the kernels' layout (`kernels.interleave`), zero-padded
     scale: np.ndarray  # (N,) float32
+    offset: np.ndarray  # (N,) int32: zero point x row sum, removed from the uint8 x int8 sums
     bias: np.ndarray  # (N,) float32 (zeros when the layer has none)
 
     @classmethod
     def of(cls, w: QuantizedWeight, bias: np.ndarray | None = None) -> "Int8Matrix":
-        n = w.q.shape[0]
-        return cls(np.ascontiguousarray(w.q), np.ascontiguousarray(w.scale, np.float32),
-                   np.zeros(n, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32))
+        offset = (kernels.ZERO_POINT * w.q.sum(axis=1, dtype=np.int32)).astype(np.int32)
+        return cls(kernels.interleave(w.q), np.ascontiguousarray(w.scale, np.float32), offset,
+                   np.zeros(w.q.shape[0], np.float32) if bias is None else np.ascontiguousarray(bias, np.float32))
+
+    @property
+    def rows(self) -> int:
+        return self.scale.shape[0]
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.w, self.scale, self.offset, self.bias
+
+    def int8_values(self, cols: int) -> np.ndarray:
+        """The (N, K) int8 matrix back in row order (tests, diagnostics)."""
+        w = self.w.transpose(0, 2, 1, 3).reshape(self.w.shape[0] * 16, -1)
+        return w[:self.rows, :cols]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        out = np.empty((x.shape[0], self.q.shape[0]), np.float32)
-        kernels.linear(self.q, self.scale, self.bias, x, out)
+        out = np.empty((x.shape[0], self.rows), np.float32)
+        kernels.linear(self.arrays, x, out)
         return out
 
     def nbytes(self, with_bias: bool = True) -> int:
-        return self.q.nbytes + self.scale.nbytes + (self.bias.nbytes if with_bias else 0)
+        return self.w.nbytes + self.scale.nbytes + self.offset.nbytes + (self.bias.nbytes if with_bias else 0)
+
+
+_EMPTY_MATRIX = Int8Matrix(np.zeros((0, 0, 16, 4), np.int8), _EMPTY_F32, np.zeros(0, np.int32), _EMPTY_F32)
 
 
 def _lstm_bias(model: DeviceModel, prefix: str, layer: int) -> np.ndarray:
@@ -73,12 +90,12 @@ class EncoderLayer:
 
     @property
     def hidden(self) -> int:
-        return self.hh.q.shape[1]
+        return self.hh.scale.shape[0] // 4
 
     def run(self, x: np.ndarray, h: np.ndarray, c: np.ndarray) -> np.ndarray:
         """x (T, K) -> h of every frame (T, H); h, c (H,) carry the state in place."""
         out = np.empty((x.shape[0], self.hidden), np.float32)
-        kernels.lstm_recurrence(self.ih(x), self.hh.q, self.hh.scale, h, c, out)
+        kernels.lstm_recurrence(self.ih(x), self.hh.arrays, h, c, out)
         return out
 
     def nbytes(self) -> int:
@@ -96,7 +113,7 @@ class Predictor:
         ih = Int8Matrix.of(w_ih, _lstm_bias(model, "predictor", 0))
         self.hh = Int8Matrix.of(model.weights["predictor.weight_hh_l0"])
         self.proj = Int8Matrix.of(model.weights["joint.pred_proj.weight"], model.floats["joint.pred_proj.bias"])
-        self.hidden = self.hh.q.shape[1]
+        self.hidden = self.hh.rows // 4
         table_bytes = 2 * embed.q.shape[0] * w_ih.q.shape[0]
         if fold is None:
             fold = table_bytes < embed.q.nbytes + embed.scale.nbytes + ih.nbytes()
@@ -108,19 +125,18 @@ class Predictor:
             gates = acc * embed.scale[:, None].astype(np.float64) * w_ih.scale[None, :] + ih.bias
             table = torch.from_numpy(gates.astype(np.float32)).to(torch.bfloat16).view(torch.int16)
             self.table = table.numpy().view(np.uint16).copy()
-            self.embed_q, self.embed_scale, self.ih = _EMPTY_I8, _EMPTY_F32, Int8Matrix(_EMPTY_I8, _EMPTY_F32, _EMPTY_F32)
+            self.embed_q, self.embed_scale, self.ih = _EMPTY_I8, _EMPTY_F32, _EMPTY_MATRIX
         else:
             self.table = np.zeros((0, 0), np.uint16)
             self.embed_q = np.ascontiguousarray(embed.q)  # a row is dequantized on lookup
             self.embed_scale = np.ascontiguousarray(embed.scale, np.float32)
             self.ih = ih
-        self.weights = (self.table, self.embed_q, self.embed_scale, self.ih.q, self.ih.scale, self.ih.bias,
-                        self.hh.q, self.hh.scale, self.proj.q, self.proj.scale, self.proj.bias)
+        self.weights = (self.table, self.embed_q, self.embed_scale, self.ih.arrays, self.hh.arrays, self.proj.arrays)
 
     def start(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """State after the start symbol (blank): h, c (P,) and the projected output (J,)."""
         h, c = np.zeros(self.hidden, np.float32), np.zeros(self.hidden, np.float32)
-        out = np.empty(self.proj.q.shape[0], np.float32)
+        out = np.empty(self.proj.rows, np.float32)
         kernels.predict_step(BLANK, self.weights, h, c, out, np.empty(4 * self.hidden, np.float32))
         return h, c, out
 
@@ -163,7 +179,6 @@ class Int8Runtime:
         self.predictor = Predictor(model)
         self.enc_proj = Int8Matrix.of(model.weights["joint.enc_proj.weight"], model.floats["joint.enc_proj.bias"])
         self.out = Int8Matrix.of(model.weights["joint.out.weight"], model.floats["joint.out.bias"])
-        self.joint_weights = (self.out.q, self.out.scale, self.out.bias)
 
     def resident_weight_bytes(self) -> int:
         """Bytes of every array the runtime keeps for the model's parameters."""
@@ -200,7 +215,7 @@ class Int8Runtime:
         """(T, D) features, token ids -> logits (T, U+1, V) over the full RNN-T lattice (tests, diagnostics)."""
         enc = self.encode(feats, self.initial_encoder_state())
         pred = self.predictor.outputs(tokens)
-        return torch.from_numpy(kernels.joint_logits(enc, pred, self.joint_weights))
+        return torch.from_numpy(kernels.joint_logits(enc, pred, self.out.arrays))
 
 
 class DecoderStream:
@@ -225,7 +240,7 @@ class DecoderStream:
         rt = self.rt
         enc = rt.encode(feats, self._enc_state)
         emitted = np.empty(enc.shape[0] * rt.config.max_symbols_per_step, np.int64)
-        count = kernels.greedy_decode(enc, rt.config.max_symbols_per_step, BLANK, rt.joint_weights,
+        count = kernels.greedy_decode(enc, rt.config.max_symbols_per_step, BLANK, rt.out.arrays,
                                       rt.predictor.weights, self._pred_h, self._pred_c, self._pred_out, emitted)
         self._tokens.extend(emitted[:count].tolist())
         self.frames += enc.shape[0]
