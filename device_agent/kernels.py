@@ -202,26 +202,29 @@ def _joint_row(enc: np.ndarray, pred_out: np.ndarray, out: tuple, hq: np.ndarray
 
 
 @njit(**_FLAGS)
-def greedy_decode(enc: np.ndarray, max_symbols: int, blank: int, out: tuple, pred: tuple,
-                  h: np.ndarray, c: np.ndarray, pred_out: np.ndarray, tokens: np.ndarray) -> int:
-    """Greedy RNN-T search over encoder frames enc (T, J) with the joint's output matrix `out`.
-    The prediction state (h, c, pred_out) is updated in place. Emitted token ids go to
-    `tokens` (room for T * max_symbols); returns their count."""
+def greedy_decode(enc: np.ndarray, per_frame: int, limit: int, blank: int, out: tuple, pred: tuple,
+                  h: np.ndarray, c: np.ndarray, pred_out: np.ndarray, tokens: np.ndarray) -> tuple[int, int]:
+    """Greedy RNN-T search over encoder frames enc (T, J) with the joint's output matrix `out`,
+    at most `per_frame` symbols per frame and `limit` in all. The prediction state (h, c,
+    pred_out) is updated in place; emitted token ids go to `tokens` (room for T * per_frame).
+    Returns (count, frame): frame is -1, or the frame where a symbol beyond `limit` came."""
     hidden = np.empty(enc.shape[1], np.float32)
     hq, acc = _scratch(out, 1)
     logits = np.empty(out[1].shape[0], np.float32)
     gates = np.empty(4 * h.shape[0], np.float32)
     count = 0
     for t in range(enc.shape[0]):
-        for _ in range(max_symbols):
+        for _ in range(per_frame):
             _joint_row(enc[t], pred_out, out, hq, acc, hidden, logits)
             token = int(np.argmax(logits))  # first maximum, like torch.argmax
             if token == blank:
                 break
+            if count >= limit:
+                return count, t
             tokens[count] = token
             count += 1
             predict_step(token, pred, h, c, pred_out, gates)
-    return count
+    return count, -1
 
 
 @njit(**_FLAGS)

@@ -23,6 +23,7 @@ a matrix product per emitted token.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +32,16 @@ import torch
 
 from device_agent import kernels
 from device_agent.device_model import DeviceModel, QuantizedWeight
+from device_agent.errors import DecodeBoundError
 from device_agent.features import StreamingFeatures, utterance_features
 from device_agent.model_format import load_model
 from device_agent.tokenizer import BLANK
+
+# Greedy decoding emits at most this many symbols per encoder frame, whatever the
+# config says: 10 characters in 30 ms is already far beyond any speech.
+MAX_SYMBOLS_PER_FRAME = 10
+# `check` runs before each block of this many encoder frames (0.48 s of audio)
+CHECK_EVERY_FRAMES = 16
 
 _EMPTY_I8 = np.zeros((0, 0), np.int8)
 _EMPTY_F32 = np.zeros(0, np.float32)
@@ -205,9 +213,14 @@ class Int8Runtime:
     def stream(self) -> "DecoderStream":
         return DecoderStream(self)
 
-    def transcribe(self, audio: np.ndarray | torch.Tensor) -> str:
-        """Whole utterance (16 kHz float) -> text."""
-        s = self.stream()
+    def transcribe(self, audio: np.ndarray | torch.Tensor, *, max_symbols: int | None = None,
+                   check: Callable[[], None] | None = None) -> str:
+        """Whole utterance (16 kHz float) -> text.
+
+        `max_symbols` bounds the symbols of the utterance (DecodeBoundError past it);
+        `check` is called before each block of CHECK_EVERY_FRAMES encoder frames and may
+        raise to stop decoding (a time budget, a stop request)."""
+        s = DecoderStream(self, max_symbols=max_symbols, check=check)
         s.push_features(utterance_features(audio, self.config.features))
         return s.text
 
@@ -221,8 +234,13 @@ class Int8Runtime:
 class DecoderStream:
     """Greedy streaming decoder: push audio (16 kHz) chunks, read `.text` at any time."""
 
-    def __init__(self, runtime: Int8Runtime) -> None:
+    def __init__(self, runtime: Int8Runtime, *, max_symbols: int | None = None,
+                 check: Callable[[], None] | None = None) -> None:
         self.rt = runtime
+        self.max_symbols = max_symbols
+        self._check = check
+        # a model that never emits blank must not spend 8192 predictor steps per frame (a legal config value)
+        self._per_frame = min(runtime.config.max_symbols_per_step, MAX_SYMBOLS_PER_FRAME)
         self._features = StreamingFeatures(runtime.config.features)
         self._enc_state = runtime.initial_encoder_state()
         self._pred_h, self._pred_c, self._pred_out = runtime.predictor.start()
@@ -235,14 +253,24 @@ class DecoderStream:
 
     def push_features(self, feats: np.ndarray | torch.Tensor) -> None:
         """Decode stacked feature frames (T, D) from the front end."""
-        if feats.shape[0] == 0:
-            return
+        feats = np.ascontiguousarray(feats, np.float32)
+        for start in range(0, feats.shape[0], CHECK_EVERY_FRAMES):
+            if self._check is not None:
+                self._check()
+            self._decode(feats[start:start + CHECK_EVERY_FRAMES])
+
+    def _decode(self, feats: np.ndarray) -> None:
         rt = self.rt
         enc = rt.encode(feats, self._enc_state)
-        emitted = np.empty(enc.shape[0] * rt.config.max_symbols_per_step, np.int64)
-        count = kernels.greedy_decode(enc, rt.config.max_symbols_per_step, BLANK, rt.out.arrays,
-                                      rt.predictor.weights, self._pred_h, self._pred_c, self._pred_out, emitted)
+        limit = len(self._tokens) + enc.shape[0] * self._per_frame if self.max_symbols is None else self.max_symbols
+        emitted = np.empty(enc.shape[0] * self._per_frame, np.int64)
+        count, overflow = kernels.greedy_decode(enc, self._per_frame, limit - len(self._tokens), BLANK,
+                                                rt.out.arrays, rt.predictor.weights, self._pred_h, self._pred_c,
+                                                self._pred_out, emitted)
         self._tokens.extend(emitted[:count].tolist())
+        if overflow >= 0:
+            raise DecodeBoundError(f"the model emitted more than {self.max_symbols} symbols for "
+                                   f"{self.frames + overflow + 1} encoder frames (does it never emit blank?)")
         self.frames += enc.shape[0]
 
     @property

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from device_agent import kernels
 from device_agent.audio import load_audio
 from device_agent.features import StreamingFeatures, utterance_features
 from device_agent.model_config import ModelConfig
@@ -85,18 +86,38 @@ def test_chunked_encoder_is_bit_identical_to_whole(device_model, speech: np.ndar
     assert np.array_equal(chunked, whole)
 
 
-def test_runtime_keeps_weights_int8(device_model) -> None:
+def test_runtime_keeps_the_exact_int8_weights(device_model) -> None:
     runtime = Int8Runtime(device_model)
-    matrices = [runtime.enc_proj, runtime.out, runtime.predictor.hh, runtime.predictor.proj]
-    matrices += [m for layer in runtime.encoder for m in (layer.ih, layer.hh)]
-    assert all(m.q.dtype == np.int8 for m in matrices)
-    # the runtime computes with the model's own int8 arrays, not a converted copy
-    assert np.shares_memory(runtime.encoder[0].hh.q, device_model.weights["encoder.weight_hh_l0"].q)
+    named = {"joint.enc_proj.weight": runtime.enc_proj, "joint.out.weight": runtime.out,
+             "predictor.weight_hh_l0": runtime.predictor.hh, "joint.pred_proj.weight": runtime.predictor.proj}
+    for i, layer in enumerate(runtime.encoder):
+        named.update({f"encoder.weight_ih_l{i}": layer.ih, f"encoder.weight_hh_l{i}": layer.hh})
+    for name, matrix in named.items():
+        q = device_model.weights[name].q
+        assert matrix.w.dtype == np.int8
+        # the kernels' layout moves the model's values, never re-quantizes them
+        assert np.array_equal(matrix.int8_values(q.shape[1]), q), name
+        np.testing.assert_array_equal(matrix.scale, device_model.weights[name].scale)
     fp32_bytes = 4 * device_model.num_parameters()
-    # int8 is 25% of fp32; scales and biases add a little, the folded token table
+    # int8 is 25% of fp32; scales, row sums and biases add a little, the folded token table
     # saves more than that on a model with a realistic embedding (see bench/runtime.py)
-    assert runtime.resident_weight_bytes() < 0.27 * fp32_bytes
+    assert runtime.resident_weight_bytes() < 0.28 * fp32_bytes
     assert runtime.content_hash == device_model.content_hash()
+
+
+@pytest.mark.skipif(not kernels.HAS_VNNI, reason="this CPU has no AVX-512 VNNI: only the plain loops run")
+@pytest.mark.parametrize("rows, cols", [(1024, 240), (29, 256), (16, 4), (70, 13)])
+def test_vnni_sums_equal_plain_sums(rows: int, cols: int) -> None:
+    rng = np.random.default_rng(rows + cols)
+    w = kernels.interleave(rng.integers(-127, 128, (rows, cols), dtype=np.int8))
+    xq = rng.integers(0, 256, (3, w.shape[1] * 4), dtype=np.uint8)
+    fast, plain = (np.zeros(w.shape[0] * 16, np.int32) for _ in range(2))
+    for t in range(3):
+        kernels._int_sums_vnni(w, xq, t, fast)
+        kernels._int_sums_plain(w, xq, t, plain)
+        assert np.array_equal(fast, plain)
+        want = w.transpose(0, 2, 1, 3).reshape(len(fast), -1).astype(np.int64) @ xq[t].astype(np.int64)
+        assert np.array_equal(plain, want)
 
 
 def test_folded_token_table_matches_per_token_matmul(device_model) -> None:

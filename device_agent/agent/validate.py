@@ -81,7 +81,7 @@ class Validator:
         budget = self.budget[0] + self.budget[1] * audio_s
         deadline = started + budget
 
-        def check() -> None:  # called once per encoder frame
+        def check() -> None:  # called before each block of encoder frames (runtime.CHECK_EVERY_FRAMES)
             if self.should_stop is not None and self.should_stop():
                 raise Stopped("stop requested while the WER gate was decoding")
             if time.monotonic() > deadline:
