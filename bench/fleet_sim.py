@@ -59,7 +59,7 @@ from device_agent.model_format import encode_model, load_model
 from packager.bundle import apply_bundle, decode_bundle, encode_diff_bundle, encode_full_bundle
 from packager.channels import UpdateEdge, fetch_channel
 from packager.exact_diff import exact_diff
-from packager.fleet_status import fleet_summary
+from packager.fleet_status import fleet_summary, release_rows
 from packager.publish import publish_bundle
 from packager.rollout_controller import RolloutController, RolloutPlan
 from packager.seaweed import SeaweedServer
@@ -90,8 +90,11 @@ class SimConfig:
     outage_slots: int = 2
     quiet_lifetimes: int = 3
     without_refresh: bool = True  # also run the quiet period without the cron job
+    # A one-hour timestamp makes "3x the expiry" three polls long; snapshot and targets
+    # live longer, as in production, so a steady poll does not refetch them.
     expiry: ExpiryPolicy = field(default_factory=lambda: ExpiryPolicy(
-        root=timedelta(days=365), targets=timedelta(days=1), snapshot=timedelta(hours=2), timestamp=timedelta(hours=1)))
+        root=timedelta(days=365), targets=timedelta(days=7), snapshot=timedelta(days=1), timestamp=timedelta(hours=1)))
+    bad_release: tuple[str, float, int] = ("encoder.weight_hh_l2", 0.6, 80)  # tensor, share of entries, |delta|
     max_slots: int = 60  # per scenario: a rollout that never finishes fails the run instead of hanging
 
 
@@ -191,7 +194,8 @@ class SampleLab:
         lines = SAMPLES.read_text().splitlines()
         self.validators = []
         for j in range(n_sets):
-            chosen = [json.loads(lines[(j * per_set // 2 + k) % len(lines)]) for k in range(per_set)]
+            stride = max(1, len(lines) // n_sets)  # spread the sets over the file; they overlap when many
+            chosen = [json.loads(lines[(j * stride + k) % len(lines)]) for k in range(per_set)]
             for c in chosen:
                 c["audio_filepath"] = str((SAMPLES.parent / c["audio_filepath"]).resolve())
             manifest = folder / f"validation-{j}.jsonl"
@@ -343,9 +347,14 @@ class Simulation:
         self.cron_runs = Counter()
 
     def admin(self) -> Store:
-        e = self.server.endpoint
-        return S3Store(self.bucket, "repo", endpoint_url=e.endpoint_url, access_key=e.access_key,
-                       secret_key=e.secret_key, connect_timeout=1.0, max_attempts=1)
+        """The publisher's and controller's store (not counted as device load)."""
+        if self._admin is None:
+            e = self.server.endpoint
+            self._admin = S3Store(self.bucket, "repo", endpoint_url=e.endpoint_url, access_key=e.access_key,
+                                  secret_key=e.secret_key, connect_timeout=1.0, max_attempts=1)
+        return self._admin
+
+    _admin: Store | None = None
 
     def setup(self) -> None:
         import boto3
@@ -377,9 +386,21 @@ class Simulation:
 
     # one slot: devices of this phase poll, cron, controller, clock
     def tick(self) -> dict[str, Any]:
+        self.run_cron()
         started = time.perf_counter()
         results = self.fleet.poll_slot(self.slot % self.cfg.slots)
         poll_seconds = time.perf_counter() - started
+        decision = None
+        if self.controller_on:
+            try:
+                decision = self.controller.step()
+            except OtaError as exc:  # the store is down: the controller tries again next slot
+                decision = {"action": "error", "reason": f"{type(exc).__name__}", "status": "running"}
+        self.slot += 1
+        self.clock.t += self.slot_seconds
+        return {"results": results, "decision": decision, "poll_seconds": poll_seconds}
+
+    def run_cron(self) -> None:
         if self.cron and self.clock() - self.last_refresh >= self.cfg.refresh_every:
             try:
                 resigned = refresh_repository(self.admin(), self.keys, now=self.clock.dt()).resigned
@@ -388,15 +409,6 @@ class Simulation:
                 self.last_refresh = self.clock()
             except OtaError as exc:
                 self.cron_runs[f"failed: {type(exc).__name__}"] += 1
-        decision = None
-        if self.controller_on:
-            try:
-                decision = self.controller.step()
-            except OtaError as exc:
-                decision = {"action": "error", "reason": f"{type(exc).__name__}", "status": "running"}
-        self.slot += 1
-        self.clock.t += self.slot_seconds
-        return {"results": results, "decision": decision, "poll_seconds": poll_seconds}
 
     controller_on = False
 
@@ -507,14 +519,13 @@ def _scenarios(sim: Simulation, cfg: SimConfig, log) -> dict[str, Any]:  # type:
     log(f"good release: {({k: v for k, v in good.items() if k not in ('timeline', 'decisions')})}")
 
     # 2) bad release 2 -> 3, reverse bundle 3 -> 2 published with it
-    v3, b23 = sim.release(with_version(random_diff(v2, 7, "encoder.weight_hh_l2", 0.6, 80), v2, 3), v2)
+    v3, b23 = sim.release(with_version(random_diff(v2, 7, *cfg.bad_release), v2, 3), v2)
     sim.publish(b23, rollout_percent=0.0)
     reverse = encode_diff_bundle(exact_diff(v3, v2), v3)
     sim.publish(reverse, make_current=False)
     bad = sim.rollout(3, 2, revert=True)
     activated = sum("3" in d.activated for d in fleet.devices)
-    reports = fleet_summary(sim.admin(), "speech-commands", now=sim.clock.dt())
-    row = next(r for r in reports["releases"] if r["version"] == "3")
+    row = next(r for r in release_rows(sim.controller.reader.reports.values()) if r["version"] == "3")
     halt = next((d for d in bad["decisions"] if d["action"] == "halt"), None)
     first_bad = _first_bad_report(sim.admin(), "3")
     bad.update({"activated_devices": activated, "activated_share": activated / n,

@@ -83,10 +83,11 @@ class Heartbeat:
         return data
 
     def digest(self) -> str:
-        """What counts as a change worth sending now (not the time, not the exact failure count)."""
+        """What counts as a change worth sending now (not the time, the message, the exact failure
+        count, or a metadata expiry moved by a routine re-signing)."""
         doc = asdict(self)
-        doc.pop("at")
-        doc.pop("error")
+        for volatile in ("at", "error", "metadata_expires"):
+            doc.pop(volatile)
         doc["consecutive_failures"] = min(self.consecutive_failures, 3)
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
