@@ -236,3 +236,16 @@ def test_a_channel_diff_over_budget_drops_its_smallest_codes(base: DeviceModel) 
     assert np.abs(trimmed.channels.codes[kept]).min() >= np.abs(diff.channels.codes[~kept]).max()
     assert np.array_equal(trimmed.channels.codes[kept], diff.channels.codes[kept])
     assert apply_diff(base, trimmed).content_hash() == trimmed.target_hash
+
+
+def test_hashed_buckets_and_bias_codes_train_together_within_budget(manifest: Path) -> None:
+    from diffing.diffs import HashedDiffConfig, learn_diff
+
+    base = tiny_device_model()
+    diff = learn_diff(base, manifest, HashedDiffConfig(budget="3000B", epochs=1, replay_ratio=0.0, channels="bias",
+                                                       threads=1))
+    assert diff.channels is not None and all(isinstance(d, HashedDelta) for d in diff.deltas.values())
+    assert {kind for kind, _, _ in diff.channels.unpack(base).values()} == {"bias"}
+    data = encode_diff_bundle(diff, base)
+    assert len(data) <= 3000
+    assert apply_bundle(decode_bundle(data), base).content_hash() == diff.target_hash
