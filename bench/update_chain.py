@@ -187,7 +187,8 @@ def main() -> None:
                       "wer_original": wer_on(new_model, ORIGINAL_TEST, args.eval_limit),
                       "wer_earlier": {n: wer_on(new_model, t, args.eval_limit) for n, _, t in updates[:k]}}
             if ladder is not None:  # budget 0.0 stands for "auto"; the rung it shipped is chosen_budget
-                record.update(ladder=ladder, chosen_budget=next(r["budget"] for r in ladder if r["shipped"]))
+                record.update(ladder=ladder, max_gap=args.max_gap,
+                              chosen_budget=next(r["budget"] for r in ladder if r["shipped"]))
             if method == "full":
                 old_file = encode_model(model)
                 record["zstd_patch_from_bytes"] = zstd_patch_from_bytes(old_file, new_file)

@@ -14,12 +14,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS  # noqa: E402
 
-METHOD_ORDER = ["full", "sparse", "hybrid", "hashed", "topk", "lora"]
+METHOD_ORDER = ["full", "sparse", "hybrid", "hashed", "channel", "auto", "topk", "lora"]
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    """Table order: by METHOD_ORDER, a `+channels` variant after its method."""
+    name, _, suffix = method.partition("+")
+    return (METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER), suffix)
+
+
+def budget_label(method: str, budget: float) -> str:
+    """'all' for the full fine-tune, 'auto' for the automatic budget (budget 0.0), else the share."""
+    return {"full": "all", "auto": "auto"}.get(method) or pct(budget)
 
 
 def load(path: Path = RESULTS / "update_chain.json") -> tuple[dict, list[dict]]:
     data = json.loads(path.read_text())
-    return data, sorted(data["records"], key=lambda r: (r["index"], METHOD_ORDER.index(r["method"]), r["budget"]))
+    return data, sorted(data["records"], key=lambda r: (r["index"], method_rank(r["method"]), r["budget"]))
 
 
 def pct(x: float) -> str:
@@ -34,7 +45,7 @@ def table(data: dict, records: list[dict]) -> str:
         lines.append(f"| {name} | base model | | | | {pct(base[name])} | {pct(base['original'])} | | |")
         for r in (r for r in records if r["update"] == name):
             earlier = list(r["wer_earlier"].values())
-            budget = "all" if r["method"] == "full" else pct(r["budget"])
+            budget = budget_label(r["method"], r["budget"])
             extra = ""
             if r["method"] == "full":
                 extra = f" (zstd patch-from {r['zstd_patch_from_bytes']:,} B, bsdiff {r['bsdiff_bytes']:,} B)"
@@ -70,12 +81,12 @@ def summary(data: dict, records: list[dict]) -> str:
     lines = [f"| method | budget | bytes (mean) | update WER minus full fine-tune, per update (points) | mean | "
              f"original WER after {len(updates)} updates (base {pct(data['base_wer']['original'])}) | "
              "earlier updates' drift (mean) |", "|---|---|---|---|---|---|---|"]
-    chains = sorted({(r["method"], r["budget"]) for r in records}, key=lambda mb: (mb[1], METHOD_ORDER.index(mb[0])))
+    chains = sorted({(r["method"], r["budget"]) for r in records}, key=lambda mb: (mb[1], method_rank(mb[0])))
     for method, b in chains:
         rows = [by[(method, b, u)] for u in updates if (method, b, u) in by]
         gaps, drift = gaps_to_full(by, method, b, updates), earlier_drift(by, method, b, updates)
         last = by.get((method, b, updates[-1]))
-        lines.append(f"| {method} | {'all' if method == 'full' else pct(b)} | "
+        lines.append(f"| {method} | {budget_label(method, b)} | "
                      f"{round(sum(r['bytes'] for r in rows) / len(rows)):,} | "
                      f"{', '.join(f'{100 * g:+.1f}' for g in gaps)} | "
                      f"{100 * sum(gaps) / len(gaps):+.1f} | "
@@ -146,10 +157,10 @@ def claims(data: dict, records: list[dict]) -> list[str]:
                    + f"{'met' if max(w['ratio_vs_full'].values()) <= 1.5 else 'NOT met'})")
     # forgetting of earlier updates: their WER after the last update minus right after they were learned
     chains = sorted({(r["method"], r["budget"]) for r in records},
-                    key=lambda mb: (METHOD_ORDER.index(mb[0]), mb[1]))
+                    key=lambda mb: (method_rank(mb[0]), mb[1]))
     for method, b in chains:
         if drift := earlier_drift(by, method, b, updates):
-            name = method if method == "full" else f"{method} {pct(b)}"
+            name = method if method in ("full", "auto") else f"{method} {pct(b)}"
             out.append(f"{name} after {len(updates)} updates, earlier updates' WER minus right after learning them: "
                        f"{', '.join(f'{100 * d:+.1f}' for d in drift)} points "
                        f"(mean {100 * sum(drift) / len(drift):+.1f})")
@@ -157,6 +168,55 @@ def claims(data: dict, records: list[dict]) -> list[str]:
         if drift := gaps_to_full(by, "hashed", b, updates):
             out.append(f"hashed {pct(b)}: update WER minus full fine-tune along the chain "
                        f"{', '.join(f'{100 * d:+.1f}' for d in drift)} points")
+    return out
+
+
+BASELINES = ("full", "topk", "lora")
+
+
+def budget_claims(records: list[dict]) -> list[str]:
+    """Smaller diffs for the same accuracy: per budget, the best learned diff's gaps to the full fine-tune
+    against the targets (<= 3%: mean <= +1.0, none over +3.0, original set no worse than the full
+    fine-tune's after the chain; <= 1%: mean <= +5.0; real speakers at <= 5% within 3.0), and what
+    the automatic budget shipped."""
+    by, updates = index(records)
+    full_last = by.get(("full", 1.0, updates[-1]))
+    out = []
+    chains = {(r["method"], r["budget"]) for r in records if r["method"] not in (*BASELINES, "auto")}
+    for limit, mean_target in ((0.01, 0.05), (0.03, 0.01)):
+        scored = []
+        for method, b in chains:
+            gaps = gaps_to_full(by, method, b, updates)
+            if b <= limit + 1e-9 and len(gaps) == len(updates):
+                scored.append((sum(gaps) / len(gaps), method, b, gaps))
+        if not scored:
+            continue
+        mean, method, b, gaps = min(scored)
+        last = by[(method, b, updates[-1])]
+        met = mean <= mean_target + 1e-9
+        line = (f"best learned diff at <= {pct(limit)} of the bytes: {method} {pct(b)}, mean gap {100 * mean:+.1f} "
+                f"(target <= {100 * mean_target:+.1f}: {'met' if met else 'NOT met'})")
+        if limit == 0.03:
+            worst_ok = max(gaps) <= 0.03 + 1e-9
+            orig_ok = full_last is not None and last["wer_original"] <= full_last["wer_original"]
+            line += (f", worst {100 * max(gaps):+.1f} (<= +3.0: {'met' if worst_ok else 'NOT met'}), original set "
+                     f"{pct(last['wer_original'])} vs full {pct(full_last['wer_original']) if full_last else '?'} "
+                     f"({'met' if orig_ok else 'NOT met'})")
+        out.append(line)
+    real = [(gaps_to_full(by, m, b, ["fsdd_speakers"])[0], m, b) for m, b in chains
+            if b <= 0.05 + 1e-9 and gaps_to_full(by, m, b, ["fsdd_speakers"])]
+    if real:
+        gap, m, b = min(real)
+        out.append(f"real speakers at <= 5% of the bytes: best {m} {pct(b)}, {100 * gap:+.1f} points from the full "
+                   f"fine-tune (<= +3.0: {'met' if gap <= 0.03 + 1e-9 else 'NOT met'})")
+    for u in updates:
+        r = by.get(("auto", 0.0, u))
+        if r and "ladder" in r:
+            rungs = ", ".join(f"{pct(x['budget'])} {x['bytes']:,} B {pct(x['dev_wer'])}" for x in r["ladder"])
+            best = min(x["dev_wer"] for x in r["ladder"])
+            smallest = next(x for x in r["ladder"] if 100 * (x["dev_wer"] - best) <= r["max_gap"] + 1e-9)
+            out.append(f"auto on {u}: shipped {pct(r['chosen_budget'])} (smallest within the gap: "
+                       f"{pct(smallest['budget'])}) from the ladder {rungs}")
     return out
 
 
@@ -198,7 +258,7 @@ def main() -> None:
     print()
     print(table(data, records))
     print()
-    for line in claims(data, records):
+    for line in claims(data, records) + budget_claims(records):
         print("-", line)
     plot(data, records, RESULTS / f"{name}.png")
     print(f"\nplot: {RESULTS / f'{name}.png'}")
