@@ -32,14 +32,15 @@ def diff() -> None:
               help="The deployed device model (.otam) the diff applies to.")
 @click.option("--data", "data", required=True, type=INPUT_FILE, help="Adaptation manifest (JSONL).")
 @click.option("--replay", type=INPUT_FILE, help="Manifest of earlier data mixed in against forgetting.")
-@click.option("--epochs", default=8, show_default=True, help="Training epochs over the adaptation data.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Training epochs over the adaptation data (default: the method's).")
 @click.option("--lr", type=float, default=None, help="Learning rate (default: the method's).")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads (default: the cores not busy with other work).")
 @click.option("--out", "out_path", required=True, type=OUTPUT_FILE, help="Diff bundle to write (.otab).")
 def train(method: str, channels: str | None, budget: str | None, max_gap: float, ladder: str, base_path: Path,
-          data: Path, replay: Path | None, epochs: int, lr: float | None, seed: int, threads: int | None,
+          data: Path, replay: Path | None, epochs: int | None, lr: float | None, seed: int, threads: int | None,
           out_path: Path) -> None:
     """Learn a diff against the exact int8 model a device runs.
 
