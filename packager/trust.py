@@ -201,7 +201,7 @@ def _read_local_root(keys_dir: Path) -> Metadata[Root]:
     try:
         return Metadata[Root].from_bytes(path.read_bytes())
     except FileNotFoundError:
-        raise ConfigError(f"{path} not found; expected a keys dir made by init_repository") from None
+        raise ConfigError(f"{path} not found; expected a keys folder made by `ota repo init`") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -301,7 +301,8 @@ class _Repo:
         # ETag first, body second: if they disagree the If-Match below fails safely.
         info = store.head(TIMESTAMP_KEY)
         if info is None:
-            raise StoreNotFoundError(f"{TIMESTAMP_KEY} not found in {store.url}; expected a repository made by init_repository")
+            raise StoreNotFoundError(f"{TIMESTAMP_KEY} not found in {store.url}; expected a repository made by "
+                                     "`ota repo init` (is the store URL right?)")
         self.timestamp_etag = info.etag
         self.timestamp: Metadata[Timestamp] = _verified(store, root, "timestamp", TIMESTAMP_KEY)
         snap_version = self.timestamp.signed.snapshot_meta.version
