@@ -79,9 +79,9 @@ def main() -> None:
 
     def run_fp32() -> None:
         for a in audio:
-            fp32.greedy_decode(utterance_features(a))
+            fp32.greedy_decode(utterance_features(a, fp32.cfg.features))
 
-    same = sum(runtime.transcribe(a) == device.tokenizer.decode(fp32.greedy_decode(utterance_features(a)))
+    same = sum(runtime.transcribe(a) == device.tokenizer.decode(fp32.greedy_decode(utterance_features(a, fp32.cfg.features)))
                for a in audio)
     t_int8 = best_of(run_int8)
     torch.backends.mkldnn.enabled = True

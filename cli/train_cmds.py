@@ -24,9 +24,11 @@ from cli.params import INPUT_FILE, OUTPUT_FILE, OUTPUT_FOLDER
               help="Vocal tract length perturbation: warp each utterance's frequency axis by up to this factor.")
 @click.option("--speed", default=0.0, show_default=True, type=click.FloatRange(0.0, 0.5, max_open=True),
               help="Speed perturbation: scale each utterance's frequencies and duration together by up to this factor.")
+@click.option("--rooms", is_flag=True,
+              help="Augment with reverberant rooms, noise, microphone colour and a -30..+10 dB level.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.option("--init-from", type=INPUT_FILE,
-              help="Fine-tune from this checkpoint (weights, masks, normalisation); QAT on from the start.")
+              help="Fine-tune from this checkpoint or device model (.otam): weights, masks; QAT on from the start.")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="torch threads per process (default: the cores not busy with other work, shared by the "
               "processes torchrun starts on this machine).")
@@ -35,7 +37,8 @@ from cli.params import INPUT_FILE, OUTPUT_FILE, OUTPUT_FOLDER
               "command line take precedence.")
 @click.pass_context
 def train(ctx: click.Context, train_manifest: Path, dev_manifest: Path | None, out_dir: Path, epochs: int,
-          sparsity: float, lr: float, model_id: str, vtlp: float, speed: float, seed: int, init_from: Path | None,
+          sparsity: float, lr: float, model_id: str, vtlp: float, speed: float, rooms: bool, seed: int,
+          init_from: Path | None,
           threads: int | None, config_path: Path | None) -> None:
     """Train a streaming RNN-T with pruning and QAT, then export an int8 model.
 
@@ -53,7 +56,7 @@ def train(ctx: click.Context, train_manifest: Path, dev_manifest: Path | None, o
     from diffing.train import TrainConfig, train as run  # training code only on the server side
 
     settings = dict(epochs=epochs, target_sparsity=sparsity, lr=lr, model_id=model_id, vtlp=vtlp, speed=speed,
-                    seed=seed, threads=threads or 0)
+                    rooms=rooms, seed=seed, threads=threads or 0)
     if config_path:
         field_of = {"sparsity": "target_sparsity"}  # option names that differ from TrainConfig fields
         explicit = {field_of.get(name, name) for name in ctx.params

@@ -1,9 +1,12 @@
 """Log-mel front end in plain torch, identical on server and device.
 
-No centre padding and no per-utterance normalisation: a frame depends only on
-its own 25 ms of audio, so feeding audio in chunks yields exactly the frames of
-the whole utterance (`StreamingFeatures`). Frame stacking concatenates
-`stack` consecutive frames (non-overlapping), cutting the encoder's frame rate.
+No centre padding: a log-mel frame depends only on its own 25 ms of audio.
+A causal level normaliser then subtracts a running estimate of the
+utterance's loudness from every frame (`LevelNormalizer`), so a quieter or
+louder microphone gives the same features; its only state is one number, so
+feeding audio in chunks yields exactly the frames of the whole utterance
+(`StreamingFeatures`). Frame stacking concatenates `stack` consecutive frames
+(non-overlapping), cutting the encoder's frame rate.
 """
 from __future__ import annotations
 
@@ -23,6 +26,19 @@ class FeatureConfig:
     hop_length: int = 160  # 10 ms
     n_mels: int = 80
     stack: int = 3  # frames per encoder step (30 ms)
+    # Level normaliser time constants in 10 ms frames (0 = off, the format-1 front end).
+    # The tracked level rises fast (attack) and falls slowly (release), like an
+    # automatic gain control: it follows speech peaks, not the pauses between words.
+    level_attack: int = 2
+    level_release: int = 100
+    # Frames quieter than the level by more than this many dB pull it down as if they were exactly
+    # that much quieter: pauses release the gain at a bounded rate, and sounds near the power floor
+    # (where a gain change is not a pure shift) all act alike.
+    level_range_db: int = 20
+
+    @property
+    def level_norm(self) -> bool:
+        return self.level_attack > 0
 
     @property
     def stacked_dim(self) -> int:
@@ -65,6 +81,16 @@ def num_frames(num_samples: int, cfg: FeatureConfig) -> int:
     return 1 + (num_samples - cfg.win_length) // cfg.hop_length
 
 
+LOG_EPS = 1e-6  # floor of the mel power in the format-1 front end: keeps log finite on digital silence
+# With the level normaliser the floor sits below 16-bit quantisation noise (~1e-8 per mel band), so
+# a quiet microphone's soft sounds keep their shape instead of flattening onto the floor.
+LEVEL_LOG_EPS = 1e-10
+
+
+def log_eps(cfg: FeatureConfig) -> float:
+    return LEVEL_LOG_EPS if cfg.level_norm else LOG_EPS
+
+
 def log_mel(audio: torch.Tensor | np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> torch.Tensor:
     """(num_samples,) float audio -> (num_frames, n_mels) log-mel features."""
     x = torch.as_tensor(audio, dtype=torch.float32)
@@ -74,7 +100,55 @@ def log_mel(audio: torch.Tensor | np.ndarray, cfg: FeatureConfig = FeatureConfig
     frames = x[: cfg.win_length + (n - 1) * cfg.hop_length].unfold(0, cfg.win_length, cfg.hop_length)
     spec = torch.fft.rfft(frames * _window(cfg), n=cfg.n_fft)  # (F, n_fft/2+1)
     power = spec.real.square() + spec.imag.square()
-    return torch.log(power @ mel_filterbank(cfg) + 1e-6)  # (F, n_mels)
+    return torch.log(power @ mel_filterbank(cfg) + log_eps(cfg))  # (F, n_mels)
+
+
+def frame_levels(feats: torch.Tensor) -> list[float]:
+    """(F, n_mels) log-mel -> per-frame log of the mean mel power, computed row by row in float64 so
+    a frame's level never depends on how many frames arrived with it."""
+    power = feats.double().exp().mean(dim=-1)
+    return [math.log(float(p)) for p in power]
+
+
+# A frame whose mean mel power sits on the floor is digital silence (padding, a muted input): it
+# says nothing about the speaker's level, so the level holds through it.
+SILENCE_LEVEL = math.log(2 * LEVEL_LOG_EPS)
+
+
+class LevelNormalizer:
+    """Causal automatic gain in the log domain: `level <- level + k * (e - level)` with k = 1/attack when
+    the frame is louder than the level and 1/release otherwise; the first sounding frame sets the level.
+
+    A constant gain g adds log(g^2) to every log-mel value and, by linearity, to the level, so the
+    output `log-mel - level` is unchanged from the first frame on (up to the power floor)."""
+
+    def __init__(self, attack: int, release: int, range_db: int) -> None:
+        self.up, self.down = 1.0 / attack, 1.0 / release
+        self.range = range_db / 10 * math.log(10)  # dB of power -> nats
+        self.level: float | None = None
+
+    def __call__(self, feats: torch.Tensor) -> torch.Tensor:
+        """(F, n_mels) log-mel -> (F, n_mels) level-normalised, continuing from the previous call."""
+        levels = []
+        for e in frame_levels(feats):
+            if e > SILENCE_LEVEL:
+                if self.level is None:
+                    self.level = e
+                elif e > self.level:
+                    self.level += self.up * (e - self.level)
+                else:
+                    self.level += self.down * (max(e, self.level - self.range) - self.level)
+            levels.append(e if self.level is None else self.level)
+        if not levels:
+            return feats
+        return feats - torch.tensor(levels, dtype=torch.float32)[:, None]
+
+
+def normalize_level(feats: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """Whole-utterance level normalisation (identity when the model's front end has none)."""
+    if not cfg.level_norm:
+        return feats
+    return LevelNormalizer(cfg.level_attack, cfg.level_release, cfg.level_range_db)(feats)
 
 
 def stack_frames(feats: torch.Tensor, stack: int) -> torch.Tensor:
@@ -85,7 +159,7 @@ def stack_frames(feats: torch.Tensor, stack: int) -> torch.Tensor:
 
 def utterance_features(audio: torch.Tensor | np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> torch.Tensor:
     """Whole utterance -> stacked features (T, n_mels * stack)."""
-    return stack_frames(log_mel(audio, cfg), cfg.stack)
+    return stack_frames(normalize_level(log_mel(audio, cfg), cfg), cfg.stack)
 
 
 class StreamingFeatures:
@@ -95,13 +169,15 @@ class StreamingFeatures:
         self.cfg = cfg
         self._samples = torch.zeros(0)
         self._frames = torch.zeros(0, cfg.n_mels)
+        self._level = LevelNormalizer(cfg.level_attack, cfg.level_release, cfg.level_range_db) if cfg.level_norm else None
 
     def push(self, chunk: torch.Tensor | np.ndarray) -> torch.Tensor:
         cfg = self.cfg
         self._samples = torch.cat([self._samples, torch.as_tensor(chunk, dtype=torch.float32)])
         n = num_frames(self._samples.shape[0], cfg)
         if n:
-            self._frames = torch.cat([self._frames, log_mel(self._samples, cfg)])
+            new = log_mel(self._samples, cfg)
+            self._frames = torch.cat([self._frames, self._level(new) if self._level else new])
             self._samples = self._samples[n * cfg.hop_length :]
         usable = (self._frames.shape[0] // cfg.stack) * cfg.stack
         out = stack_frames(self._frames[:usable], cfg.stack)

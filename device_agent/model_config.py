@@ -11,7 +11,8 @@ from typing import Literal
 from device_agent.errors import ConfigError
 from device_agent.features import FeatureConfig
 
-TensorKind = Literal["int8", "float32"]  # int8 = per-channel quantized matrix
+TensorKind = Literal["int8", "float32"]
+LEVEL_KEYS = ("level_attack", "level_release", "level_range_db")  # the level normaliser's settings (format 2)  # int8 = per-channel quantized matrix
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,13 @@ class ModelConfig:
             raise ConfigError(f"model config vocab_size must be >= 2 (blank + 1 symbol), got {self.vocab_size}")
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.features.level_norm:
+            # A front end without level normalisation is the format-1 front end: its config (and so
+            # the content hash of every model made before the normaliser existed) stays as it was.
+            for key in LEVEL_KEYS:
+                del d["features"][key]
+        return d
 
     @classmethod
     def from_json(cls, obj: object) -> "ModelConfig":
@@ -51,8 +58,15 @@ class ModelConfig:
         if not isinstance(feats, dict) or set(feats) - {f.name for f in fields(FeatureConfig)}:
             raise ConfigError(f"model config 'features' must be an object with keys of FeatureConfig, got {feats!r:.200}")
         for key, value in feats.items():
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 192_000:
-                raise ConfigError(f"feature config {key} must be a positive integer, got {value!r}")
+            low = 0 if key in LEVEL_KEYS else 1
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 192_000:
+                raise ConfigError(f"feature config {key} must be an integer in [{low}, 192000], got {value!r}")
+        feats = {**{key: 0 for key in LEVEL_KEYS}, **feats}  # absent = no level normaliser (format 1)
+        attack, release, range_db = (feats[key] for key in LEVEL_KEYS)
+        off, on = attack == release == range_db == 0, 1 <= attack <= release and range_db >= 1
+        if not (off or on):
+            raise ConfigError(f"feature config level_attack/level_release/level_range_db must all be 0 (off) or "
+                              f"1 <= attack <= release and range >= 1, got {attack}, {release}, {range_db}")
         return cls(features=FeatureConfig(**feats), **values)
 
 

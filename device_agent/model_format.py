@@ -22,7 +22,7 @@ import zstandard
 from device_agent.atomic import write_atomic
 from device_agent.device_model import QMAX, DeviceModel, QuantizedWeight, canonical_json
 from device_agent.errors import ConfigError, ContentHashMismatchError, ModelFormatError
-from device_agent.model_config import ModelConfig, tensor_layout
+from device_agent.model_config import LEVEL_KEYS, ModelConfig, tensor_layout
 from device_agent.sparse_coding import decode_sparse, pick_sparse_coding, varint_len
 from device_agent.strict_header import (MAX_VERSION, check_content_hash, check_exact_keys, check_int, check_name,
                                         check_string_map, check_xxh64, is_int, parse_canonical_json)
@@ -30,7 +30,8 @@ from device_agent.zstd_frames import decompress_exact
 from device_agent.tokenizer import CharTokenizer
 
 MAGIC = b"OTAMODEL"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the front end may carry a level normaliser (features.level_*)
+READABLE_VERSIONS = (1, 2)
 PREAMBLE = struct.Struct("<8sHHI")  # magic, version, reserved, header length
 MAX_HEADER_BYTES = 1 << 20
 MAX_FILE_BYTES = 1 << 30
@@ -108,8 +109,8 @@ def _parse_preamble(buf: bytes) -> int:
     magic, version, reserved, header_len = PREAMBLE.unpack_from(buf)
     if magic != MAGIC:
         raise ModelFormatError(f"bad magic {magic!r}: expected {MAGIC!r} (is this an .otam device model?)")
-    if version != FORMAT_VERSION:
-        raise ModelFormatError(f"format version {version} is not supported; this reader supports {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise ModelFormatError(f"format version {version} is not supported; this reader supports {READABLE_VERSIONS}")
     if reserved != 0:
         raise ModelFormatError(f"reserved preamble field is {reserved}, expected 0")
     if not 2 <= header_len <= MAX_HEADER_BYTES:
@@ -232,6 +233,11 @@ def decode_model(buf: bytes, *, max_decoded_bytes: int | None = None) -> DeviceM
     if not isinstance(buf, (bytes, bytearray, memoryview)):
         raise ModelFormatError(f"expected model file bytes, got {type(buf).__name__}")
     header = parse_header(buf)
+    version = PREAMBLE.unpack_from(buf)[1]
+    feats = header["config"].get("features") if isinstance(header["config"], dict) else None
+    if version == 1 and isinstance(feats, dict) and set(feats) & set(LEVEL_KEYS):
+        raise ModelFormatError(f"format-1 files have no level normaliser, but the header sets "
+                               f"{sorted(set(feats) & set(LEVEL_KEYS))}")
     try:
         cfg = ModelConfig.from_json(header["config"])
         tokenizer = CharTokenizer.from_json(header["tokenizer"])

@@ -13,7 +13,7 @@ import xxhash
 from rich.progress import track
 
 from device_agent.audio import load_audio
-from device_agent.features import FeatureConfig, hz_to_mel, log_mel, mel_points_hz
+from device_agent.features import FeatureConfig, hz_to_mel, log_mel, mel_points_hz, normalize_level
 from device_agent.manifest import Utterance, read_manifest
 from device_agent.tokenizer import CharTokenizer
 
@@ -51,9 +51,15 @@ def load_examples(manifest: str | Path, tokenizer: CharTokenizer, cfg: FeatureCo
     return examples
 
 
-def feature_stats(examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-mel-bin mean and 1/std over all training frames."""
-    frames = torch.cat([e.feats.float() for e in examples])
+def model_input(feats: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """Cached log-mel (F, n_mels) -> what the encoder reads (F // stack, stack * n_mels): the device front
+    end's level normaliser, then stacking. Normalisation by the model's statistics comes after."""
+    return stack(normalize_level(feats.float(), cfg), cfg.stack)
+
+
+def feature_stats(examples: list[Example], cfg: FeatureConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-mel-bin mean and 1/std over all training frames, after the level normaliser."""
+    frames = torch.cat([normalize_level(e.feats.float(), cfg) for e in examples])
     return frames.mean(0), 1.0 / frames.std(0).clamp_min(1e-3)
 
 
@@ -123,7 +129,7 @@ def speed_perturb(feats: torch.Tensor, cfg: FeatureConfig, alpha: float) -> torc
 
 @dataclass
 class Batch:
-    feats: torch.Tensor  # (B, T, stack * n_mels) stacked, unnormalized
+    feats: torch.Tensor  # (B, T, stack * n_mels) level-normalised and stacked; the model's statistics not yet applied
     feat_lens: torch.Tensor  # (B,)
     targets: torch.Tensor  # (B, U) zero-padded
     target_lens: torch.Tensor  # (B,)
@@ -135,9 +141,10 @@ def stack(feats: torch.Tensor, k: int) -> torch.Tensor:
     return feats[:usable].reshape(-1, feats.shape[1] * k)
 
 
-def collate(examples: list[Example], k: int, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Batch:
-    """Stack and pad; `transform` (per utterance, before stacking) is for augmentations that change length."""
-    stacked = [stack(transform(e.feats) if transform else e.feats.float(), k) for e in examples]
+def collate(examples: list[Example], cfg: FeatureConfig,
+            transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Batch:
+    """Level-normalise, stack and pad; `transform` (per utterance, on raw log-mel) is for augmentation."""
+    stacked = [model_input(transform(e.feats) if transform else e.feats, cfg) for e in examples]
     T = max(s.shape[0] for s in stacked)
     U = max(len(e.tokens) for e in examples)
     feats = torch.zeros(len(examples), T, stacked[0].shape[1])
@@ -165,11 +172,11 @@ def batch_groups(examples: list[Example], max_frames: int, k: int) -> list[list[
     return groups
 
 
-def batches(examples: list[Example], max_frames: int, k: int, rng: random.Random | None,
+def batches(examples: list[Example], max_frames: int, cfg: FeatureConfig, rng: random.Random | None,
             transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[Batch]:
     """Length-sorted buckets of at most `max_frames` padded frames; shuffled order if `rng`."""
-    groups = batch_groups(examples, max_frames, k)
+    groups = batch_groups(examples, max_frames, cfg.stack)
     if rng is not None:
         rng.shuffle(groups)
     for g in groups:
-        yield collate([examples[i] for i in g], k, transform)
+        yield collate([examples[i] for i in g], cfg, transform)

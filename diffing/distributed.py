@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from device_agent.errors import ConfigError, DistributedTrainingError
+from device_agent.features import FeatureConfig
 from diffing.data import Batch, Example, batch_groups, collate
 
 T = TypeVar("T")
@@ -144,18 +145,18 @@ def global_groups(examples: list[Example], max_frames: int, k: int) -> list[list
     return [g for g in batch_groups(examples, max_frames, k) if len(g) >= size]
 
 
-def local_batches(examples: list[Example], max_frames: int, k: int, rng: random.Random | None,
+def local_batches(examples: list[Example], max_frames: int, cfg: FeatureConfig, rng: random.Random | None,
                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[tuple[Batch, float]]:
     """This rank's share of each global batch (utterances dealt round-robin) and the weight that
     makes the ranks' averaged gradient that of the global batch's mean loss (1.0 in one process).
     Shuffled by `rng`, which must be in the same state on every rank."""
     world = current()
-    groups = global_groups(examples, max_frames, k)
+    groups = global_groups(examples, max_frames, cfg.stack)
     if rng is not None:
         rng.shuffle(groups)
     for g in groups:
         mine = g[world.rank::world.size]
-        yield collate([examples[i] for i in mine], k, transform), len(mine) * world.size / len(g)
+        yield collate([examples[i] for i in mine], cfg, transform), len(mine) * world.size / len(g)
 
 
 def average_gradients(params: list[torch.Tensor]) -> None:

@@ -17,7 +17,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,16 +26,17 @@ import torch.nn.functional as F
 import xxhash
 
 from device_agent.errors import ConfigError
-from device_agent.model_config import ModelConfig
-from device_agent.model_format import save_model
+from device_agent.model_config import LEVEL_KEYS, ModelConfig
+from device_agent.model_format import load_model, save_model
 from device_agent.tokenizer import CharTokenizer
 from diffing import distributed
 from diffing.compression import CompressionState, cubic_schedule
 from diffing.data import feature_stats, load_examples, spec_augment, speed_perturb, vtlp
-from diffing.export import export_model
+from diffing.export import export_model, float_model_from_device
 from diffing.model import RNNT
-from diffing.rnnt_loss import rnnt_loss
 from diffing.progress import step_reporter
+from diffing.rnnt_loss import rnnt_loss
+from diffing.room_augment import RoomAugmentConfig, RoomAugmenter
 from diffing.threads import set_threads
 
 TRAIN_CONFIG_VERSION = 1
@@ -64,6 +65,9 @@ class TrainConfig:
     # Speed perturbation on features: alpha from [1 - speed, 1 + speed] scales frequencies and
     # duration together, like resampling audio (a slow, low voice is not always the same speaker).
     speed: float = 0.0
+    # Rooms and microphones (diffing.room_augment): reverberation, noise, microphone colour and
+    # a -30..+10 dB level, drawn per utterance and epoch.
+    rooms: bool = False
     # Auxiliary CTC on the encoder (head discarded at export): on a small, repetitive
     # command grammar, RNN-T alone can settle into a language-model solution that
     # emits everything at frame 0; CTC forces the encoder to carry the acoustics.
@@ -157,12 +161,12 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 def dev_wer(model: RNNT, examples: list, tokenizer: CharTokenizer) -> float:
     """Greedy float decoding (with the current masks and fake quantization)."""
     from device_agent.wer import word_errors
-    from diffing.data import stack
+    from diffing.data import model_input
 
     model.eval()
     errors = words = 0
     for e in examples:
-        hyp = tokenizer.decode(model.greedy_decode(stack(e.feats.float(), model.cfg.features.stack)))
+        hyp = tokenizer.decode(model.greedy_decode(model_input(e.feats, model.cfg.features)))
         errors += word_errors(e.text, hyp)
         words += len(e.text.split())
     model.train()
@@ -190,6 +194,40 @@ class TrainLoss(torch.nn.Module):
                              blank=0, reduction="sum", zero_infinity=True) / len(targets)
             loss = loss + self.ctc_weight * ctc
         return loss
+
+
+def same_but_front_end(a: ModelConfig, b: ModelConfig) -> bool:
+    """Same network; the front end's level normaliser may differ (a fine-tune can switch it on)."""
+    return replace(a, features=replace(a.features, **{k: getattr(b.features, k) for k in LEVEL_KEYS})) == b
+
+
+def _initial_state(path: str) -> dict:
+    """A checkpoint, or a device model (.otam) turned into one: dequantised weights, its zeros as the
+    pruning masks, no CTC head (a fresh one is trained; it is discarded at export anyway)."""
+    if Path(path).suffix != ".otam":
+        return torch.load(path, weights_only=False)
+    device = load_model(path)
+    model = float_model_from_device(device)
+    compression = CompressionState(model.named_weight_matrices())
+    compression.masks = {name: w != 0 for name, w in model.named_weight_matrices().items()}
+    return {"model": model.state_dict(), "compression": compression.state_dict(), "epoch": 0,
+            "model_config": device.config.to_json()}
+
+
+def _augmentation(cfg: TrainConfig, train_set: list, rng: random.Random) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Per-utterance transform of cached log-mel: rooms and microphones, then speed perturbation."""
+    feats_cfg = cfg.model.features
+    rooms = RoomAugmenter(feats_cfg, RoomAugmentConfig(), rng, [e.feats for e in train_set]) if cfg.rooms else None
+    if not rooms and not cfg.speed:
+        return None
+
+    def transform(feats: torch.Tensor) -> torch.Tensor:
+        if rooms:
+            feats = rooms(feats)
+        if cfg.speed:
+            feats = speed_perturb(feats, feats_cfg, rng.uniform(1 - cfg.speed, 1 + cfg.speed))
+        return feats
+    return transform
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> Path:
@@ -223,7 +261,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
     # 2) model, optimiser, compression state; resume if a checkpoint exists
     torch.manual_seed(cfg.seed)
     model = RNNT(cfg.model)
-    mean, inv_std = feature_stats(train_set)
+    mean, inv_std = feature_stats(train_set, feats_cfg)
     model.frontend.mean.copy_(mean)
     model.frontend.inv_std.copy_(inv_std)
     model.pred_dropout = cfg.pred_dropout
@@ -251,27 +289,32 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
         step, epoch, history = ckpt["step"], ckpt["epoch"], ckpt["history"]
         log(f"resumed from {ckpt_path} at epoch {epoch}, step {step}")
     elif cfg.init_from:
-        init = torch.load(cfg.init_from, weights_only=False)
-        if ModelConfig.from_json(init["model_config"]) != cfg.model:
+        init = _initial_state(cfg.init_from)
+        if not same_but_front_end(ModelConfig.from_json(init["model_config"]), cfg.model):
             raise ConfigError(f"{cfg.init_from} has a different model config than this run")
         model.load_state_dict(init["model"])
-        ctc_head.load_state_dict(init["ctc_head"])
+        if "ctc_head" in init:
+            ctc_head.load_state_dict(init["ctc_head"])
         compression.load_state_dict(init["compression"])
+        if ModelConfig.from_json(init["model_config"]).features != feats_cfg:
+            # a new front end: the encoder reads differently distributed features, so normalise with this
+            # front end's statistics and let the fine-tune adapt the first layer
+            model.frontend.mean.copy_(mean)
+            model.frontend.inv_std.copy_(inv_std)
         log(f"initialised from {cfg.init_from} (epoch {init['epoch']}, {compression.sparsity():.1%} zeros)")
 
     # 3) epochs: prune on the cubic schedule, fake-quantize late, checkpoint every epoch
     rng = random.Random(cfg.seed + epoch)
     augment_rng = distributed.augmentation_rng(rng)  # rng itself in one process; rng orders the batches
     step_loss = distributed.wrap(TrainLoss(model, ctc_head, cfg.ctc_weight))
+    augment = _augmentation(cfg, train_set, augment_rng)
     model.train()
     report = step_reporter()
     report.start("train", total_steps, step)
     while epoch < cfg.epochs:
         report.epoch(epoch + 1, cfg.epochs)
         started, total_loss, n = time.time(), 0.0, 0
-        perturb = (lambda f: speed_perturb(f, feats_cfg, augment_rng.uniform(1 - cfg.speed, 1 + cfg.speed))) \
-            if cfg.speed else None
-        for batch, weight in distributed.local_batches(train_set, cfg.max_frames, feats_cfg.stack, rng, perturb):
+        for batch, weight in distributed.local_batches(train_set, cfg.max_frames, feats_cfg, rng, augment):
             progress_frac = step / total_steps
             target = cubic_schedule((progress_frac - cfg.prune_start) / max(1e-9, cfg.prune_end - cfg.prune_start),
                                     cfg.target_sparsity) if progress_frac >= cfg.prune_start else 0.0

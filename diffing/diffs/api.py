@@ -48,6 +48,9 @@ class DiffConfig:
     channels: str = "none"
     scale_step_exp: int = -8  # 0.4% of a scale per code, up to +-50%
     bias_step_exp: int = -9  # ~0.002 per code, up to +-0.25 (trained biases: mean |b| 0.05-0.12)
+    # Re-record every batch in random rooms, noise, microphones and levels (diffing.room_augment): an
+    # update learned from a few speakers' clean clips should carry to other people's devices.
+    room_augment: bool = True
     seed: int = 0
     threads: int = 0  # torch threads; 0: the cores other work leaves free (diffing.threads)
     config_version: int = DIFF_CONFIG_VERSION

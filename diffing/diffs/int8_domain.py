@@ -20,6 +20,7 @@ from device_agent.tokenizer import CharTokenizer
 from diffing import distributed
 from diffing.data import Batch, Example, batches, load_examples, spec_augment
 from diffing.progress import step_reporter
+from diffing.room_augment import RoomAugmentConfig, RoomAugmenter
 from diffing.threads import set_threads
 from diffing.diffs.api import DiffConfig
 from diffing.export import float_model_from_device
@@ -72,8 +73,12 @@ def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay
     epochs, lr, max_frames, schedule, distill = cfg.epochs, cfg.lr, cfg.max_frames, cfg.lr_schedule, cfg.distill
     set_threads(cfg.threads)
     model, k = twin.model, twin.model.cfg.features.stack
+    feats_cfg = model.cfg.features
     rng = random.Random(cfg.seed)
     augment_rng = distributed.augmentation_rng(rng)  # rng itself in one process; rng orders the batches
+    # rooms and microphones the adaptation recordings did not have (level, noise, reverberation)
+    augment = RoomAugmenter(feats_cfg, RoomAugmentConfig(), augment_rng, [e.feats for e in replay or adapt]) \
+        if cfg.room_augment else None
     n_replay = min(len(replay), int(round(cfg.replay_ratio * len(adapt))))
     optimizer = optimizer or torch.optim.Adam(params, lr=lr)
     # 1) the number of steps is fixed up front so schedules can use it
@@ -89,8 +94,9 @@ def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay
     for epoch in range(epochs):
         report.epoch(epoch + 1, epochs)
         # 2) each step is one adaptation batch or one replay batch, in random order
-        steps = [(b, w, False) for b, w in distributed.local_batches(adapt, max_frames, k, rng)]
-        steps += [(b, w, True) for b, w in distributed.local_batches(rng.sample(replay, n_replay), max_frames, k, rng)]
+        steps = [(b, w, False) for b, w in distributed.local_batches(adapt, max_frames, feats_cfg, rng, augment)]
+        steps += [(b, w, True) for b, w in distributed.local_batches(rng.sample(replay, n_replay), max_frames, feats_cfg,
+                                                                     rng, augment)]
         rng.shuffle(steps)
         loss_sum, n = 0.0, 0
         for batch, weight, is_replay in steps:
@@ -189,9 +195,8 @@ def sparse_deltas_from_dense(deployed: DeviceModel, dense: dict[str, np.ndarray]
 def mean_loss(deployed: DeviceModel, examples: list[Example], max_frames: int = 2400) -> float:
     """Average per-utterance RNN-T loss of a device model (float twin of its int8 weights)."""
     model = float_model_from_device(deployed)
-    k = model.cfg.features.stack
     total, n = 0.0, 0
-    for batch in batches(examples, max_frames, k, None):
+    for batch in batches(examples, max_frames, model.cfg.features, None):
         logits = model(batch.feats, batch.targets)
         total += float(rnnt_loss(logits, batch.targets, batch.feat_lens, batch.target_lens, reduction="sum"))
         n += len(batch.texts)
@@ -202,9 +207,8 @@ def mean_loss(deployed: DeviceModel, examples: list[Example], max_frames: int = 
 def mean_kl(deployed: DeviceModel, updated: DeviceModel, examples: list[Example], max_frames: int = 2400) -> float:
     """Mean per-node KL(deployed || updated) of the output lattice: how far an update moved the model's answers."""
     old, new = float_model_from_device(deployed), float_model_from_device(updated)
-    k = old.cfg.features.stack
     total, n = 0.0, 0
-    for batch in batches(examples, max_frames, k, None):
+    for batch in batches(examples, max_frames, old.cfg.features, None):
         feats = old.normalize(batch.feats)
         p, q = (torch.log_softmax(_lattice_logits(m, feats, batch.targets), dim=-1) for m in (old, new))
         kl_sum, nodes = _lattice_kl(p, q, batch)
