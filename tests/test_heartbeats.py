@@ -57,7 +57,8 @@ def _beat(store, agent: Agent) -> dict:
 def test_heartbeats_report_expired_metadata_until_refresh_runs(s3_store: S3Store, seaweed, tmp_path: Path) -> None:
     clock = SimClock()
     agent = _device(tmp_path, s3_store, clock)
-    assert agent.check_once()["outcome"] == "committed"
+    first = agent.check_once()
+    assert first["outcome"] == "committed", first
     beat = _beat(s3_store, agent)
     assert (beat["version"], beat["state"], beat["consecutive_failures"]) == ("1", "committed", 0)
     assert beat["metadata_expires"] is not None
