@@ -337,6 +337,10 @@ def _expiry_text(folder: Path) -> str | None:
 
 
 # --- the run -------------------------------------------------------------------------------
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
 class Simulation:
     def __init__(self, cfg: SimConfig, work: Path, log=_print) -> None:  # type: ignore[no-untyped-def]
         self.cfg, self.work, self.log = cfg, work, log
@@ -469,10 +473,6 @@ class Simulation:
         for _ in range(n):
             results.update(self.tick()["results"])
         return results
-
-
-def _print(message: str) -> None:
-    print(message, flush=True)
 
 
 def run(cfg: SimConfig, work: Path, log=_print) -> dict[str, Any]:  # type: ignore[no-untyped-def]
