@@ -174,8 +174,8 @@ def _channel_applied(name: str, kind: str, step_exp: int, codes: np.ndarray, val
         else:
             out[changed] = out[changed] + codes * step
     if not np.all(np.isfinite(out)) or (kind == "scale" and np.any(out < np.finfo(np.float32).tiny)):
-        raise DiffError(f"{name}: the {kind} delta makes values that are not finite"
-                        + (" and positive normal floats" if kind == "scale" else ""))
+        what = "finite positive normal floats" if kind == "scale" else "finite"
+        raise DiffError(f"{name}: the {kind} delta makes {kind}s that are not {what}")
     return out
 
 
