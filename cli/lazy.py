@@ -41,17 +41,24 @@ def lazy_group(base: type[click.Group], commands: dict[str, tuple[str, str]]) ->
     return cli
 
 
+_PROJECT = {"cli", "device_agent", "packager", "diffing", "demo"}
+
+
 def _unavailable(name: str, error: ImportError) -> click.Command:
-    """A stand-in that says why `name` cannot run (e.g. a device install without the server extras)."""
-    reason = f"needs {error.name}, which is not installed" if error.name else str(error)
+    """A stand-in that says why `name` cannot run: a dependency this install lacks (a device
+    install has no server extras), or a broken project module (a bug, exit code 1)."""
+    from cli import exit_codes
+
+    missing = error.name is not None and error.name.split(".")[0] not in _PROJECT
+    reason = f"needs {error.name}, which is not installed" if missing else f"import failed: {error}"
+    hint = "; install the extras: pip install 'ota-speech[demo]'" if missing else " (a bug)"
+    code = exit_codes.MISSING_DEPENDENCY if missing else exit_codes.INTERNAL
 
     @click.command(name=name, help=f"(unavailable: {reason})",
                    context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
     def command(**_: Any) -> None:
         from cli.errors import CliFault
-        from cli.exit_codes import MISSING_DEPENDENCY
 
-        raise CliFault(f"ota {name} is unavailable: {reason}; install the server extras: "
-                       "pip install 'ota-speech[server]'", MISSING_DEPENDENCY)
+        raise CliFault(f"ota {name} is unavailable: {reason}{hint}", code)
 
     return command

@@ -134,3 +134,20 @@ def test_unexpected_errors_are_one_line_without_traceback(monkeypatch, tmp_path:
     result = CliRunner().invoke(cli, ["bundle", "build", "--from", str(MODEL), "--to", str(MODEL),
                                       "--out", str(tmp_path / "x.otab")])
     assert "RuntimeError: boom" in _one_line_error(result, exit_codes.INTERNAL)
+
+
+def test_a_command_whose_module_cannot_import_is_listed_not_dropped(monkeypatch) -> None:
+    import importlib
+
+    real = importlib.import_module
+
+    def without_matplotlib(name: str, *args: object):  # type: ignore[no-untyped-def]
+        if name == "cli.demo_cmds":  # as on an install without the demo extras
+            raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_matplotlib)
+    listing = CliRunner().invoke(cli, ["--help"])
+    assert listing.exit_code == 0 and "demo" in listing.output and "unavailable" in listing.output
+    result = CliRunner().invoke(cli, ["demo", "--tiny"])
+    assert "matplotlib" in _one_line_error(result, exit_codes.MISSING_DEPENDENCY)
