@@ -90,6 +90,7 @@ class SimConfig:
     outage_slots: int = 2
     quiet_lifetimes: int = 3
     without_refresh: bool = True  # also run the quiet period without the cron job
+    scenarios: tuple[str, ...] = ("good", "bad", "outage", "quiet")
     # A one-hour timestamp makes "3x the expiry" three polls long; snapshot and targets
     # live longer, as in production, so a steady poll does not refetch them.
     expiry: ExpiryPolicy = field(default_factory=lambda: ExpiryPolicy(
@@ -543,6 +544,8 @@ def _scenarios(sim: Simulation, cfg: SimConfig, log) -> dict[str, Any]:  # type:
     results["bad_release"] = bad
     log(f"bad release: {({k: v for k, v in bad.items() if k not in ('timeline', 'release_row')})}")
 
+    if "outage" not in cfg.scenarios:
+        return _finish(results, sim, fleet)
     # 3) good release 2 -> 4 with a store outage after the first cohort opened
     v4, b24 = sim.release(with_version(random_diff(v2, 3, "joint.out.weight", 0.02, 10), v2, 4), v2)
     sim.publish(b24, rollout_percent=0.0)
@@ -551,6 +554,8 @@ def _scenarios(sim: Simulation, cfg: SimConfig, log) -> dict[str, Any]:  # type:
     results["store_outage"] = outage
     log(f"outage: {({k: v for k, v in outage.items() if k not in ('timeline', 'decisions')})}")
 
+    if "quiet" not in cfg.scenarios:
+        return _finish(results, sim, fleet)
     # 4) quiet repository for 3x the timestamp expiry, cron on; then a release
     quiet_slots = int(cfg.quiet_lifetimes * cfg.expiry.timestamp.total_seconds() / sim.slot_seconds)
     sim.cron_runs.clear()
@@ -571,9 +576,14 @@ def _scenarios(sim: Simulation, cfg: SimConfig, log) -> dict[str, Any]:  # type:
         results["quiet_without_refresh"] = {"poll_results": dict(quiet2), "fleet_status_failing": summary["failing"]
                                             ["by_reason"], "after_refresh_resumed": dict(recovered)}
         log(f"quiet without refresh: {results['quiet_without_refresh']}")
+    return _finish(results, sim, fleet)
+
+
+def _finish(results: dict[str, Any], sim: Simulation, fleet: Fleet) -> dict[str, Any]:
     results["lab"] = {"gates_run": sim.lab.gates_run, "apply_and_gate_seconds": round(sim.lab.apply_seconds, 1),
                       "outcomes": {f"pair{p}:{t.split('/')[-1][:14]}": vars(o) for (p, t), o in sim.lab.cache.items()}}
     results["store_errors_total"] = fleet.counts.get("errors", 0)
+    results["store_requests_total"] = sum(v for k, v in fleet.counts.items() if k.startswith("req."))
     return results
 
 
@@ -592,18 +602,24 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--no-without-refresh", action="store_true", help="Skip the quiet period without cron.")
+    parser.add_argument("--scenarios", default="good,bad,outage,quiet", help="Which scenarios to run, in order.")
     parser.add_argument("--work", type=Path, help="Working folder (default: a temp dir).")
     args = parser.parse_args()
-    cfg = SimConfig(devices=args.devices, threads=args.threads, without_refresh=not args.no_without_refresh)
+    cfg = SimConfig(devices=args.devices, threads=args.threads, without_refresh=not args.no_without_refresh,
+                    scenarios=tuple(args.scenarios.split(",")))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fleet-sim-", dir=args.work) as tmp:
         results = run(cfg, Path(tmp))
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     results["model_hash"] = load_model(MODEL).content_hash()
     results["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    from bench.common import write_results
+    from bench.common import RESULTS, write_results
 
-    print(write_results("fleet_sim", results))
+    # One file, one entry per fleet size (the largest runs fewer scenarios on a shared machine).
+    path = RESULTS / "fleet_sim.json"
+    runs = json.loads(path.read_text()).get("runs", {}) if path.is_file() else {}
+    runs[str(cfg.devices)] = results
+    print(write_results("fleet_sim", {"runs": runs}))
     print(json.dumps({k: v for k, v in results.items() if k != "lab"}, indent=1, default=str)[:6000])
 
 

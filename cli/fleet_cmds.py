@@ -154,7 +154,8 @@ def _model_channel(fn):  # type: ignore[no-untyped-def]
 @_model_channel
 @click.option("--version", required=True, type=int, help="The published version to roll out.")
 @click.option("--previous", "previous_version", type=int,
-              help="Version to go back to on halt (default: the channel's current version).")
+              help="Version to go back to on halt (default: the channel's current version, or the version "
+                   "the release's diff starts from).")
 @click.option("--cohorts", default="1,10,50,100", show_default=True, help="Rollout percentages, ending at 100.")
 @click.option("--min-reports", type=int, help="Reports a cohort needs before it advances [20].")
 @click.option("--min-success", type=click.FloatRange(0, 1), help="Committed share needed to advance [0.95].")
@@ -196,9 +197,7 @@ def rollout_plan(store_url: str, keys_dir: str, model_id: str, channel: str, ver
     except ValueError:
         raise ConfigError(f"--cohorts {cohorts!r}: expected comma-separated percentages, e.g. 1,10,50,100") from None
     if previous_version is None:
-        state = read_channel(store, keys_dir, model_id, channel)
-        if state is not None and state.current_version != str(version):
-            previous_version = int(state.current_version)
+        previous_version = _previous(read_channel(store, keys_dir, model_id, channel), str(version))
     if revert_bundle:
         publish_bundle(store, keys_dir, Path(revert_bundle).read_bytes(), channel=channel, make_current=False)
     plan = RolloutPlan(model_id, channel, str(version), None if previous_version is None else str(previous_version),
@@ -207,6 +206,17 @@ def rollout_plan(store_url: str, keys_dir: str, model_id: str, channel: str, ver
     RolloutController(store, keys_dir, model_id, channel).plan(plan)
     click.echo(f"{model_id}/{channel}: rolling out version {version} from {percents[0]:g}% "
                f"(back to {previous_version or 'nothing'} on halt{'' if revert_bundle else ': rollout 0 only'})")
+
+
+def _previous(state, version: str) -> int | None:  # type: ignore[no-untyped-def]
+    """The version a halt goes back to: the channel's current one if it is not the release,
+    else the one version the release's diffs start from."""
+    if state is None:
+        return None
+    if state.current_version != version:
+        return int(state.current_version)
+    bases = {e.from_version for e in state.edges if e.to_version == version and e.from_version}
+    return int(bases.pop()) if len(bases) == 1 else None
 
 
 @rollout.command("watch")
