@@ -33,7 +33,7 @@ from diffing.digits import build_digit_manifests  # noqa: E402
 FSDD = ROOT.parent / "shared" / "data" / "fsdd" / "recordings"
 WORK = ROOT / "work" / "real_speakers"
 SPEAKERS = ("george", "jackson", "lucas", "nicolas")
-REPLAY = ROOT / "work" / "corpus" / "base" / "train.jsonl"
+REPLAY = ROOT / "work" / "corpus" / "base_6" / "train.jsonl"  # the shipped model's training data (docs/BASE-MODEL.md)
 REPLAY_LIMIT = 2000
 CACHE = RESULTS / "real_speakers.partial.json"
 

@@ -24,8 +24,8 @@ from cli.params import INPUT_FILE, OUTPUT_FILE, OUTPUT_FOLDER
               help="Vocal tract length perturbation: warp each utterance's frequency axis by up to this factor.")
 @click.option("--speed", default=0.0, show_default=True, type=click.FloatRange(0.0, 0.5, max_open=True),
               help="Speed perturbation: scale each utterance's frequencies and duration together by up to this factor.")
-@click.option("--rooms", is_flag=True,
-              help="Augment with reverberant rooms, noise, microphone colour and a -30..+10 dB level.")
+@click.option("--rooms", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Share of utterances heard through random rooms, noise, microphones and -30..+10 dB levels.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.option("--init-from", type=INPUT_FILE,
               help="Fine-tune from this checkpoint or device model (.otam): weights, masks; QAT on from the start.")
@@ -37,7 +37,7 @@ from cli.params import INPUT_FILE, OUTPUT_FILE, OUTPUT_FOLDER
               "command line take precedence.")
 @click.pass_context
 def train(ctx: click.Context, train_manifest: Path, dev_manifest: Path | None, out_dir: Path, epochs: int,
-          sparsity: float, lr: float, model_id: str, vtlp: float, speed: float, rooms: bool, seed: int,
+          sparsity: float, lr: float, model_id: str, vtlp: float, speed: float, rooms: float, seed: int,
           init_from: Path | None,
           threads: int | None, config_path: Path | None) -> None:
     """Train a streaming RNN-T with pruning and QAT, then export an int8 model.

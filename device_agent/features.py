@@ -35,6 +35,9 @@ class FeatureConfig:
     # that much quieter: pauses release the gain at a bounded rate, and sounds near the power floor
     # (where a gain change is not a pure shift) all act alike.
     level_range_db: int = 20
+    # Output floor, dB below the level: digital silence and sounds far below the speaker are all one
+    # value (near-silent bands otherwise reach the power floor, 200 dB down, an input training never shows)
+    level_floor_db: int = 60
 
     @property
     def level_norm(self) -> bool:
@@ -120,11 +123,12 @@ class LevelNormalizer:
     the frame is louder than the level and 1/release otherwise; the first sounding frame sets the level.
 
     A constant gain g adds log(g^2) to every log-mel value and, by linearity, to the level, so the
-    output `log-mel - level` is unchanged from the first frame on (up to the power floor)."""
+    output `max(log-mel - level, floor)` is unchanged from the first frame on (up to the power floor)."""
 
-    def __init__(self, attack: int, release: int, range_db: int) -> None:
+    def __init__(self, attack: int, release: int, range_db: int, floor_db: int) -> None:
         self.up, self.down = 1.0 / attack, 1.0 / release
         self.range = range_db / 10 * math.log(10)  # dB of power -> nats
+        self.floor = -floor_db / 10 * math.log(10)
         self.level: float | None = None
 
     def __call__(self, feats: torch.Tensor) -> torch.Tensor:
@@ -138,17 +142,17 @@ class LevelNormalizer:
                     self.level += self.up * (e - self.level)
                 else:
                     self.level += self.down * (max(e, self.level - self.range) - self.level)
-            levels.append(e if self.level is None else self.level)
+            levels.append(math.inf if self.level is None else self.level)  # before any sound: the floor
         if not levels:
             return feats
-        return feats - torch.tensor(levels, dtype=torch.float32)[:, None]
+        return (feats - torch.tensor(levels, dtype=torch.float32)[:, None]).clamp_min(self.floor)
 
 
 def normalize_level(feats: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
     """Whole-utterance level normalisation (identity when the model's front end has none)."""
     if not cfg.level_norm:
         return feats
-    return LevelNormalizer(cfg.level_attack, cfg.level_release, cfg.level_range_db)(feats)
+    return LevelNormalizer(cfg.level_attack, cfg.level_release, cfg.level_range_db, cfg.level_floor_db)(feats)
 
 
 def stack_frames(feats: torch.Tensor, stack: int) -> torch.Tensor:
@@ -169,7 +173,7 @@ class StreamingFeatures:
         self.cfg = cfg
         self._samples = torch.zeros(0)
         self._frames = torch.zeros(0, cfg.n_mels)
-        self._level = LevelNormalizer(cfg.level_attack, cfg.level_release, cfg.level_range_db) if cfg.level_norm else None
+        self._level = LevelNormalizer(cfg.level_attack, cfg.level_release, cfg.level_range_db, cfg.level_floor_db) if cfg.level_norm else None
 
     def push(self, chunk: torch.Tensor | np.ndarray) -> torch.Tensor:
         cfg = self.cfg

@@ -12,7 +12,7 @@ from device_agent.errors import ConfigError
 from device_agent.features import FeatureConfig
 
 TensorKind = Literal["int8", "float32"]
-LEVEL_KEYS = ("level_attack", "level_release", "level_range_db")  # the level normaliser's settings (format 2)  # int8 = per-channel quantized matrix
+LEVEL_KEYS = ("level_attack", "level_release", "level_range_db", "level_floor_db")  # the level normaliser's settings (format 2)  # int8 = per-channel quantized matrix
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,12 @@ class ModelConfig:
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 192_000:
                 raise ConfigError(f"feature config {key} must be an integer in [{low}, 192000], got {value!r}")
         feats = {**{key: 0 for key in LEVEL_KEYS}, **feats}  # absent = no level normaliser (format 1)
-        attack, release, range_db = (feats[key] for key in LEVEL_KEYS)
-        off, on = attack == release == range_db == 0, 1 <= attack <= release and range_db >= 1
+        attack, release, range_db, floor_db = (feats[key] for key in LEVEL_KEYS)
+        off = attack == release == range_db == floor_db == 0
+        on = 1 <= attack <= release and range_db >= 1 and floor_db >= 1
         if not (off or on):
-            raise ConfigError(f"feature config level_attack/level_release/level_range_db must all be 0 (off) or "
-                              f"1 <= attack <= release and range >= 1, got {attack}, {release}, {range_db}")
+            raise ConfigError(f"feature config {'/'.join(LEVEL_KEYS)} must all be 0 (off) or 1 <= attack <= release "
+                              f"and range, floor >= 1; got {attack}, {release}, {range_db}, {floor_db}")
         return cls(features=FeatureConfig(**feats), **values)
 
 

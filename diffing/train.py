@@ -65,9 +65,9 @@ class TrainConfig:
     # Speed perturbation on features: alpha from [1 - speed, 1 + speed] scales frequencies and
     # duration together, like resampling audio (a slow, low voice is not always the same speaker).
     speed: float = 0.0
-    # Rooms and microphones (diffing.room_augment): reverberation, noise, microphone colour and
-    # a -30..+10 dB level, drawn per utterance and epoch.
-    rooms: bool = False
+    # Rooms and microphones (diffing.room_augment): the share of utterances, drawn per epoch, heard
+    # through reverberation, noise, microphone colour and a -30..+10 dB level (0: off).
+    rooms: float = 0.0
     # Auxiliary CTC on the encoder (head discarded at export): on a small, repetitive
     # command grammar, RNN-T alone can settle into a language-model solution that
     # emits everything at frame 0; CTC forces the encoder to carry the acoustics.
@@ -85,6 +85,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = ModelConfig.from_json(self.model)
+        if not 0.0 <= self.rooms <= 1.0:
+            raise ConfigError(f"rooms (share of augmented utterances) must be in [0, 1], got {self.rooms}")
         if not 0.0 <= self.target_sparsity < 1.0:
             raise ConfigError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}")
         if not 0.0 <= self.prune_start <= self.prune_end <= 1.0:
@@ -222,7 +224,7 @@ def _augmentation(cfg: TrainConfig, train_set: list, rng: random.Random) -> Call
         return None
 
     def transform(feats: torch.Tensor) -> torch.Tensor:
-        if rooms:
+        if rooms and rng.random() < cfg.rooms:
             feats = rooms(feats)
         if cfg.speed:
             feats = speed_perturb(feats, feats_cfg, rng.uniform(1 - cfg.speed, 1 + cfg.speed))

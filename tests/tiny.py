@@ -12,7 +12,8 @@ from device_agent.tokenizer import CharTokenizer
 
 # The format-1 front end (no level normaliser) keeps the pinned hashes of earlier tests stable;
 # TINY_LEVEL_CONFIG is the same model with the level normaliser on.
-TINY_CONFIG = ModelConfig(features=FeatureConfig(n_mels=8, stack=2, level_attack=0, level_release=0, level_range_db=0), enc_hidden=8,
+TINY_CONFIG = ModelConfig(features=FeatureConfig(n_mels=8, stack=2, level_attack=0, level_release=0, level_range_db=0,
+                                                         level_floor_db=0), enc_hidden=8,
                           enc_layers=2, embed_dim=4, pred_hidden=8, joint_dim=8)
 TINY_LEVEL_CONFIG = replace(TINY_CONFIG, features=FeatureConfig(n_mels=8, stack=2))
 
