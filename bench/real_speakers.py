@@ -12,6 +12,7 @@ interrupted run resumes.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import statistics
 import sys
@@ -29,6 +30,7 @@ from device_agent.runtime import Int8Runtime  # noqa: E402
 from device_agent.wer import evaluate  # noqa: E402
 from diffing.diffs import learn_diff  # noqa: E402
 from diffing.digits import build_digit_manifests  # noqa: E402
+from packager.bundle import encode_diff_bundle  # noqa: E402
 
 FSDD = ROOT.parent / "shared" / "data" / "fsdd" / "recordings"
 WORK = ROOT / "work" / "real_speakers"
@@ -63,14 +65,17 @@ def make_config(method: str, budget_bytes: int, epochs: int, threads: int):  # t
     return chain_config(method, budget_bytes, epochs, threads)
 
 
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _save(path: Path, cache: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cache, indent=1))
-    tmp.replace(path)
+def update_cache(path: Path, new: dict) -> dict:
+    """Merge `new` into the cache file under a lock (several processes may split the speakers)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cache = json.loads(path.read_text()) if path.exists() else {}
+        cache.update(new)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(path)
+    return cache
 
 
 def summarize(cache: dict, speakers: list[str]) -> dict:
@@ -106,9 +111,10 @@ def main() -> None:
     speakers = args.speakers.split(",")
     setup = {"base_hash": base.content_hash(), "epochs": args.epochs, "replay": str(REPLAY.relative_to(ROOT)),
              "replay_limit": REPLAY_LIMIT}
-    cache = _load(args.cache)
+    cache = update_cache(args.cache, {})
     if cache.setdefault("_setup", setup) != setup:
         raise SystemExit(f"{args.cache} holds results for {cache['_setup']}, not {setup}: use another --cache")
+    update_cache(args.cache, {"_setup": setup})
     replay = replay_pool(REPLAY_LIMIT)
     runs = [("base", 0.0)] + [(m, 1.0) if m == "full" else (m, float(b))
                               for m in args.methods.split(",") for b in (args.budgets.split(",") if m != "full" else [1])]
@@ -116,7 +122,7 @@ def main() -> None:
         adapt, test = held_out_split(speaker)
         for method, budget in runs:
             key = f"{speaker}/{method}/{budget}"
-            if key in cache:
+            if key in update_cache(args.cache, {}):
                 continue
             started = time.time()
             if method == "base":
@@ -125,14 +131,16 @@ def main() -> None:
                 diff = learn_diff(base, adapt, make_config(method, int(budget * file_bytes), args.epochs, args.threads),
                                   replay_manifest=replay)
                 model = apply_diff(base, diff)
-                payload = len(encode_model(model)) if method == "full" else int(diff.metadata.get("wire_bytes", 0))
+                payload = len(encode_model(model)) if method == "full" else \
+                    int(diff.metadata.get("wire_bytes", 0)) or len(encode_diff_bundle(diff, base))
             record = {"held_out": speaker, "method": method, "budget": budget, "bytes": payload,
                       "bytes_vs_model_file": round(payload / file_bytes, 4),
                       "wer_held_out": wer_on(model, test), "wer_seen_speakers": wer_on(model, adapt),
                       "seconds": round(time.time() - started, 1)}
-            cache[key] = record
-            _save(args.cache, cache)
+            update_cache(args.cache, {key: record})
             print(json.dumps(record), flush=True)
+    cache = update_cache(args.cache, {})
+    speakers = [s for s in SPEAKERS if any(k.startswith(s + "/") for k in cache)]
     table = summarize(cache, speakers)
     for name, row in table.items():
         print(f"{name:>12}  mean {row['mean_wer']}  " + "  ".join(f"{s} {w:.1%}" for s, w in row["per_speaker"].items()))
