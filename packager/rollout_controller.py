@@ -29,13 +29,13 @@ import json
 import math
 import statistics
 import time
-from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from device_agent import errors
-from device_agent.errors import ConfigError, DataError, StoreConflictError, StoreNotFoundError
 from device_agent.agent.heartbeat import HEARTBEATS_PREFIX
+from device_agent.errors import ConfigError, DataError, StoreConflictError, StoreNotFoundError
 from packager.fleet_status import ReportReader
 
 ROLLOUTS_PREFIX = "rollouts/"

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from device_agent.agent import Agent, active_model_file, fleet_status, load_config
+from device_agent.agent import Agent, active_model_file, load_config
 from device_agent.agent.log import null_log
 from device_agent.agent.state import load_state
 from device_agent.agent.validate import Validator
@@ -32,6 +32,7 @@ from device_agent.errors import BundleError, DiskFullError, ModelFormatError, St
 from device_agent.model_config import ModelConfig
 from device_agent.model_format import encode_model, load_model
 from packager.bundle import encode_diff_bundle, encode_full_bundle
+from packager.fleet_status import fleet_summary
 from packager.publish import publish_bundle, set_rollout
 from packager.store import FileStore, S3Store, Store
 from packager.trust import init_repository
@@ -196,7 +197,7 @@ def test_bad_update_is_refused_reported_and_never_retried(s3_store: S3Store, tmp
     again = agent.check_once()  # next poll: the refused version is not downloaded again
     assert again["outcome"] == "no_update" and "refused" in again["reason"]
     assert len(reports(s3_store)) == 3 and active(agent.data) == good
-    rows = {r["version"]: r for r in fleet_status(s3_store, base.model_id)}
+    rows = {r["version"]: r for r in fleet_summary(s3_store, base.model_id)["releases"]}
     assert rows[str(v3.version)]["refused"] == 1 and rows[str(v2.version)]["committed"] == 1
 
 

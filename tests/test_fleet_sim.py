@@ -2,8 +2,6 @@
 clients, the real rollout controller and real apply + WER gates on three validation sets."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from bench.fleet_sim import MODEL, SimConfig, run

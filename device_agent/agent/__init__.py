@@ -4,12 +4,10 @@ Public surface (everything else is internal):
 - `AgentConfig`, `load_config`: settings (TOML + OTA_AGENT_* environment)
 - `Agent`: the daemon (`run`, `check_once`, `rollback`, `status`)
 - `State`, `Event`, `TRANSITION_ROWS`, `Lifecycle`: the lifecycle table (no I/O)
-- `fleet_status`: summary of the devices' status reports in a store
 """
 from device_agent.agent.config import AgentConfig, load_config
 from device_agent.agent.daemon import Agent, active_model_file
 from device_agent.agent.lifecycle import TRANSITION_ROWS, Event, Lifecycle, State
-from device_agent.agent.telemetry import fleet_status
 
 __all__ = ["Agent", "AgentConfig", "Event", "Lifecycle", "State", "TRANSITION_ROWS", "active_model_file",
-           "fleet_status", "load_config"]
+           "load_config"]

@@ -20,8 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.atomic import write_atomic
-from device_agent.errors import (BundleError, DiskFullError, MetadataExpiredError, StoreAuthError,
-                                 StoreNotFoundError, StoreUnreachableError, TrustError)
+from device_agent.errors import (
+    BundleError,
+    DiskFullError,
+    MetadataExpiredError,
+    StoreAuthError,
+    StoreNotFoundError,
+    StoreUnreachableError,
+    TrustError,
+)
 
 HEARTBEAT_FORMAT = 1
 HEARTBEATS_PREFIX = "heartbeats/"

@@ -1,4 +1,4 @@
-"""Status reports: one JSON object per update attempt, and the fleet summary.
+"""Status reports: one JSON object per update attempt (summarised server-side by packager.fleet_status).
 
 Reports go to `reports/<model_id>/<channel>/<device_id>/<timestamp>.json`.
 They are spooled in `<data_dir>/outbox/` first (atomically) and uploaded
@@ -9,14 +9,12 @@ removed) is recognised by the create-only write and not duplicated.
 from __future__ import annotations
 
 import json
-import statistics
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from device_agent.atomic import write_atomic
-from device_agent.errors import OtaError, StoreConflictError, StoreNotFoundError
+from device_agent.errors import OtaError, StoreConflictError
 
 REPORT_FORMAT = 1
 REPORTS_PREFIX = "reports/"
@@ -67,36 +65,3 @@ class Outbox:
             sent += 1
         return sent, None
 
-
-def load_reports(store, model_id: str | None = None) -> Iterable[dict[str, Any]]:
-    prefix = REPORTS_PREFIX + (f"{model_id}/" if model_id else "")
-    for key in store.list(prefix):
-        if not key.endswith(".json"):
-            continue
-        try:
-            doc = json.loads(store.get(key))
-        except (ValueError, StoreNotFoundError):
-            continue  # deleted meanwhile, or not ours: a summary skips it
-        if isinstance(doc, dict) and doc.get("format") == REPORT_FORMAT:
-            yield doc
-
-
-def fleet_status(store, model_id: str | None = None) -> list[dict[str, Any]]:
-    """One row per (model_id, channel, to_version): attempts by outcome, devices,
-    median WER after (candidates that were decoded) and before."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for r in load_reports(store, model_id):
-        # an operator rollback counts against the version it left, like a failed update of it
-        version = r.get("from_version") if r.get("kind") == "rollback" else r.get("to_version")
-        key = (str(r.get("model_id")), str(r.get("channel")), str(version))
-        groups.setdefault(key, []).append(r)
-    rows = []
-    for (mid, channel, version), reports in sorted(groups.items()):
-        counts = {o: sum(r.get("outcome") == o for r in reports) for o in OUTCOMES}
-        after = [r["wer_after"] for r in reports if isinstance(r.get("wer_after"), (int, float))]
-        before = [r["wer_before"] for r in reports if isinstance(r.get("wer_before"), (int, float))]
-        rows.append({"model_id": mid, "channel": channel, "version": version, "attempts": len(reports),
-                     **counts, "devices": len({r.get("device_id") for r in reports}),
-                     "median_wer_after": statistics.median(after) if after else None,
-                     "median_wer_before": statistics.median(before) if before else None})
-    return rows
