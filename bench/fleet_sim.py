@@ -39,7 +39,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -603,11 +603,11 @@ def main() -> None:
     parser.add_argument("--scenarios", default="good,bad,outage,quiet", help="Which scenarios to run, in order.")
     parser.add_argument("--work", type=Path, help="Working folder (default: a temp dir).")
     args = parser.parse_args()
-    # The first cohort holds at least ~5 devices, or a small fleet may have none in it.
-    first = max(1.0, round(500.0 / args.devices, 1))
     cfg = SimConfig(devices=args.devices, threads=args.threads, without_refresh=not args.no_without_refresh,
-                    scenarios=tuple(args.scenarios.split(",")),
-                    cohorts=tuple(sorted({first, 10.0, 50.0, 100.0})))
+                    scenarios=tuple(args.scenarios.split(",")))
+    if args.devices < 1000:
+        # A 1% cohort of a small fleet may hold no device at all: bigger cohorts, fewer reports.
+        cfg = replace(cfg, cohorts=(20.0, 50.0, 100.0), min_reports=3, min_halt_reports=2)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fleet-sim-", dir=args.work) as tmp:
         results = run(cfg, Path(tmp))
