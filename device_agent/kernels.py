@@ -22,17 +22,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from device_agent.vnni import HAS_VNNI, vnni_row_blocks1, vnni_row_blocks4
+from device_agent.vnni import HAS_VNNI, vnni_four_frames_two_blocks, vnni_row_blocks1, vnni_row_blocks4
 
-_FLAGS = dict(cache=True, fastmath=True, nogil=True)
+_FLAGS = dict(cache=True, fastmath=True, nogil=True, error_model="numpy")  # no division checks: they block vectorising
 ZERO_POINT = 128  # uint8 code of an activation of 0
 _QMAX = np.float32(127.0)
 _TANH_CLAMP = np.float32(7.90531110763549805)
-_A = tuple(np.float32(a) for a in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
-                                   5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
-                                   4.89352455891786e-03))
-_B = tuple(np.float32(b) for b in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
-                                   4.89352518554385e-03))
+# numerator (odd, in x) and denominator (even) coefficients of the rational tanh
+_A1, _A3, _A5, _A7, _A9, _A11, _A13 = (np.float32(v) for v in (
+    4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
+    -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16))
+_B0, _B2, _B4, _B6 = (np.float32(v) for v in (
+    4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06))
 _HALF = np.float32(0.5)
 
 
@@ -40,13 +41,9 @@ _HALF = np.float32(0.5)
 def _tanh(x: np.float32) -> np.float32:
     x = min(max(x, -_TANH_CLAMP), _TANH_CLAMP)
     x2 = x * x
-    p = _A[0]
-    for a in _A[1:]:
-        p = p * x2 + a
-    q = _B[0]
-    for b in _B[1:]:
-        q = q * x2 + b
-    return x * p / q
+    p = ((((((_A13 * x2 + _A11) * x2 + _A9) * x2 + _A7) * x2 + _A5) * x2 + _A3) * x2 + _A1) * x
+    q = ((_B6 * x2 + _B4) * x2 + _B2) * x2 + _B0
+    return p / q
 
 
 @njit(**_FLAGS)
@@ -93,7 +90,29 @@ def _int_sums_plain(w: np.ndarray, xq: np.ndarray, t: int, acc: np.ndarray) -> N
                 acc[b * 16 + i] += s
 
 
+@njit(**_FLAGS)
+def _int_sums4_vnni(w: np.ndarray, xq: np.ndarray, t: int, acc: np.ndarray) -> None:
+    """acc[f] = w . xq[t + f] for the four frames f < 4 (acc (4, 16 * blocks) int32)."""
+    blocks, k4 = w.shape[0], w.shape[1]
+    x_addr, w_addr, acc_addr = xq.ctypes.data + t * xq.shape[1], w.ctypes.data, acc.ctypes.data
+    step = k4 * 64
+    b = 0
+    while b + 2 <= blocks:
+        vnni_four_frames_two_blocks(x_addr, xq.shape[1], w_addr + b * step, k4, acc_addr + b * 64, acc.shape[1] * 4)
+        b += 2
+    if b < blocks:  # an odd last block, frame by frame
+        for f in range(4):
+            vnni_row_blocks1(x_addr + f * xq.shape[1], w_addr + b * step, k4, acc_addr + f * acc.shape[1] * 4 + b * 64)
+
+
+@njit(**_FLAGS)
+def _int_sums4_plain(w: np.ndarray, xq: np.ndarray, t: int, acc: np.ndarray) -> None:
+    for f in range(4):
+        _int_sums_plain(w, xq, t + f, acc[f])
+
+
 int_sums = _int_sums_vnni if HAS_VNNI else _int_sums_plain  # resolved when the kernels compile
+int_sums4 = _int_sums4_vnni if HAS_VNNI else _int_sums4_plain
 
 
 @njit(**_FLAGS)
@@ -137,9 +156,23 @@ def _scratch(m: tuple, rows: int) -> tuple[np.ndarray, np.ndarray]:
 @njit(**_FLAGS)
 def linear(m: tuple, x: np.ndarray, out: np.ndarray) -> None:
     """out (T, N) = x (T, K) @ (q * scale).T + bias."""
+    w, scale, offset, bias = m
     xq, acc = _scratch(m, x.shape[0])
+    x_scale = np.empty(x.shape[0], np.float32)
     for t in range(x.shape[0]):
-        _matvec(m, xq, t, quantize(x[t], xq, t), out[t], False, acc)
+        x_scale[t] = quantize(x[t], xq, t)
+    acc4 = np.empty((4, acc.shape[0]), np.int32)
+    t = 0
+    while t < x.shape[0]:
+        frames = 4 if t + 4 <= x.shape[0] else 1  # the same exact integer sums either way
+        if frames == 4:
+            int_sums4(w, xq, t, acc4)
+        else:
+            int_sums(w, xq, t, acc4[0])
+        for f in range(frames):
+            for n in range(out.shape[1]):
+                out[t + f, n] = np.float32(acc4[f, n] - offset[n]) * (x_scale[t + f] * scale[n]) + bias[n]
+        t += frames
 
 
 @njit(**_FLAGS)
@@ -150,8 +183,12 @@ def _lstm_step(gates: np.ndarray, hh: tuple, h: np.ndarray, c: np.ndarray, hq: n
     hidden = h.shape[0]
     _matvec(hh, hq, 0, quantize(h, hq, 0), gates, True, acc)
     # in place over one array at a time, so the compiler vectorises without alias checks
-    for n in range(4 * hidden):
-        gates[n] = _tanh(gates[n]) if 2 * hidden <= n < 3 * hidden else _sigmoid(gates[n])
+    for n in range(2 * hidden):
+        gates[n] = _sigmoid(gates[n])
+    for n in range(2 * hidden, 3 * hidden):
+        gates[n] = _tanh(gates[n])
+    for n in range(3 * hidden, 4 * hidden):
+        gates[n] = _sigmoid(gates[n])
     for j in range(hidden):
         c[j] = gates[hidden + j] * c[j] + gates[j] * gates[2 * hidden + j]
     for j in range(hidden):

@@ -118,6 +118,12 @@ def test_vnni_sums_equal_plain_sums(rows: int, cols: int) -> None:
         assert np.array_equal(fast, plain)
         want = w.transpose(0, 2, 1, 3).reshape(len(fast), -1).astype(np.int64) @ xq[t].astype(np.int64)
         assert np.array_equal(plain, want)
+    four = np.zeros((4, len(fast)), np.int32)
+    xq4 = rng.integers(0, 256, (5, w.shape[1] * 4), dtype=np.uint8)
+    kernels._int_sums4_vnni(w, xq4, 1, four)  # frames 1..4, one weight pass
+    for f in range(4):
+        kernels._int_sums_plain(w, xq4, 1 + f, plain)
+        assert np.array_equal(four[f], plain)
 
 
 def test_folded_token_table_matches_per_token_matmul(device_model) -> None:
