@@ -1,19 +1,22 @@
 """int8 streaming RNN-T runtime for devices.
 
-Weight matrices stay exactly as the model file's int8 tensors with their
-float32 per-channel scales (the DeviceModel's arrays are taken over, not
-copied); no float copy of any weight matrix exists. The arithmetic runs in
-compiled kernels (`device_agent.kernels`, numba) on float32 activations, a
-chunk of frames per call:
+Weight matrices are the model file's exact int8 values with their float32
+per-channel scales, moved into the kernels' interleaved layout at load time
+(`kernels.interleave`: a copy of the same bytes, never re-quantized; no float
+copy of any weight matrix exists). The arithmetic runs in compiled kernels
+(`device_agent.kernels`, numba): each input vector is quantized to int8 with
+one scale, products are summed exactly in int32 (AVX-512 VNNI where present),
+and a chunk of frames is processed per call:
 
-1. every encoder layer multiplies its input projection for all frames of the
-   chunk at once (one pass over the weights), then steps only the recurrent
-   part frame by frame, with the gate math fused into that step;
-2. the joint's encoder projection is one product per chunk;
+1. every encoder layer computes the input projections of the chunk's frames,
+   four frames per pass over the weights, then steps only the recurrent part
+   frame by frame, with the gate math fused into that step;
+2. the joint's encoder projection is computed for the whole chunk;
 3. greedy search, the joint and the prediction network run inside one call.
 
 Each frame's output is computed by the same code however the audio is cut
-into chunks, so streaming and whole-utterance decoding give identical results.
+into chunks (integer sums are exact whichever kernel computes them), so
+streaming and whole-utterance decoding give identical results.
 
 The prediction network's input side (embedding row -> LSTM input gates + both
 biases) depends only on the previous token, so it is folded at load time into
@@ -169,8 +172,9 @@ EncoderState = list[tuple[np.ndarray, np.ndarray]]
 class Int8Runtime:
     """A loaded device model: `transcribe(audio)` or `stream()` for chunks.
 
-    The runtime takes ownership of the DeviceModel's int8 arrays (no copy):
-    do not modify that model afterwards.
+    The runtime shares some of the DeviceModel's small arrays (scales, biases):
+    do not modify that model afterwards. Dropping it frees its int8 matrices,
+    which the runtime holds in its own layout.
     """
 
     def __init__(self, model: DeviceModel) -> None:
