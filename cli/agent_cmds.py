@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -16,11 +17,24 @@ def config_option(fn):  # type: ignore[no-untyped-def]
                         default="agent.toml", show_default=True, help=CONFIG_HELP)(fn)
 
 
-def _agent(config_path: str | None):  # -> Agent
-    from device_agent.agent import Agent, load_config
-    from device_agent.agent.log import JsonLog
+def _config(config_path: Path):  # -> AgentConfig
+    from device_agent.agent import load_config
+    from device_agent.agent.preflight import unknown_env_variables
 
-    cfg = load_config(config_path)
+    for name in unknown_env_variables():
+        click.echo(f"warning: {name} is not an agent setting and is ignored (see docs/agent.md for the keys)",
+                   err=True)
+    return load_config(config_path)
+
+
+def _agent(config_path: Path, *, preflight: bool = False):  # -> Agent
+    from device_agent.agent import Agent
+    from device_agent.agent.log import JsonLog
+    from device_agent.agent.preflight import check_config
+
+    cfg = _config(config_path)
+    if preflight:
+        check_config(cfg)
     return Agent(cfg, log=JsonLog(sys.stderr, device_id=cfg.device_id))
 
 
@@ -40,7 +54,7 @@ def agent() -> None:
 
 @agent.command()
 @config_option
-def run(config_path: str) -> None:
+def run(config_path: Path) -> None:
     """Run the daemon: check every poll_interval (+ jitter) until SIGTERM/SIGINT.
 
     Logs go to stderr as one JSON object per line. A signal stops the agent
@@ -50,12 +64,30 @@ def run(config_path: str) -> None:
     Example:
       ota agent run --config /etc/ota/agent.toml
     """
-    _agent(config_path).run()
+    _agent(config_path, preflight=True).run()
+
+
+@agent.command("check-config")
+@config_option
+def check_config_cmd(config_path: Path) -> None:
+    """Check the config and what it points at (trust root, validation audio, data folder, store URL).
+
+    The daemon runs the same checks when it starts, so a missing file is
+    found before the first update, not during it. Nothing is contacted.
+
+    \b
+    Example:
+      ota agent check-config --config /etc/ota/agent.toml
+    """
+    from device_agent.agent.preflight import check_config
+
+    for line in check_config(_config(config_path)):
+        click.echo(f"ok  {line}")
 
 
 @agent.command("check-once")
 @config_option
-def check_once(config_path: str) -> None:
+def check_once(config_path: Path) -> None:
     """Finish any interrupted update, check once, install what is due, print the outcome.
 
     \b
@@ -67,7 +99,7 @@ def check_once(config_path: str) -> None:
 
 @agent.command()
 @config_option
-def status(config_path: str) -> None:
+def status(config_path: Path) -> None:
     """Print the lifecycle state, active and previous model, refused versions, last outcome (JSON).
 
     \b
@@ -79,7 +111,7 @@ def status(config_path: str) -> None:
 
 @agent.command()
 @config_option
-def rollback(config_path: str) -> None:
+def rollback(config_path: Path) -> None:
     """Switch back to the previous model slot; the version left is refused from then on.
 
     \b

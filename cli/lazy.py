@@ -35,7 +35,8 @@ def lazy_group(base: type[click.Group], commands: dict[str, tuple[str, str]]) ->
         Example:
           ota transcribe clip.wav --model models/base-v1.otam
         \b
-        Exit codes: docs/cli.md (0 ok, 2 usage, 3-11 bad input, 20-26 store/disk, 30-33 files).
+        Exit codes: docs/cli.md (0 ok, 1 bug, 2 usage, 3-11 bad input, 20-27 store, disk, jobs,
+        30-34 files and missing packages).
         """
 
     return cli

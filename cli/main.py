@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cli.train_cmds", "train"),
     "export": ("cli.train_cmds", "export"),
     "diff": ("cli.diff_cmds", "diff"),
+    "store": ("cli.store_cmds", "store"),
     "repo": ("cli.fleet_cmds", "repo"),  # repo_cmds.repo plus refresh and rotate-keys
     "bundle": ("cli.repo_cmds", "bundle"),
     "publish": ("cli.repo_cmds", "publish"),

@@ -233,13 +233,16 @@ class SeaweedServer:
     """
 
     def __init__(self, data_dir: str | os.PathLike[str], *, access_key: str | None = None,
-                 secret_key: str | None = None, startup_timeout: float = 60.0) -> None:
+                 secret_key: str | None = None, startup_timeout: float = 60.0, s3_port: int | None = None) -> None:
         self.data = Path(data_dir).resolve()
         self.data.mkdir(parents=True, exist_ok=True)
         self.access_key = access_key or "ota" + secrets.token_hex(8)
         self.secret_key = secret_key or secrets.token_hex(20)
         self.startup_timeout = startup_timeout
-        self.ports = _free_ports(8)  # fixed for the server's lifetime, so clients keep one endpoint
+        # fixed for the server's lifetime, so clients keep one endpoint; `ota store serve` names the S3 port
+        self.ports = [p for p in _free_ports(9) if p != s3_port][:8]
+        if s3_port is not None:
+            self.ports[6] = s3_port
         self.endpoint = SeaweedEndpoint(f"http://127.0.0.1:{self.ports[6]}", self.access_key, self.secret_key)
         self._proc: subprocess.Popen | None = None
         self._log = None
