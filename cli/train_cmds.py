@@ -32,6 +32,8 @@ from cli.params import INPUT_FILE, OUTPUT_FILE, OUTPUT_FOLDER
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="torch threads per process (default: the cores not busy with other work, shared by the "
               "processes torchrun starts on this machine).")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+              help="Where to train: cuda takes one GPU per process (NCCL between processes), auto a GPU if any.")
 @click.option("--config", "config_path", type=INPUT_FILE,
               help="Training settings as JSON (TrainConfig fields, e.g. a smaller model); options given on the "
               "command line take precedence.")
@@ -39,7 +41,7 @@ from cli.params import INPUT_FILE, OUTPUT_FILE, OUTPUT_FOLDER
 def train(ctx: click.Context, train_manifest: Path, dev_manifest: Path | None, out_dir: Path, epochs: int,
           sparsity: float, lr: float, model_id: str, vtlp: float, speed: float, rooms: float, seed: int,
           init_from: Path | None,
-          threads: int | None, config_path: Path | None) -> None:
+          threads: int | None, device: str, config_path: Path | None) -> None:
     """Train a streaming RNN-T with pruning and QAT, then export an int8 model.
 
     Rerunning the same command resumes from OUT/last.pt. Under
@@ -56,7 +58,7 @@ def train(ctx: click.Context, train_manifest: Path, dev_manifest: Path | None, o
     from diffing.train import TrainConfig, train as run  # training code only on the server side
 
     settings = dict(epochs=epochs, target_sparsity=sparsity, lr=lr, model_id=model_id, vtlp=vtlp, speed=speed,
-                    rooms=rooms, seed=seed, threads=threads or 0)
+                    rooms=rooms, seed=seed, threads=threads or 0, device=device)
     if config_path:
         field_of = {"sparsity": "target_sparsity"}  # option names that differ from TrainConfig fields
         explicit = {field_of.get(name, name) for name in ctx.params
@@ -65,7 +67,7 @@ def train(ctx: click.Context, train_manifest: Path, dev_manifest: Path | None, o
                     **{k: v for k, v in settings.items() if k in explicit}}
     cfg = TrainConfig.for_stage(str(train_manifest), dev_manifest and str(dev_manifest), str(out_dir),
                                 init_from=init_from and str(init_from), **settings)
-    world = distributed.init()  # under torchrun: one rank of a data-parallel job; rank 0 writes
+    world = distributed.init(cfg.device)  # under torchrun: one rank of a data-parallel job; rank 0 writes
     try:
         with training_progress() as progress:
             path = run(cfg, log=progress.log)

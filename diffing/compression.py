@@ -60,4 +60,6 @@ class CompressionState:
         return {"masks": self.masks, "quantize": self.quantize}
 
     def load_state_dict(self, state: dict) -> None:
-        self.masks, self.quantize = state["masks"], state["quantize"]
+        # masks follow the weights' device (checkpoints are read on the CPU)
+        self.masks = {n: m.to(self.masks[n].device) if n in self.masks else m for n, m in state["masks"].items()}
+        self.quantize = state["quantize"]

@@ -180,7 +180,7 @@ def mean_over_ranks(value: float) -> float:
     world = current()
     if world.size == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=world.device)  # NCCL reduces GPU tensors only
     collective("a loss all-reduce", lambda: dist.all_reduce(t))
     return float(t) / world.size
 

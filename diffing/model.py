@@ -136,7 +136,7 @@ class RNNT(nn.Module):
     def greedy_decode(self, feats: torch.Tensor) -> list[int]:
         """Frame-by-frame greedy decoding of one utterance (T, D): the fp32 baseline."""
         enc_state = None
-        pred, pred_state = self.predict(torch.zeros(1, 1, dtype=torch.long))
+        pred, pred_state = self.predict(torch.zeros(1, 1, dtype=torch.long, device=feats.device))
         hyp: list[int] = []
         for t in range(feats.shape[0]):
             enc, enc_state = self.encode(feats[None, t:t + 1], enc_state)
@@ -145,5 +145,5 @@ class RNNT(nn.Module):
                 if token == 0:
                     break
                 hyp.append(token)
-                pred, pred_state = self.predict(torch.tensor([[token]]), pred_state)
+                pred, pred_state = self.predict(torch.tensor([[token]], device=feats.device), pred_state)
         return hyp

@@ -80,6 +80,7 @@ class TrainConfig:
     # fresh run. Masks only ever grow sparser.
     init_from: str | None = None
     threads: int = 0  # torch threads; 0: the cores other work leaves free (diffing.threads)
+    device: str = "cpu"  # "cpu", "cuda" or "auto" (a GPU if one is visible)
     config_version: int = TRAIN_CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -95,6 +96,8 @@ class TrainConfig:
             raise ConfigError(f"vtlp and speed (max warps) must be in [0, 0.5), got {self.vtlp}, {self.speed}")
         if self.epochs < 1 or self.max_frames < 16 or self.lr <= 0:
             raise ConfigError("epochs >= 1, max_frames >= 16 and lr > 0 are required")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ConfigError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
         if self.config_version != TRAIN_CONFIG_VERSION:
             raise ConfigError(f"train config version {self.config_version} is not {TRAIN_CONFIG_VERSION}")
 
@@ -134,7 +137,7 @@ class TrainConfig:
         return cls(**obj)
 
 
-RUNTIME_ONLY = ("threads", "dev_utterances", "out_dir")  # may change between resumes
+RUNTIME_ONLY = ("threads", "dev_utterances", "out_dir", "device")  # may change between resumes
 
 
 def _recipe(config: dict) -> dict:
@@ -168,7 +171,8 @@ def dev_wer(model: RNNT, examples: list, tokenizer: CharTokenizer) -> float:
     model.eval()
     errors = words = 0
     for e in examples:
-        hyp = tokenizer.decode(model.greedy_decode(model_input(e.feats, model.cfg.features)))
+        feats = model_input(e.feats, model.cfg.features).to(model.frontend.mean.device)
+        hyp = tokenizer.decode(model.greedy_decode(feats))
         errors += word_errors(e.text, hyp)
         words += len(e.text.split())
     model.train()
@@ -207,7 +211,7 @@ def _initial_state(path: str) -> dict:
     """A checkpoint, or a device model (.otam) turned into one: dequantised weights, its zeros as the
     pruning masks, no CTC head (a fresh one is trained; it is discarded at export anyway)."""
     if Path(path).suffix != ".otam":
-        return torch.load(path, weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     device = load_model(path)
     model = float_model_from_device(device)
     compression = CompressionState(model.named_weight_matrices())
@@ -234,7 +238,8 @@ def _augmentation(cfg: TrainConfig, train_set: list, rng: random.Random) -> Call
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> Path:
     """Train (or resume) and export; returns the path of the device model."""
-    world = distributed.init()
+    world = distributed.init(cfg.device)
+    dev = world.device
     if not world.is_writer:  # one writer: logs, checkpoints and the export come from rank 0
         log, progress = (lambda _: None), False
     set_threads(cfg.threads)
@@ -268,6 +273,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
     model.frontend.inv_std.copy_(inv_std)
     model.pred_dropout = cfg.pred_dropout
     ctc_head = torch.nn.Linear(cfg.model.enc_hidden, cfg.model.vocab_size)
+    model.to(dev)
+    ctc_head.to(dev)
     weights = model.named_weight_matrices()
     compression = CompressionState(weights)
     model.weight_transform = compression
@@ -279,7 +286,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
     total_steps = n_batches * cfg.epochs
     step, epoch, history = 0, 0, []
     ckpt_path = out / "last.pt"
-    ckpt = distributed.from_writer(lambda: torch.load(ckpt_path, weights_only=False) if ckpt_path.exists() else None)
+    ckpt = distributed.from_writer(lambda: torch.load(ckpt_path, map_location="cpu", weights_only=False)
+                                   if ckpt_path.exists() else None)
     if ckpt is not None:
         if ckpt["data_identity"] != identity or _recipe(ckpt["train_config"]) != _recipe(cfg.to_json()):
             raise ConfigError(f"{ckpt_path} was trained with different data or settings; "
@@ -327,12 +335,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, cfg)
 
-            feats = model.normalize(vtlp(batch.feats, feats_cfg, augment_rng, cfg.vtlp))
+            feats = model.normalize(vtlp(batch.feats, feats_cfg, augment_rng, cfg.vtlp).to(dev))
             if cfg.spec_augment:
                 feats = torch.stack([spec_augment(f, feats_cfg.n_mels, augment_rng) for f in feats])
             # weight: this rank's share of the global batch, so averaged gradients are the global mean's
             loss = distributed.collective("a training step", lambda: step_loss(
-                feats, batch.targets, batch.feat_lens, batch.target_lens))
+                feats, batch.targets.to(dev), batch.feat_lens.to(dev), batch.target_lens.to(dev)))
             optimizer.zero_grad(set_to_none=True)
             distributed.collective("a gradient all-reduce", (loss * weight).backward)
             torch.nn.utils.clip_grad_norm_([*model.parameters(), *ctc_head.parameters()], cfg.grad_clip)
@@ -377,7 +385,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
 
 
 def model_from_checkpoint(ckpt_path: str | Path) -> tuple[RNNT, CharTokenizer, dict]:
-    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     model = RNNT(ModelConfig.from_json(ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     compression = CompressionState(model.named_weight_matrices())

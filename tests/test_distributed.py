@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 from device_agent.diff import apply_diff
 from device_agent.manifest import Utterance, write_manifest
 from device_agent.model_format import load_model, save_model
+from cli.main import cli
 from diffing.data import load_examples
 from diffing.diffs import config_for, learn_diff
 from diffing.diffs.int8_domain import mean_loss
@@ -101,6 +103,15 @@ def test_diff_on_two_processes_agrees_across_ranks(data: Path, method: str, budg
     examples = load_examples(data / "adapt.jsonl", base.tokenizer, base.config.features, None, False)
     before, one, two = (mean_loss(m, examples) for m in (base, apply_diff(base, single), updated))
     assert two < before and abs(two - one) <= 0.25 * (before - one)  # within noise of one process
+
+
+def test_cuda_without_a_gpu_is_refused_in_one_line(data: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: --device cuda is a valid choice here")
+    result = CliRunner().invoke(cli, ["train", "--train", str(data / "train.jsonl"), "--out", str(data / "gpu"),
+                                      "--device", "cuda"])
+    assert result.exit_code == 4 and "--device cuda: no CUDA GPU is visible" in result.output, result.output
+    assert not (data / "gpu" / "last.pt").exists()
 
 
 def test_mismatched_configs_across_ranks_are_refused_at_start(data: Path) -> None:
