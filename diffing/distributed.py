@@ -84,13 +84,13 @@ def current() -> World:
 PEER_LOST = re.compile(r"closed by peer|connection reset|broken pipe|timed out|timeout|nccl|gloo", re.IGNORECASE)
 
 
-def collective(what: str, fn: Callable[[], T]) -> T:
-    """Run a step that talks to the other ranks; a peer that died becomes one clear error."""
+def collective(what: str, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)`, a step that talks to the other ranks; a peer that died becomes one clear error."""
     world = current()
     if world.size == 1:
-        return fn()
+        return fn(*args)
     try:
-        return fn()
+        return fn(*args)
     except RuntimeError as exc:
         if not isinstance(exc, dist.DistError) and not PEER_LOST.search(str(exc)):
             raise

@@ -339,8 +339,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
             if cfg.spec_augment:
                 feats = torch.stack([spec_augment(f, feats_cfg.n_mels, augment_rng) for f in feats])
             # weight: this rank's share of the global batch, so averaged gradients are the global mean's
-            loss = distributed.collective("a training step", lambda: step_loss(
-                feats, batch.targets.to(dev), batch.feat_lens.to(dev), batch.target_lens.to(dev)))
+            loss = distributed.collective("a training step", step_loss, feats, batch.targets.to(dev),
+                                          batch.feat_lens.to(dev), batch.target_lens.to(dev))
             optimizer.zero_grad(set_to_none=True)
             distributed.collective("a gradient all-reduce", (loss * weight).backward)
             torch.nn.utils.clip_grad_norm_([*model.parameters(), *ctc_head.parameters()], cfg.grad_clip)

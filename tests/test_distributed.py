@@ -123,7 +123,7 @@ def test_mismatched_configs_across_ranks_are_refused_at_start(data: Path) -> Non
                               cwd=data, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for rank, lr in ((0, "0.002"), (1, "0.001"))]
     outputs = [node.communicate(timeout=300) for node in nodes]
-    for node, (out, err) in zip(nodes, outputs):
+    for node, (_, err) in zip(nodes, outputs):
         assert node.returncode != 0
         assert "ranks 0 and 1 were started with different training settings or data (differing: lr)" in err
     assert not (data / "mismatch0" / "last.pt").exists()  # refused before any training
@@ -154,7 +154,7 @@ def test_a_dead_rank_fails_the_job_and_keeps_the_last_checkpoint(data: Path) -> 
     victim = _rank_pid(job.pid, 1)
     assert victim is not None, "rank 1 not found"
     os.kill(victim, signal.SIGKILL)  # a node lost mid-training
-    out, err = job.communicate(timeout=300)
+    _, err = job.communicate(timeout=300)
     assert job.returncode != 0
     assert "another rank stopped" in err or "Signal 9 (SIGKILL) received by PID" in err, err[-2000:]
     ckpt = torch.load(ckpt_path, weights_only=False)  # the last complete epoch is intact ...

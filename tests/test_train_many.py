@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from device_agent.errors import ConfigError
 from device_agent.manifest import Utterance, write_manifest
-from device_agent.model_format import encode_model, load_model, save_model
+from device_agent.model_format import encode_model, save_model
 from diffing.train_many import read_plan
 from packager.bundle import apply_bundle, decode_bundle, encode_full_bundle
 from packager.publish import publish_bundle, read_channel
@@ -71,7 +71,7 @@ def test_bad_plans_are_refused_before_any_work(tmp_path: Path) -> None:
              "missing data": {"diffs": [{"channel": "stable", "base": "m.otam"}]},
              "channel twice": {"defaults": {"data": "a.jsonl"}, "diffs": [{"channel": "stable", "base": "m.otam"},
                                                                           {"channel": "stable", "base": "m.otam"}]}}
-    for case, plan in cases.items():
+    for plan in cases.values():
         (tmp_path / "plan.json").write_text(json.dumps(plan))
         with pytest.raises(ConfigError):
             read_plan(tmp_path / "plan.json")
