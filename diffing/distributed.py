@@ -36,6 +36,8 @@ COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
 
 @dataclass(frozen=True)
 class World:
+    """This process's place in the job: rank `rank` of `size`, computing on `device`."""
+
     rank: int = 0
     size: int = 1
     device: torch.device = torch.device("cpu")

@@ -8,9 +8,9 @@ alike (one target hash) before rank 0 writes the bundle.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import xxhash
 
@@ -28,8 +28,9 @@ def learn_diff_on_ranks(deployed: DeviceModel, train_manifest: str | Path, confi
     world = distributed.current()
     identity = {name: xxhash.xxh64(Path(path).read_bytes()).hexdigest() if path else None
                 for name, path in (("data", train_manifest), ("replay", replay_manifest))}
+    settings = {k: v for k, v in asdict(config).items() if k != "threads"}  # threads may differ per machine
     distributed.require_same("diff settings, base model or data",
-                             {**asdict(config), "method": type(config).method,  # type: ignore[attr-defined]
+                             {**settings, "method": type(config).method,  # type: ignore[attr-defined]
                               "base": deployed.content_hash(), **identity})
     diff = learn_diff(deployed, train_manifest, config, replay_manifest=replay_manifest,
                       progress=progress and world.is_writer, log=log if world.is_writer else (lambda _: None))
