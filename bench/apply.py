@@ -7,7 +7,7 @@ of every int8 matrix by +-1..2 (sparse bundle).
 Measured (best of N wall times, peak extra Python/numpy memory via tracemalloc):
 - copy:          shutil.copyfile of the .otam + fsync (what a full-model install costs locally)
 - apply_verify:  decode the diff bundle, apply it to the loaded base, check base and target
-                 content hashes (device_agent.diff.apply_diff via packager.bundle.apply_bundle)
+                 content hashes (device_agent.diff.apply_diff via device_agent.bundle.apply_bundle)
 - slot_write:    the agent's whole APPLYING step: load base file, apply_verify, encode the new
                  .otam (zstd level 3: slots never leave the device), write it atomically, read it back
                  and hash it again
@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import SHIPPED_MODEL, best_of, write_results  # noqa: E402
 from device_agent.diff import Diff, SparseDelta, apply_diff  # noqa: E402
 from device_agent.model_format import FAST_LEVEL, encode_model, load_model, save_model  # noqa: E402
-from packager.bundle import apply_bundle, decode_bundle, encode_diff_bundle  # noqa: E402
+from device_agent.bundle import apply_bundle, decode_bundle  # noqa: E402
+from packager.bundle import encode_diff_bundle  # noqa: E402
 
 
 def base_model(tmp: Path) -> tuple[Path, str]:

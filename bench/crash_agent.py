@@ -42,7 +42,7 @@ from device_agent.model_format import encode_model, load_model  # noqa: E402
 import device_agent.audio, device_agent.runtime, device_agent.wer  # noqa: E402,F401  (warm imports for the forks)
 from packager.bundle import encode_diff_bundle, encode_full_bundle  # noqa: E402
 from packager.publish import publish_bundle  # noqa: E402
-from packager.store import FileStore  # noqa: E402
+from device_agent.store import FileStore  # noqa: E402
 from packager.trust import init_repository  # noqa: E402
 
 def _child(toml: Path, target: str, delay: float, fault: str, out) -> int:

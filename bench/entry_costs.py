@@ -28,7 +28,8 @@ from device_agent.device_model import QMAX, DeviceModel  # noqa: E402
 from device_agent.diff import Diff, SparseDelta, apply_diff  # noqa: E402
 from device_agent.model_format import encode_model, load_model  # noqa: E402
 from device_agent.sparse_coding import index_encode, varint_encode  # noqa: E402
-from packager.bundle import decode_bundle, encode_diff_bundle  # noqa: E402
+from device_agent.bundle import decode_bundle  # noqa: E402
+from packager.bundle import encode_diff_bundle  # noqa: E402
 
 
 def zstd_len(raw: bytes) -> int:

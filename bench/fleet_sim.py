@@ -54,16 +54,17 @@ from device_agent.device_model import DeviceModel
 from device_agent.diff import Diff, SparseDelta, apply_diff
 from device_agent.errors import OtaError, StoreConflictError
 from device_agent.model_format import encode_model, load_model
-from packager.bundle import apply_bundle, decode_bundle, encode_diff_bundle, encode_full_bundle
-from packager.channels import UpdateEdge, fetch_channel
+from device_agent.bundle import apply_bundle, decode_bundle
+from packager.bundle import encode_diff_bundle, encode_full_bundle
+from device_agent.channels import UpdateEdge, fetch_channel
 from packager.exact_diff import exact_diff
 from packager.fleet_status import fleet_summary, release_rows
 from packager.publish import publish_bundle
 from packager.rollout_controller import RolloutController, RolloutPlan
-from packager.seaweed import SeaweedServer
-from packager.store import S3Store, Store
+from demo.seaweed import SeaweedServer
+from device_agent.store import S3Store, Store
 from packager.trust import ExpiryPolicy, init_repository, refresh_repository
-from packager.trust_client import TrustedUpdater
+from device_agent.trust_client import TrustedUpdater
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "base-v1.otam"

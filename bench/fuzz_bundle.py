@@ -38,8 +38,8 @@ from device_agent.device_model import DeviceModel, canonical_json  # noqa: E402
 from device_agent.diff import Diff, HashedDelta, SparseDelta, apply_diff  # noqa: E402
 from device_agent.errors import OtaError  # noqa: E402
 from device_agent.model_format import encode_model  # noqa: E402
-from packager.bundle import (MAGIC, PREAMBLE, apply_bundle, decode_bundle, encode_diff_bundle,  # noqa: E402
-                            encode_full_bundle)
+from device_agent.bundle import MAGIC, PREAMBLE, apply_bundle, decode_bundle  # noqa: E402
+from packager.bundle import encode_diff_bundle, encode_full_bundle  # noqa: E402
 from tests.tiny import tiny_device_model  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

@@ -251,7 +251,7 @@ def _save_diff(diff_dir: Path, diff, base: DeviceModel, key: str) -> None:
 
 def _load_diff(diff_dir: Path, key: str):
     """A cached diff (bundle on disk), so a resumed chain continues from the same model."""
-    from packager.bundle import decode_bundle
+    from device_agent.bundle import decode_bundle
 
     return decode_bundle(_diff_path(diff_dir, key).read_bytes()).diff
 

@@ -37,7 +37,7 @@ def demo(out_dir: Path, store: str, budget: str | None, epochs: int, n_adapt: in
     """
     from cli.progress import training_progress
     from cli.tables import print_table
-    from diffing.demo import SHIPPED_MODEL, DemoConfig, run_demo
+    from demo.pipeline import SHIPPED_MODEL, DemoConfig, run_demo
 
     settings = dict(out_dir=out_dir, store=store, base_model=model_path or SHIPPED_MODEL, budget=budget)
     cfg = DemoConfig.tiny(**settings) if tiny else DemoConfig(**settings, epochs=epochs, n_adapt=n_adapt)

@@ -135,7 +135,7 @@ def train_many(plan: Path, out_dir: Path, parallel: int | None, threads: int, do
         click.echo(json.dumps({name: str(path) for name, path in bundles.items()}))
         return
     from packager.publish import publish_bundle
-    from packager.store import open_store
+    from device_agent.store import open_store
 
     store = open_store(store_url)
     for job in jobs:  # every bundle exists: publish channel by channel (one signed commit each)
@@ -183,7 +183,7 @@ def apply(bundle: Path, base_path: Path, out_path: Path) -> None:
       ota diff apply work/v2.otab --base models/base-v1.otam --out work/v2.otam
     """
     from device_agent.model_format import load_model, save_model
-    from packager.bundle import apply_bundle, decode_bundle
+    from device_agent.bundle import apply_bundle, decode_bundle
 
     decoded = decode_bundle(bundle.read_bytes())
     model = apply_bundle(decoded, load_model(base_path))
@@ -200,6 +200,6 @@ def inspect(bundle: Path) -> None:
     Example:
       ota diff inspect work/v2.otab
     """
-    from packager.bundle import inspect_bundle
+    from device_agent.bundle import inspect_bundle
 
     click.echo(json.dumps(inspect_bundle(bundle, verify=True), indent=2))

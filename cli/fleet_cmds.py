@@ -33,7 +33,7 @@ def refresh(store_url: str, keys_dir: str, renew_before: float) -> None:
     """
     from datetime import datetime, timezone
 
-    from packager.store import open_store
+    from device_agent.store import open_store
     from packager.trust import refresh_repository
 
     result = refresh_repository(open_store(store_url), keys_dir, renew_before=renew_before)
@@ -72,7 +72,7 @@ def rotate_keys_cmd(store_url: str, keys_dir: str, role: str, num_keys: int, thr
       ota repo rotate-keys --role timestamp
       ota repo rotate-keys --role root --count 3 --threshold 2
     """
-    from packager.store import open_store
+    from device_agent.store import open_store
     from packager.trust import rotate_keys
 
     rot = rotate_keys(open_store(store_url), keys_dir, role, num_keys=num_keys, threshold=threshold)
@@ -111,7 +111,7 @@ def fleet_status_cmd(store_url: str, model_id: str | None, as_json: bool) -> Non
       ota fleet status --store file:///srv/ota/store --model-id speech-commands
     """
     from packager.fleet_status import fleet_summary
-    from packager.store import open_store
+    from device_agent.store import open_store
 
     summary = fleet_summary(open_store(store_url), model_id)
     if summary["ignored"]:
@@ -189,7 +189,7 @@ def rollout_plan(store_url: str, keys_dir: str, model_id: str, channel: str, ver
     from device_agent.errors import ConfigError
     from packager.publish import publish_bundle, read_channel
     from packager.rollout_controller import RolloutController, RolloutPlan
-    from packager.store import open_store
+    from device_agent.store import open_store
 
     store = open_store(store_url)
     try:
@@ -237,7 +237,7 @@ def rollout_watch(store_url: str, keys_dir: str, model_id: str, channel: str, in
     import time
 
     from packager.rollout_controller import RolloutController
-    from packager.store import open_store
+    from device_agent.store import open_store
 
     controller = RolloutController(open_store(store_url), keys_dir, model_id, channel)
     controller.resume()
@@ -261,7 +261,7 @@ def rollout_show(store_url: str, model_id: str, channel: str, as_json: bool) -> 
       ota rollout show --channel stable
     """
     from packager.rollout_controller import state_key
-    from packager.store import open_store
+    from device_agent.store import open_store
 
     data = open_store(store_url).get(state_key(model_id, channel))
     doc = json.loads(data)

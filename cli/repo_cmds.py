@@ -23,8 +23,8 @@ def keys_option(fn):  # type: ignore[no-untyped-def]
                         type=INPUT_FOLDER, help="Folder of the repository's private keys (made by `ota repo init`).")(fn)
 
 
-def _store(url: str):  # -> packager.store.Store
-    from packager.store import open_store
+def _store(url: str):  # -> device_agent.store.Store
+    from device_agent.store import open_store
 
     return open_store(url)
 
@@ -110,7 +110,7 @@ def inspect_cmd(path: Path) -> None:
     Example:
       ota bundle inspect work/1-2.otab
     """
-    from packager.bundle import inspect_bundle
+    from device_agent.bundle import inspect_bundle
 
     click.echo(json.dumps(inspect_bundle(path), indent=2))
 
@@ -126,7 +126,7 @@ def verify(path: Path, base_path: Path | None) -> None:
       ota bundle verify work/1-2.otab --base models/base-v1.otam
     """
     from device_agent.model_format import load_model
-    from packager.bundle import apply_bundle, decode_bundle, inspect_bundle
+    from device_agent.bundle import apply_bundle, decode_bundle, inspect_bundle
 
     summary = inspect_bundle(path, verify=True)
     if base_path or summary["kind"] == "full":

@@ -73,7 +73,7 @@ def read_plan(path: str | Path) -> list[DiffJob]:
 
 
 def _learned_already(bundle: Path, job: DiffJob) -> bool:
-    from packager.bundle import read_bundle_manifest
+    from device_agent.bundle import read_bundle_manifest
 
     try:
         with open(bundle, "rb") as f:

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from packager.seaweed import SeaweedEndpoint, SeaweedServer
+from demo.seaweed import SeaweedEndpoint, SeaweedServer
 from device_agent.errors import ConfigError, StoreUnreachableError
 
 CREDENTIALS = "credentials.json"

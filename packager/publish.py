@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable
 
+from device_agent.bundle import BundleManifest, read_bundle_manifest
+from device_agent.channels import ChannelState, UpdateEdge, channel_target_name
 from device_agent.errors import ConfigError, DiffError, StoreNotFoundError
-from packager.bundle import BundleManifest, read_bundle_manifest
-from packager.channels import ChannelState, UpdateEdge, channel_target_name
-from packager.store import Store
-from packager.trust import Published, current_target_bytes, publish_targets
+from device_agent.store import Store
+from packager.trust import Published, current_target_bytes, publish_target, publish_targets
 
 
 def bundle_target_name(manifest: BundleManifest) -> str:
@@ -141,3 +141,8 @@ def set_rollout(store: Store, keys_dir: str | os.PathLike[str], model_id: str, c
 
     publish_targets(store, keys_dir, build, now=now)
     return result["state"]
+
+
+def publish_channel(store: Store, keys_dir: str | os.PathLike[str], state: ChannelState, **kwargs: Any) -> Published:
+    """Publish `state` as the signed target `channels/<model>/<channel>.json`."""
+    return publish_target(store, keys_dir, state.target_name, state.to_json(), _channel_custom(state), **kwargs)

@@ -53,7 +53,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from device_agent.errors import ConfigError, StoreConflictError, StoreNotFoundError, TrustError
-from packager.store import FileStore, Store, check_key
+from device_agent.store import FileStore, Store, check_key
 
 METADATA_PREFIX = "metadata/"
 TARGETS_PREFIX = "targets/"

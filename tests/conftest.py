@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from device_agent.errors import ConfigError
-from packager.seaweed import SeaweedEndpoint, local_seaweedfs, weed_binary
-from packager.store import FileStore, S3Store
+from demo.seaweed import SeaweedEndpoint, local_seaweedfs, weed_binary
+from device_agent.store import FileStore, S3Store
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ from device_agent.model_format import encode_model, load_model
 from packager.bundle import encode_diff_bundle, encode_full_bundle
 from packager.fleet_status import fleet_summary
 from packager.publish import publish_bundle, set_rollout
-from packager.store import FileStore, S3Store, Store
+from device_agent.store import FileStore, S3Store, Store
 from packager.trust import init_repository
 from tests.tiny import tiny_device_model
 
@@ -332,7 +332,7 @@ class OutageStore:
 
 def test_store_outage_mid_download_resumes_with_at_most_one_chunk_again(tmp_path: Path, models: Models,
                                                                         big_model: DeviceModel) -> None:
-    from packager.seaweed import SeaweedServer
+    from demo.seaweed import SeaweedServer
 
     server = SeaweedServer(tmp_path / "weed")
     endpoint = server.start()

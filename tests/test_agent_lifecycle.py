@@ -14,7 +14,7 @@ from device_agent.agent.lifecycle import (TERMINAL, TRANSITION_ROWS, TRANSITIONS
 from device_agent.agent.policy import GateConfig, choose_update, gate_decision, parse_expected_wer
 from device_agent.agent.state import AgentState, SlotRef, UpdateRecord, load_state, save_state
 from device_agent.errors import ConfigError, DataError, LifecycleError
-from packager.channels import ChannelState, NoUpdatePathError, UpdateEdge
+from device_agent.channels import ChannelState, NoUpdatePathError, UpdateEdge
 
 
 # --- the table ----------------------------------------------------------------------

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from cli.exit_codes import code_for_error
 from cli.main import cli
 from device_agent.errors import ConfigError
-from packager.store import FileStore
+from device_agent.store import FileStore
 from packager.trust import init_repository
 
 ROOT = Path(__file__).resolve().parents[1]

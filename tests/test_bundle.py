@@ -21,10 +21,11 @@ from device_agent.errors import BundleError, DiffError, DiskFullError
 from device_agent.model_config import ModelConfig, tensor_layout
 from device_agent.model_format import encode_model
 from device_agent.tokenizer import CharTokenizer
-from packager import bundle as bundle_mod
-from packager.bundle import (MAGIC, MAX_MANIFEST_BYTES, PREAMBLE, BundleReader, apply_bundle, bundle_overhead,
-                             decode_bundle, encode_diff_bundle, encode_full_bundle, inspect_bundle,
-                             read_bundle_manifest, save_bundle, verify_bundle_for_model)
+from device_agent import bundle as bundle_format
+from packager import bundle as bundle_writer
+from device_agent.bundle import (MAGIC, MAX_MANIFEST_BYTES, PREAMBLE, BundleReader, apply_bundle, bundle_overhead,
+                                 decode_bundle, inspect_bundle, read_bundle_manifest, verify_bundle_for_model)
+from packager.bundle import encode_diff_bundle, encode_full_bundle, save_bundle
 from tests.tiny import tiny_device_model
 
 # Pinned: any change to the byte layout, the encodings or the compression level
@@ -237,7 +238,7 @@ def test_manifest_only_reads_are_bounded(sparse_bytes: bytes, tmp_path) -> None:
 def test_save_bundle_maps_enospc_to_disk_full(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     def full(path, data) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(bundle_mod, "write_atomic", full)
+    monkeypatch.setattr(bundle_writer, "write_atomic", full)
     with pytest.raises(DiskFullError, match="no space left"):
         save_bundle(b"x", tmp_path / "b.otab")
 
@@ -254,7 +255,7 @@ def test_verify_bundle_for_model(sparse_bytes: bytes, base: DeviceModel, full_by
         verify_bundle_for_model(bundle, other)
     with pytest.raises(BundleError, match="needs an installed base model"):
         verify_bundle_for_model(bundle, None)
-    bundle.sections[0] = bundle_mod.SectionInfo(**{**bundle.sections[0].__dict__, "numel": 7})
+    bundle.sections[0] = bundle_format.SectionInfo(**{**bundle.sections[0].__dict__, "numel": 7})
     with pytest.raises(BundleError, match="of 7 entries"):
         verify_bundle_for_model(bundle, base)
     verify_bundle_for_model(decode_bundle(full_bytes), None)
@@ -456,9 +457,9 @@ def test_decompression_bomb_is_refused_quickly_without_allocating(sparse_bytes: 
 
 
 def test_decompressor_stops_at_raw_length_even_if_zstd_would_go_on() -> None:
-    info = bundle_mod.SectionInfo("t", "hashed", 0, 0, 100, "0" * 16, numel=1000, num_buckets=100)
+    info = bundle_format.SectionInfo("t", "hashed", 0, 0, 100, "0" * 16, numel=1000, num_buckets=100)
     with pytest.raises(BundleError, match="decompresses past|zstd data is corrupt"):
-        bundle_mod._decompress(info, rle_frame(100, 64 << 17))
+        bundle_format._decompress(info, rle_frame(100, 64 << 17))
 
 
 # --- overhead -------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from device_agent.device_model import DeviceModel, canonical_json
 from device_agent.diff import ChannelDeltas, Diff, HashedDelta, SparseDelta, apply_diff, channel_tensors
 from device_agent.errors import BundleError, DiffError
 from device_agent.model_format import save_model
-from packager.bundle import PREAMBLE, apply_bundle, decode_bundle, encode_diff_bundle, verify_bundle_for_model
+from device_agent.bundle import PREAMBLE, apply_bundle, decode_bundle, verify_bundle_for_model
+from packager.bundle import encode_diff_bundle
 from tests.tiny import tiny_device_model
 
 # Pinned like tests/test_bundle.py: a change here is a format change (docs/bundle-format.md).

@@ -7,16 +7,9 @@ import pytest
 
 from device_agent.errors import ConfigError
 from packager import trust
-from packager.channels import (
-    ChannelState,
-    NoUpdatePathError,
-    UpdateEdge,
-    fetch_channel,
-    in_rollout,
-    plan_update,
-)
-from packager.store import Store
-from packager.trust_client import TrustedUpdater
+from device_agent.channels import ChannelState, NoUpdatePathError, UpdateEdge, fetch_channel, in_rollout, plan_update
+from device_agent.store import Store
+from device_agent.trust_client import TrustedUpdater
 
 MB = 1_000_000
 
@@ -95,7 +88,7 @@ def test_json_round_trip_and_rollout() -> None:
 
 
 def test_channel_file_is_a_signed_target(file_store: Store, tmp_path: Path) -> None:
-    from packager.channels import publish_channel
+    from packager.publish import publish_channel
 
     keys = tmp_path / "keys"
     root = trust.init_repository(file_store, keys)

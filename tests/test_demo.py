@@ -36,7 +36,7 @@ def test_demo_tiny_runs_the_whole_pipeline(tmp_path: Path) -> None:
 
 
 def test_regressions_list_every_set_that_got_worse() -> None:
-    from diffing.demo import DemoReport
+    from demo.pipeline import DemoReport
 
     report = DemoReport(results={"base": {"update_test": 0.44, "original_test": 0.181},
                                  "sparse": {"update_test": 0.28, "original_test": 0.184},

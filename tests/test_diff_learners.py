@@ -169,7 +169,8 @@ def test_unreachable_byte_budget_is_refused_before_training(manifest: Path, conf
 
 
 def test_hybrid_diff_hashes_the_chosen_matrices_within_the_byte_budget(manifest: Path) -> None:
-    from packager.bundle import apply_bundle, decode_bundle, encode_diff_bundle
+    from device_agent.bundle import apply_bundle, decode_bundle
+    from packager.bundle import encode_diff_bundle
 
     base = tiny_device_model()
     diff = learn_diff(base, manifest, HybridDiffConfig(budget="2500B", epochs=3, replay_ratio=0.0))

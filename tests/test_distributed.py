@@ -23,7 +23,7 @@ from diffing.data import load_examples
 from diffing.diffs import config_for, learn_diff
 from diffing.diffs.int8_domain import mean_loss
 from diffing.train import TrainConfig, train
-from packager.bundle import apply_bundle, decode_bundle
+from device_agent.bundle import apply_bundle, decode_bundle
 from tests.tiny import TINY_CONFIG, tiny_device_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.fleet_sim import MODEL, SimConfig, run
-from packager.seaweed import weed_binary
+from demo.seaweed import weed_binary
 
 SMALL = SimConfig(devices=50, samples=3, utterances=2, cohorts=(20.0, 50.0, 100.0), min_reports=3,
                   min_halt_reports=2, threads=4, max_slots=40,

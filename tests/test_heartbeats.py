@@ -17,7 +17,7 @@ from packager import trust
 from packager.bundle import encode_full_bundle
 from packager.fleet_status import MAX_REPORT_BYTES, fleet_summary
 from packager.publish import publish_bundle
-from packager.store import FileStore, S3Store
+from device_agent.store import FileStore, S3Store
 from tests.tiny import tiny_device_model
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"

@@ -23,7 +23,7 @@ from device_agent.runtime import MAX_SYMBOLS_PER_FRAME, Int8Runtime
 from device_agent.sparse_coding import index_decode, varint_decode, varint_encode
 from device_agent.strict_header import parse_canonical_json
 from device_agent.zstd_frames import decompress_exact
-from packager.store import open_store
+from device_agent.store import open_store
 from tests.tiny import tiny_device_model
 
 ROOT = Path(__file__).resolve().parents[1]

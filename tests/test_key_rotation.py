@@ -17,8 +17,8 @@ from tuf.api.metadata import Metadata, Root
 from cli.main import cli
 from device_agent.errors import TrustError
 from packager import trust
-from packager.store import S3Store
-from packager.trust_client import TrustedUpdater
+from device_agent.store import S3Store
+from device_agent.trust_client import TrustedUpdater
 
 
 def _revoked_signer(keys: Path, keyid: str) -> CryptoSigner:

@@ -11,7 +11,7 @@ from device_agent.errors import ConfigError, DiffError, StoreNotFoundError
 from device_agent.model_format import encode_model
 from packager.bundle import encode_diff_bundle, encode_full_bundle
 from packager.publish import publish_bundle, read_channel
-from packager.store import FileStore, open_store
+from device_agent.store import FileStore, open_store
 from packager.trust import init_repository
 from tests.tiny import tiny_device_model
 

@@ -13,12 +13,13 @@ from device_agent.diff import Diff, SparseDelta, apply_diff
 from device_agent.errors import (ConfigError, StoreAuthError, StoreConflictError, StoreNotFoundError,
                                  StoreUnreachableError)
 from device_agent.model_format import encode_model, save_model
-from packager.bundle import apply_bundle, decode_bundle, encode_diff_bundle, encode_full_bundle
-from packager.channels import fetch_channel, plan_update
+from device_agent.bundle import apply_bundle, decode_bundle
+from packager.bundle import encode_diff_bundle, encode_full_bundle
+from device_agent.channels import fetch_channel, plan_update
 from packager.publish import publish_bundle, read_channel, set_rollout
-from packager.store import FileStore, Store
+from device_agent.store import FileStore, Store
 from packager.trust import init_repository
-from packager.trust_client import TrustedUpdater
+from device_agent.trust_client import TrustedUpdater
 from tests.tiny import tiny_device_model
 
 

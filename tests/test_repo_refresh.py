@@ -11,8 +11,8 @@ from tuf.api.metadata import Metadata
 from cli.main import cli
 from device_agent.errors import ConfigError, MetadataExpiredError, StoreConflictError
 from packager import trust
-from packager.store import FileStore, S3Store, Store
-from packager.trust_client import TrustedUpdater
+from device_agent.store import FileStore, S3Store, Store
+from device_agent.trust_client import TrustedUpdater
 
 HOUR = timedelta(hours=1)
 # Short periods so three timestamp lifetimes fit in a few simulated hours.

@@ -19,7 +19,7 @@ from device_agent.model_format import encode_model
 from packager.bundle import encode_diff_bundle, encode_full_bundle
 from packager.publish import publish_bundle, read_channel
 from packager.rollout_controller import CohortNumbers, RolloutController, RolloutPlan, RolloutState, decide
-from packager.store import FileStore
+from device_agent.store import FileStore
 from packager.trust import init_repository
 from tests.tiny import tiny_device_model
 

@@ -18,9 +18,9 @@ from device_agent.errors import (
     StoreNotFoundError,
     StoreUnreachableError,
 )
-from packager import store as store_mod
-from packager.seaweed import SeaweedEndpoint
-from packager.store import FileStore, S3Store, Store, open_store
+from device_agent import store as store_mod
+from demo.seaweed import SeaweedEndpoint
+from device_agent.store import FileStore, S3Store, Store, open_store
 
 
 def test_round_trip(store: Store) -> None:

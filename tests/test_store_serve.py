@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from packager.store import open_store
+from device_agent.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,10 @@ from device_agent.errors import ConfigError
 from device_agent.manifest import Utterance, write_manifest
 from device_agent.model_format import encode_model, save_model
 from diffing.train_many import read_plan
-from packager.bundle import apply_bundle, decode_bundle, encode_full_bundle
+from device_agent.bundle import apply_bundle, decode_bundle
+from packager.bundle import encode_full_bundle
 from packager.publish import publish_bundle, read_channel
-from packager.store import Store
+from device_agent.store import Store
 from packager.trust import init_repository
 from tests.tiny import tiny_device_model
 

@@ -1,4 +1,4 @@
-"""Publish through packager.trust, fetch through packager.trust_client."""
+"""Publish through packager.trust, fetch through device_agent.trust_client."""
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +11,8 @@ import pytest
 
 from device_agent.errors import ConfigError, StoreConflictError, StoreUnreachableError, TrustError
 from packager import trust
-from packager.store import S3Store, Store
-from packager.trust_client import TargetInfo, TrustedUpdater, verify_target
+from device_agent.store import S3Store, Store
+from device_agent.trust_client import TargetInfo, TrustedUpdater, verify_target
 
 
 def test_publish_then_fetch_verifies_hashes(store: Store, tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def test_client_transport_errors_keep_their_class(tmp_path: Path) -> None:
 
 
 def _any_root(tmp_path: Path) -> bytes:
-    from packager.store import FileStore
+    from device_agent.store import FileStore
 
     (tmp_path / "scratch").mkdir()
     return trust.init_repository(FileStore(tmp_path / "scratch"), tmp_path / "scratch-keys")

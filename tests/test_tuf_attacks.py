@@ -19,8 +19,8 @@ from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Tar
 
 from device_agent.errors import ConfigError, TrustError
 from packager import trust
-from packager.store import S3Store
-from packager.trust_client import TrustedUpdater
+from device_agent.store import S3Store
+from device_agent.trust_client import TrustedUpdater
 
 V1 = b"model bundle v1 " * 4096
 V2 = b"model bundle v2 " * 5000

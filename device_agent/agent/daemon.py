@@ -77,7 +77,7 @@ class Agent:
     @property
     def store(self):
         if self._store is None:
-            from packager.store import open_store
+            from device_agent.store import open_store
 
             self._store = open_store(self.cfg.store_url)
         return self._store
@@ -87,7 +87,7 @@ class Agent:
         if self._report_store is None:
             self._report_store = self.store if self.cfg.reports_url == self.cfg.store_url else None
             if self._report_store is None:
-                from packager.store import open_store
+                from device_agent.store import open_store
 
                 self._report_store = open_store(self.cfg.reports_url)
         return self._report_store
@@ -279,8 +279,8 @@ class Agent:
 
     # --- actions: one per state, each returns the event it produced --------------------------
     def _checking(self, st: AgentState) -> Event:
-        from packager.channels import fetch_channel
-        from packager.trust_client import TrustedUpdater
+        from device_agent.channels import fetch_channel
+        from device_agent.trust_client import TrustedUpdater
 
         updater = TrustedUpdater(self.store, self.data / "metadata", self._trusted_root(),
                                  target_chunk_size=self.cfg.chunk_size, clock=self.clock)
@@ -376,8 +376,8 @@ class Agent:
         return Event.DOWNLOADED
 
     def _verifying(self, st: AgentState) -> Event:
-        from packager.bundle import read_bundle_manifest
-        from packager.trust_client import TargetInfo, verify_target
+        from device_agent.bundle import read_bundle_manifest
+        from device_agent.trust_client import TargetInfo, verify_target
 
         rec = st.update
         assert rec is not None
@@ -401,7 +401,7 @@ class Agent:
 
     def _applying(self, st: AgentState) -> Event:
         from device_agent.model_format import FAST_LEVEL, encode_model, load_model
-        from packager.bundle import apply_bundle, decode_bundle
+        from device_agent.bundle import apply_bundle, decode_bundle
 
         rec = st.update
         assert rec is not None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from packager.channels import ChannelState, UpdateEdge, in_rollout, plan_update
+from device_agent.channels import ChannelState, UpdateEdge, in_rollout, plan_update
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ def check_config(cfg: AgentConfig) -> list[str]:
     """Raise ConfigError naming the first unusable setting; returns one line per check that passed."""
     passed = [_check_trust_root(cfg.trust_root), _check_validation(cfg.validation_manifest),
               _check_data_dir(cfg.data_dir)]
-    from packager.store import open_store  # URL syntax only: nothing is contacted
+    from device_agent.store import open_store  # URL syntax only: nothing is contacted
 
     for key in ("store_url", "report_store_url"):
         url = getattr(cfg, key)

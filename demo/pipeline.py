@@ -33,7 +33,7 @@ from device_agent.wer import evaluate
 from diffing.diffs import HashedDiffConfig, SparseMaskDiffConfig, learn_diff
 from packager.bundle import encode_diff_bundle, encode_full_bundle
 from packager.publish import publish_bundle
-from packager.store import FileStore, S3Store, Store
+from device_agent.store import FileStore, S3Store, Store
 from packager.trust import init_repository
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "base-v1.otam"
@@ -194,7 +194,7 @@ def _open_store(cfg: DemoConfig, stack: ExitStack) -> tuple[Store, str]:
         return FileStore(path), f"file://{path}"
     import boto3
 
-    from packager.seaweed import local_seaweedfs
+    from demo.seaweed import local_seaweedfs
 
     endpoint = stack.enter_context(local_seaweedfs(cfg.out_dir / "seaweedfs"))
     for key, value in endpoint.aws_env().items():  # the agent opens the store from its URL

@@ -16,7 +16,6 @@ checks of the TUF client workflow) with:
   signed length -> TrustError; transport failures keep their Store error
   (StoreUnreachableError, StoreAuthError, StoreNotFoundError ...).
 
-It must not import `diffing` (the device ships without it).
 Delegated targets roles are not supported (the repository never makes them).
 """
 from __future__ import annotations
@@ -39,7 +38,7 @@ from tuf.ngclient.fetcher import FetcherInterface
 
 from device_agent.errors import (DiskFullError, MetadataExpiredError, OtaError, StoreNotFoundError,
                                  StoreUnreachableError, TransportError, TrustError)
-from packager.store import Store
+from device_agent.store import Store
 
 _URL_SCHEME = "store:"
 METADATA_URL = _URL_SCHEME + "metadata/"

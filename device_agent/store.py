@@ -1,6 +1,6 @@
 """Blob storage by key, with conditional writes: a local directory or S3.
 
-`Store` is the whole interface the packager and the device use to move bytes;
+`Store` is the whole interface the server and the device use to move bytes;
 `open_store(url)` builds one from `file:///abs/dir` or
 `s3://bucket/prefix?endpoint=http://127.0.0.1:8333&region=us-east-1`.
 

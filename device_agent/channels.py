@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import xxhash
 
 from device_agent.errors import ConfigError, DataError, StoreNotFoundError
 
 if TYPE_CHECKING:
-    from packager.store import Store
-    from packager.trust import Published
-    from packager.trust_client import TrustedUpdater
+    from device_agent.trust_client import TrustedUpdater
 
 FORMAT_VERSION = 1
 
@@ -162,15 +159,7 @@ def plan_update(
     )
 
 
-# --- publishing and reading (thin wrappers over trust / trust_client) ---------------
-def publish_channel(store: Store, keys_dir: str | os.PathLike[str], state: ChannelState, **kwargs: Any) -> Published:
-    """Publish `state` as the signed target `channels/<model>/<channel>.json`."""
-    from packager.trust import publish_target  # repository side only: devices never publish
-
-    custom = {"kind": "channel", "model_id": state.model_id, "channel": state.channel, "version": state.current_version}
-    return publish_target(store, keys_dir, state.target_name, state.to_json(), custom, **kwargs)
-
-
+# --- reading (through a refreshed TUF client) ---------------------------------------
 def fetch_channel(updater: TrustedUpdater, model_id: str, channel: str) -> ChannelState:
     """Read and verify a channel file through a refreshed `TrustedUpdater`."""
     name = channel_target_name(model_id, channel)
