@@ -1,9 +1,10 @@
 """Compiled (numba) kernels of the int8 runtime.
 
-A weight matrix is used as stored: `q` int8 (N, K) with its per-row float32
-`scale`. Each input vector is quantized on the fly to int8 with one scale
-(symmetric, kept as uint8 = value + 128), the products are summed exactly in
-int32 (AVX-512 VNNI where the CPU has it, `device_agent.vnni`), and
+A weight matrix is the model's int8 values in the interleaved layout of
+`interleave` with its per-row float32 `scale`. Each input vector is
+quantized on the fly to int8 with one scale (symmetric, kept as uint8 =
+value + 128), the products are summed exactly in int32 (AVX-512 VNNI where
+the CPU has it, `device_agent.vnni`), and
 y = (sum - 128 * rowsum(q)) * x_scale * scale + bias restores floats. No
 float copy of a weight matrix exists. Each kernel runs a whole chunk of
 frames per call: Python's per-operation overhead is paid per chunk.
