@@ -6,6 +6,7 @@ added; cli.main loads them from here.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import click
 
@@ -48,7 +49,7 @@ def refresh(store_url: str, keys_dir: str, renew_before: float) -> None:
                    "(ota repo rotate-keys --role root)", err=True)
 
 
-def _left(delta) -> str:  # type: ignore[no-untyped-def]
+def _left(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
     if seconds < 0:
         return "EXPIRED"
