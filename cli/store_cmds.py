@@ -34,7 +34,7 @@ def serve(data_dir: Path, port: int, bucket: str, prefix: str, env_file: Path | 
       ota store serve --env-file work/store.env &
       source work/store.env
     """
-    from packager.local_store import serve_local_store
+    from demo.local_store import serve_local_store
 
     def ready(exports: dict[str, str]) -> None:
         lines = "".join(f"export {k}='{v}'\n" for k, v in exports.items())
