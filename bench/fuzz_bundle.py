@@ -337,6 +337,64 @@ def m_semantic(rng: np.random.Generator, s: Seed) -> bytes:
     return pack(manifest, sections)
 
 
+def m_canonical_form(rng: np.random.Generator, s: Seed) -> bytes:
+    """Checksums and lengths valid, encodings not canonical: overflowing or overlong varints,
+    skippable or concatenated zstd frames (docs/bundle-format.md: only the canonical form)."""
+    manifest, sections = split(s.data)
+    entries = list(manifest["sections"].values())
+    i = int(rng.integers(len(entries)))
+    e = entries[i]
+    if e["encoding"] == "model":
+        return pack(manifest, sections[:i] + [struct.pack("<II", 0x184D2A50, 0)] + sections[i + 1:])
+    raw = zstandard.ZstdDecompressor().decompress(sections[i])
+    skippable = struct.pack("<II", 0x184D2A50 + int(rng.integers(16)), 4) + b"\0\0\0\0"
+    frame = zstandard.ZstdCompressor(level=3, write_content_size=True)
+    trick = int(rng.integers(5))
+    if trick == 0 and e["encoding"] == "index" and e.get("count"):
+        # first gap re-encoded as a 10-byte varint whose top bits overflow 64 bits: it wraps to the same value
+        first, rest = raw[0], raw[1:]
+        if first < 0x80:
+            raw = bytes([0x80 | first] + [0x80] * 8 + [0x02]) + rest
+    elif trick == 1 and e["encoding"] == "index" and e.get("count"):
+        raw = bytes([raw[0] | 0x80, 0x00]) + raw[1:] if raw[0] < 0x80 else raw  # overlong: same value
+    elif trick == 2:
+        sections[i] = skippable + sections[i]
+        return pack(manifest, sections)
+    elif trick == 3:
+        sections[i] = sections[i] + skippable
+        return pack(manifest, sections)
+    else:  # the same raw bytes as two frames back to back
+        cut = len(raw) // 2
+        sections[i] = frame.compress(raw[:cut]) + frame.compress(raw[cut:])
+        return pack(manifest, sections)
+    sections[i] = frame.compress(raw)
+    e["raw_length"] = len(raw)
+    return pack(manifest, sections)
+
+
+def m_max_declared(rng: np.random.Generator, s: Seed) -> bytes:
+    """A delta section that declares the largest sizes the format allows, consistently:
+    numel 2^28, count / buckets at their limits, raw_length up to 64 MiB, and a frame of
+    that content size that compresses to a few KB. Only limits relative to the base
+    (the tensor's real size) stop it before the decoder allocates."""
+    manifest, sections = split(s.data)
+    if manifest["kind"] != "diff":
+        return m_bomb(rng, s)
+    name = sorted(manifest["sections"])[int(rng.integers(len(manifest["sections"])))]
+    e = manifest["sections"][name]
+    numel = 1 << 28
+    if e["encoding"] == "hashed":
+        e.update(numel=numel, num_buckets=1 << 24)
+        raw = 1 << 24
+    else:
+        count = int(rng.choice([0, 1 << 20, (1 << 25) - 1]))
+        e.update(encoding="bitmask", numel=numel, count=count)
+        raw = numel // 8 + count
+    e["raw_length"] = raw
+    sections[sorted(manifest["sections"]).index(name)] = rle_frame(raw, raw)
+    return pack(manifest, sections)
+
+
 def m_splice(rng: np.random.Generator, s: Seed, others: list[Seed]) -> bytes:
     """Manifest from one bundle, payload from another (fixed up or not)."""
     other = others[int(rng.integers(len(others)))]
@@ -351,7 +409,8 @@ MUTATORS: dict[str, Callable[..., bytes]] = {
     "bit_flip": m_bit_flip, "byte_insert": m_byte_insert, "byte_delete": m_byte_delete, "truncate": m_truncate,
     "trailing_bytes": m_trailing, "preamble_lie": m_preamble, "manifest_lie": m_manifest_lie,
     "table_overlap_dup": m_table, "zstd_bomb": m_bomb, "json_abuse": m_json, "resigned_payload": m_resigned,
-    "semantic_lie": m_semantic, "splice": m_splice,
+    "semantic_lie": m_semantic, "splice": m_splice, "canonical_form": m_canonical_form,
+    "max_declared_sizes": m_max_declared,
 }
 
 

@@ -125,32 +125,51 @@ def index_decode(buf: bytes, count: int, numel: int) -> np.ndarray:
     return positions
 
 
-def bitmask_positions(buf: bytes, numel: int) -> np.ndarray:
+def bitmask_positions(buf: bytes, numel: int, count: int | None = None) -> np.ndarray:
     """Flat positions set in a bitmask, decoded in chunks so memory stays ~ the positions themselves."""
+    return _bitmask_scan(buf, numel, count, keep=True)[0]
+
+
+def _bitmask_scan(buf: bytes, numel: int, count: int | None, keep: bool) -> tuple[np.ndarray, int]:
+    """-> (positions if `keep`, number of positions). With `count`, decoding stops at the first
+    chunk that takes the total past it, so a lying mask never allocates more than `count` positions."""
     expected = (numel + 7) // 8
     if len(buf) != expected:
         raise ValueError(f"bitmask is {len(buf)} bytes, expected {expected} for {numel} positions")
-    parts = []
+    parts, total = [], 0
     for start in range(0, len(buf), BITMASK_CHUNK_BYTES):
         chunk = buf[start:start + BITMASK_CHUNK_BYTES]
-        parts.append(np.flatnonzero(bitmask_decode(chunk, min(8 * len(chunk), numel - 8 * start))) + 8 * start)
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        found = np.flatnonzero(bitmask_decode(chunk, min(8 * len(chunk), numel - 8 * start))) + 8 * start
+        total += found.size
+        if count is not None and total > count:
+            raise ValueError(f"bitmask marks more than the {count} positions the table says")
+        if keep:
+            parts.append(found)
+    return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)), total
 
 
-def decode_sparse(coding: str, body: bytes, values: bytes, count: int, numel: int) -> tuple[np.ndarray, np.ndarray]:
+def decode_sparse(coding: str, body: bytes, values: bytes, count: int, numel: int,
+                  *, keep: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Positions (`bitmask` or `index` coded) plus their int8 values -> (int64 positions, int8 values).
 
     Shared by the model format and the bundle format; ValueError says what is wrong.
-    """
+    `keep=False` validates everything but returns empty arrays (bitmask positions are then
+    never materialised: `bundle verify` of a section costs its raw bytes, not 8 bytes a position)."""
     try:
-        positions = bitmask_positions(body, numel) if coding == "bitmask" else index_decode(body, count, numel)
+        if coding == "bitmask":
+            positions, found = _bitmask_scan(body, numel, count, keep)
+        else:
+            positions = index_decode(body, count, numel)
+            found = positions.size
     except ValueError as exc:
         raise ValueError(f"bad {coding} coding: {exc}") from None
-    if positions.size != count:
-        raise ValueError(f"{coding} marks {positions.size} positions, the table says {count}")
+    if found != count:
+        raise ValueError(f"{coding} marks {found} positions, the table says {count}")
     vals = np.frombuffer(values, dtype=np.int8)
     if vals.size != count or np.any(vals == 0) or np.any(vals < -QMAX):
         raise ValueError(f"{count} stored values must be nonzero and within [-{QMAX}, {QMAX}]")
+    if not keep:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8)
     return positions.astype(np.int64, copy=False), vals
 
 
