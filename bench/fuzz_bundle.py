@@ -4,17 +4,22 @@ Builds real bundles from tiny models (a sparse diff using both position
 codings, a hashed diff, a mixed diff, a full bundle), then mutates them: blind
 byte-level damage, lies in the preamble and manifest, table tricks
 (overlaps, holes, duplicates, swaps), zstd decompression bombs, hostile JSON,
-and "re-signed" damage (payload changed, checksums and lengths fixed up so the
+"re-signed" damage (payload changed, checksums and lengths fixed up so the
 damage reaches the decompressor, the strict decoders, the .otam codec and
-apply_diff). Each case goes through decode_bundle and then apply_diff on the
-base model (full bundles: decode_model). A case passes if it raises a
+apply_diff), structure-aware lies (valid checksums and lengths with lying
+semantics), canonical-form violations (64-bit-overflowing and overlong
+varints, skippable and concatenated zstd frames) and maximal declared sizes
+(2^28-entry tensors whose 64 MiB sections compress to a few KB). Each case
+takes the device's path: `read_bundle` against the base model (full bundles:
+no model installed), then `apply_bundle`. A case passes if it raises a
 subclass of OtaError, or succeeds with the target hash verified.
 
-    python bench/fuzz_bundle.py [--cases 10000] [--seed 0] [--time-limit 5]
+    python bench/fuzz_bundle.py [--cases 100000] [--seed 0] [--time-limit 5]
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -38,7 +43,7 @@ from device_agent.device_model import DeviceModel, canonical_json  # noqa: E402
 from device_agent.diff import Diff, HashedDelta, SparseDelta, apply_diff  # noqa: E402
 from device_agent.errors import OtaError  # noqa: E402
 from device_agent.model_format import encode_model  # noqa: E402
-from device_agent.bundle import MAGIC, PREAMBLE, apply_bundle, decode_bundle  # noqa: E402
+from device_agent.bundle import MAGIC, PREAMBLE, apply_bundle, read_bundle  # noqa: E402
 from packager.bundle import encode_diff_bundle, encode_full_bundle  # noqa: E402
 from tests.tiny import tiny_device_model  # noqa: E402
 
@@ -424,18 +429,15 @@ def _alarm(signum: int, frame: object) -> None:
 
 
 def run_case(data: bytes, seed: Seed) -> str:
-    """-> outcome: 'ok' (target hash verified), '<stage>:<OtaError subclass>', or 'UNEXPECTED:...'."""
+    """-> outcome: 'ok' (target hash verified), '<stage>:<OtaError subclass>', or 'UNEXPECTED:...'.
+
+    The device's path: `read_bundle` against the model it would be applied to (sizes
+    relative to its tensors, checked before any section is read), then `apply_bundle`."""
     stage = "decode"
     try:
-        bundle = decode_bundle(data)
+        bundle = read_bundle(io.BytesIO(data), seed.base)
         stage = "apply"
-        if bundle.kind == "diff":
-            if seed.base is None:
-                return "apply:skipped-no-base"
-            assert bundle.diff is not None
-            result = apply_diff(seed.base, bundle.diff)  # checks base and target hashes
-        else:
-            result = apply_bundle(bundle, None)  # decode_model + target hash
+        result = apply_bundle(bundle, seed.base)  # base and target hashes; full bundles: decode_model
         if result.content_hash() != bundle.target_hash:
             return "UNEXPECTED:unverified-success"
         return "ok"

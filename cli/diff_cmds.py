@@ -183,10 +183,10 @@ def apply(bundle: Path, base_path: Path, out_path: Path) -> None:
       ota diff apply work/v2.otab --base models/base-v1.otam --out work/v2.otam
     """
     from device_agent.model_format import load_model, save_model
-    from device_agent.bundle import apply_bundle, decode_bundle
+    from device_agent.bundle import apply_bundle, read_bundle
 
-    decoded = decode_bundle(bundle.read_bytes())
-    model = apply_bundle(decoded, load_model(base_path))
+    base = load_model(base_path)
+    model = apply_bundle(read_bundle(bundle, base), base)
     save_model(model, out_path)
     click.echo(f"{out_path}\tversion {model.version}\t{model.content_hash()}")
 

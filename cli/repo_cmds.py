@@ -126,11 +126,12 @@ def verify(path: Path, base_path: Path | None) -> None:
       ota bundle verify work/1-2.otab --base models/base-v1.otam
     """
     from device_agent.model_format import load_model
-    from device_agent.bundle import apply_bundle, decode_bundle, inspect_bundle
+    from device_agent.bundle import apply_bundle, inspect_bundle, read_bundle
 
     summary = inspect_bundle(path, verify=True)
     if base_path or summary["kind"] == "full":
-        model = apply_bundle(decode_bundle(path.read_bytes()), load_model(base_path) if base_path else None)
+        base = load_model(base_path) if base_path else None
+        model = apply_bundle(read_bundle(path, base), base)
         click.echo(f"OK {path}: applies, result {model.content_hash()} version {model.version}")
     else:
         click.echo(f"OK {path}: {len(summary['sections'])} sections verified")

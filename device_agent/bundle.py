@@ -17,12 +17,14 @@ and against the bytes present before using it:
     header (content size == raw_length, window, no dictionary), bounded
     decompression, strict decoding of the encoding
 11) no trailing bytes after the last section
-`apply_diff` later checks the deltas against the actual model (DiffError).
+With the model it will be applied to (`read_bundle`, `BundleReader(installed_on=)`),
+sizes are also checked against that model's real tensors after step 8, before
+any section is read. `apply_diff` later checks the deltas against the actual
+model (DiffError).
 """
 from __future__ import annotations
 
 import io
-import json
 import re
 import struct
 from collections.abc import Iterator
@@ -33,14 +35,16 @@ from typing import Any, BinaryIO
 import numpy as np
 import xxhash
 
-from device_agent.device_model import QMAX, DeviceModel, canonical_json
+from device_agent.device_model import QMAX, DeviceModel
 from device_agent.diff import (BIAS_STEP_EXPS, MAX_BUCKETS, ChannelDeltas, Diff, HashedDelta, SparseDelta, TensorDelta,
                                apply_diff, channel_tensors)
 from device_agent.errors import BundleError, ModelFormatError
 from device_agent.model_format import MAX_FILE_BYTES as MAX_MODEL_BYTES
 from device_agent.model_format import parse_header as parse_model_header  # the .otam header checks, not a copy
-from device_agent.model_format import decode_model
-from device_agent.sparse_coding import decode_sparse
+from device_agent.model_format import decode_model, decoded_bytes
+from device_agent.sparse_coding import decode_sparse, varint_len
+from device_agent.strict_header import (CONTENT_HASH, MAX_NAME_CHARS, MAX_VERSION, NAME, XXH64, is_int,
+                                        parse_canonical_json)
 from device_agent.zstd_frames import decompress_exact
 
 MAGIC = b"OTABNDL\0"
@@ -54,10 +58,9 @@ MAX_SECTIONS = 4096
 MAX_NUMEL = 1 << 28  # 4 * 8192 * 8192: the largest matrix ModelConfig allows
 MAX_SECTION_RAW_BYTES = 64 << 20  # a delta bigger than this should ship as a full bundle
 MAX_BUNDLE_BYTES = 1 << 30
-MAX_NAME_CHARS = 128
 MAX_METADATA_ENTRIES = 64
-MAX_VERSION = 2**53
 MAX_SEED = 2**64 - 1
+FULL_MODEL_GROWTH = 4  # a full bundle may decode to at most this many times the installed model's tensors
 
 # Sparse position codings are named as in .otam files ("bitmask", "index").
 SPARSE_ENCODINGS = ("bitmask", "index")
@@ -76,10 +79,8 @@ MANIFEST_KEYS = {
              "metadata", "sections"},
     "full": {"kind", "model_id", "target_version", "target_hash", "sections"},
 }
-_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+_NAME, _CONTENT_HASH, _XXH64 = NAME, CONTENT_HASH, XXH64  # one set of patterns for .otam and .otab
 _METHOD = re.compile(r"[a-z0-9_\-]{1,64}")
-_CONTENT_HASH = re.compile(r"[0-9a-f]{32}")  # xxh3-128 hex (DeviceModel.content_hash)
-_XXH64 = re.compile(r"[0-9a-f]{16}")
 
 
 # --- data types -----------------------------------------------------------------
@@ -147,22 +148,6 @@ class Section:
 
 
 # --- manifest parsing (steps 1-8) -------------------------------------------------
-def _is_int(value: Any, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise BundleError(f"manifest JSON repeats keys {sorted({k for k in keys if keys.count(k) > 1})}; "
-                          "each key must appear once")
-    return dict(pairs)
-
-
-def _no_constants(name: str) -> Any:
-    raise BundleError(f"manifest JSON contains {name}; only integers and strings are allowed")
-
-
 def _parse_preamble(pre: bytes) -> tuple[int, int]:
     """Steps 1-4 -> (format version, manifest length)."""
     # 1) preamble present
@@ -185,21 +170,8 @@ def _parse_preamble(pre: bytes) -> tuple[int, int]:
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:
-    """Step 6: strict, canonical JSON object."""
-    try:
-        # The interpreter's recursion limit (~1000 levels) stops deep nesting long before memory
-        # matters, and the schema allows 3 levels; ValueError covers integers over 4300 digits.
-        obj = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
-        canonical = canonical_json(obj)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
-        raise BundleError(f"manifest is not valid UTF-8 JSON: {reason}") from None
-    if not isinstance(obj, dict):
-        raise BundleError(f"manifest must be a JSON object, got {type(obj).__name__}")
-    if canonical != body:
-        raise BundleError("manifest is not canonical JSON (sorted keys, no spaces, ASCII escapes, integers only); "
-                          "re-encode it with the packager")
-    return obj
+    """Step 6: strict, canonical JSON object, integers only, no arrays (the parser .otam headers use too)."""
+    return parse_canonical_json(body, "manifest", BundleError, arrays=False)
 
 
 def check_identity(m: dict[str, Any]) -> None:
@@ -217,21 +189,17 @@ def check_identity(m: dict[str, Any]) -> None:
         if not isinstance(m[key], str) or not _CONTENT_HASH.fullmatch(m[key]):
             raise BundleError(f"{key} {m[key]!r:.80} must be 32 lowercase hex digits (a model content hash)")
     for key in ("base_version", "target_version") if kind == "diff" else ("target_version",):
-        if not _is_int(m[key], 0, MAX_VERSION):
+        if not is_int(m[key], 0, MAX_VERSION):
             raise BundleError(f"{key} {m[key]!r:.40} must be an integer in [0, 2^53]")
     if kind == "diff":
         if not isinstance(m["method"], str) or not _METHOD.fullmatch(m["method"]):
             raise BundleError(f"method {m['method']!r:.80} must be 1-64 characters of [a-z0-9_-]")
-        if not _is_int(m["seed"], 0, MAX_SEED):
+        if not is_int(m["seed"], 0, MAX_SEED):
             raise BundleError(f"seed {m['seed']!r:.40} must be an integer in [0, 2^64)")
         md = m["metadata"]
         if not isinstance(md, dict) or len(md) > MAX_METADATA_ENTRIES or not all(
                 isinstance(v, str) for v in md.values()):
             raise BundleError(f"metadata must be an object of at most {MAX_METADATA_ENTRIES} string values")
-
-
-def _varint_len(value: int) -> int:
-    return max(1, (value.bit_length() + 6) // 7)
 
 
 def _zstd_bound(raw: int) -> int:
@@ -251,7 +219,7 @@ def _raw_range(e: dict[str, Any]) -> tuple[int, int]:
         return count + numel, count + numel
     if enc == "bitmask":
         return (numel + 7) // 8 + count, (numel + 7) // 8 + count
-    return 2 * count, count * (1 + _varint_len(numel - 1))  # index: >= 1 byte per varint + 1 per value
+    return 2 * count, count * (1 + varint_len(numel - 1))  # index: >= 1 byte per varint + 1 per value
 
 
 def _check_entry(i: int, name: str, e: Any, expected_offset: int, room: int) -> SectionInfo:
@@ -267,13 +235,13 @@ def _check_entry(i: int, name: str, e: Any, expected_offset: int, room: int) -> 
         raise BundleError(f"{where}: {enc} entry keys {sorted(e)[:12]} differ from the expected "
                           f"{sorted(SECTION_KEYS[enc])}")
     if enc != "model":
-        if not _is_int(e["numel"], 1, MAX_NUMEL):
+        if not is_int(e["numel"], 1, MAX_NUMEL):
             raise BundleError(f"{where}: numel {e['numel']!r:.40} outside [1, {MAX_NUMEL}]")
-        if enc == "hashed" and not _is_int(e["num_buckets"], 1, MAX_BUCKETS):
+        if enc == "hashed" and not is_int(e["num_buckets"], 1, MAX_BUCKETS):
             raise BundleError(f"{where}: num_buckets {e['num_buckets']!r:.40} outside [1, {MAX_BUCKETS}]")
-        if enc in SPARSE_ENCODINGS and not _is_int(e["count"], 0, e["numel"]):
+        if enc in SPARSE_ENCODINGS and not is_int(e["count"], 0, e["numel"]):
             raise BundleError(f"{where}: count {e['count']!r:.40} outside [0, numel={e['numel']}]")
-        if enc == CHANNELS and not _is_int(e["count"], 1, min(e["numel"], MAX_SECTIONS)):
+        if enc == CHANNELS and not is_int(e["count"], 1, min(e["numel"], MAX_SECTIONS)):
             raise BundleError(f"{where}: count {e['count']!r:.40} (tensors) outside "
                               f"[1, {min(e['numel'], MAX_SECTIONS)}]")
         if (enc == CHANNELS) != (name == CHANNELS):
@@ -281,17 +249,17 @@ def _check_entry(i: int, name: str, e: Any, expected_offset: int, room: int) -> 
     low, high = _raw_range(e)
     if enc != "model":
         high = min(high, MAX_SECTION_RAW_BYTES)
-    if not _is_int(e["raw_length"], low, high):
+    if not is_int(e["raw_length"], low, high):
         raise BundleError(f"{where}: raw_length {e['raw_length']!r:.40} outside [{low}, {high}], the range its "
                           f"{enc} encoding allows for these sizes")
-    if not _is_int(e["offset"], expected_offset, expected_offset):
+    if not is_int(e["offset"], expected_offset, expected_offset):
         raise BundleError(f"{where}: offset {e['offset']!r:.40}, expected {expected_offset} "
                           "(sections must be contiguous, in table order, without holes or overlaps)")
     if enc == "model":
-        if not _is_int(e["length"], e["raw_length"], e["raw_length"]):
+        if not is_int(e["length"], e["raw_length"], e["raw_length"]):
             raise BundleError(f"{where}: model sections are stored uncompressed, so length must equal raw_length "
                               f"{e['raw_length']}, got {e['length']!r:.40}")
-    elif not _is_int(e["length"], 1, _zstd_bound(e["raw_length"])):
+    elif not is_int(e["length"], 1, _zstd_bound(e["raw_length"])):
         raise BundleError(f"{where}: length {e['length']!r:.40} outside [1, {_zstd_bound(e['raw_length'])}], "
                           f"the zstd bound for {e['raw_length']} raw bytes")
     if e["length"] > room:
@@ -362,11 +330,11 @@ def _read_manifest(stream: BinaryIO) -> BundleManifest:
 
 
 # --- section decoding (step 10) ---------------------------------------------------
-def _decompress(info: SectionInfo, packed: bytes) -> bytes:
+def _decompress(info: SectionInfo, packed: bytes) -> bytearray:
     return decompress_exact(packed, info.raw_length, f"section {info.name}", BundleError)
 
 
-def _decode_delta(info: SectionInfo, raw: bytes) -> TensorDelta:
+def _decode_delta(info: SectionInfo, raw: bytearray, keep: bool = True) -> TensorDelta:
     where = f"section {info.name}"
     if info.encoding == CHANNELS:
         assert info.count is not None  # guaranteed by _check_entry
@@ -384,7 +352,9 @@ def _decode_delta(info: SectionInfo, raw: bytes) -> TensorDelta:
     count, numel = info.count, info.numel
     assert count is not None and numel is not None  # guaranteed by _check_entry
     try:
-        positions, values = decode_sparse(info.encoding, raw[:len(raw) - count], raw[len(raw) - count:], count, numel)
+        view = memoryview(raw)  # slices without copies: a section's raw bytes are held once
+        positions, values = decode_sparse(info.encoding, view[:len(raw) - count], view[len(raw) - count:], count,
+                                          numel, keep=keep)
     except ValueError as exc:
         raise BundleError(f"{where}: {exc}") from None
     return SparseDelta(positions, values.copy())
@@ -408,6 +378,13 @@ def _check_model_section(manifest: BundleManifest, model_bytes: bytes) -> None:
 
 
 # --- reading --------------------------------------------------------------------
+class _Unchecked:
+    """`installed_on` default: the bundle is not checked against a model while reading."""
+
+
+UNCHECKED = _Unchecked()
+
+
 class BundleReader:
     """Validates preamble and manifest on construction, then yields sections one
     at a time: memory holds at most one section's stored + raw bytes (and its
@@ -415,10 +392,18 @@ class BundleReader:
 
     `size`: total bundle bytes if known (default: measured when the stream is
     seekable) so that truncation and trailing bytes fail before any section is read.
+    `installed_on`: the model the bundle will be applied to (None: no model yet).
+    Its limits are then relative to that model and checked before any section is
+    read: model id, base hash, and every section's size equal to the real tensor's
+    (verify_bundle_for_model), so no section can decode to more than the tensor it changes.
+    `keep=False` checks every section fully but does not materialise positions
+    (verification only: the payloads yielded are empty).
     """
 
-    def __init__(self, stream: BinaryIO, *, size: int | None = None) -> None:
+    def __init__(self, stream: BinaryIO, *, size: int | None = None,
+                 installed_on: DeviceModel | None | _Unchecked = UNCHECKED, keep: bool = True) -> None:
         self._stream = stream
+        self._keep = keep
         if size is None and _seekable(stream):
             here = stream.tell()
             size = stream.seek(0, io.SEEK_END) - here
@@ -432,6 +417,8 @@ class BundleReader:
             what = (f"{diff} trailing bytes after the last section" if diff > 0
                     else f"{-diff} bytes missing (truncated?)")
             raise BundleError(f"bundle is {size} bytes, the manifest describes {self.manifest.total_bytes}: {what}")
+        if not isinstance(installed_on, _Unchecked):
+            verify_bundle_for_model(self.manifest, installed_on)  # limits relative to the real tensors
         self._started = False
 
     def __iter__(self) -> Iterator[Section]:
@@ -451,7 +438,7 @@ class BundleReader:
             else:
                 raw = _decompress(info, packed)
                 del packed
-                yield Section(info, _decode_delta(info, raw))
+                yield Section(info, _decode_delta(info, raw, self._keep))
         # 11) no trailing bytes (polyglots, appended junk)
         if self._stream.read(1):
             raise BundleError("trailing bytes after the last section; the bundle must end exactly there")
@@ -468,7 +455,23 @@ def decode_bundle(data: bytes) -> Bundle:
     """Bundle bytes -> Bundle (with `.diff` or `.model_bytes`), or BundleError."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise BundleError(f"expected bundle bytes, got {type(data).__name__}")
-    reader = BundleReader(io.BytesIO(data), size=len(data))
+    return _collect(BundleReader(io.BytesIO(data), size=len(data)))
+
+
+def read_bundle(path_or_stream: str | Path | BinaryIO, installed_on: DeviceModel | None) -> Bundle:
+    """Read a bundle for the model it will be applied to (None: none installed yet),
+    streaming from the file: the manifest is checked against that model before any
+    section is read, then sections are decoded one at a time. Memory is the decoded
+    deltas (bounded by the model's own tensors) or one model section, never the file."""
+    stream, owned = _open(path_or_stream)
+    try:
+        return _collect(BundleReader(stream, installed_on=installed_on))
+    finally:
+        if owned:
+            stream.close()
+
+
+def _collect(reader: BundleReader) -> Bundle:
     payloads = {s.info.name: s.payload for s in reader}
     m = reader.manifest
     bundle = Bundle(**{f: getattr(m, f) for f in BundleManifest.__dataclass_fields__})
@@ -530,6 +533,12 @@ def verify_bundle_for_model(bundle: BundleManifest, model: DeviceModel | None) -
                               f"the model has {got}")
 
 
+def full_model_limit(model: DeviceModel | None) -> int | None:
+    """Decoded bytes a full bundle may unpack to on a device that runs `model`: a few times
+    what it runs now (a new release may grow, not by orders of magnitude); None: the format's limit."""
+    return None if model is None else FULL_MODEL_GROWTH * decoded_bytes(model.config)
+
+
 def apply_bundle(bundle: Bundle, model: DeviceModel | None, *, in_place: bool = False) -> DeviceModel:
     """Install: the new DeviceModel, its content hash checked against target_hash.
     Diff bundles go through apply_diff (DiffError); full bundles through decode_model
@@ -539,7 +548,7 @@ def apply_bundle(bundle: Bundle, model: DeviceModel | None, *, in_place: bool = 
         assert bundle.diff is not None and model is not None
         return apply_diff(model, bundle.diff, check_hashes=True, in_place=in_place)
     assert bundle.model_bytes is not None
-    new = decode_model(bundle.model_bytes)
+    new = decode_model(bundle.model_bytes, max_decoded_bytes=full_model_limit(model))
     if new.content_hash() != bundle.target_hash or new.version != bundle.target_version:
         raise BundleError(f"model section decodes to {new.content_hash()} version {new.version}, the manifest "
                           f"promises {bundle.target_hash} version {bundle.target_version}")
@@ -557,7 +566,7 @@ def inspect_bundle(path: str | Path, *, verify: bool = False) -> dict[str, Any]:
     is also read, checksummed and decoded (streaming, bounded memory)."""
     stream, _ = _open(path)
     with stream:
-        reader = BundleReader(stream)
+        reader = BundleReader(stream, keep=False)  # verification does not keep decoded positions
         if verify:
             for _ in reader:
                 pass

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from device_agent.device_model import QMAX
 
-BITMASK_CHUNK_BYTES = 1 << 20  # decode bitmasks 8 Mi positions at a time
+BITMASK_CHUNK_BYTES = 1 << 17  # decode bitmasks 1 Mi positions at a time: ~8-24 MiB of temporaries
 
 MAX_VARINT_BYTES = 10  # 64-bit values
-VARINT_CHUNK_BYTES = 1 << 20  # varints are decoded this many bytes at a time: temporaries stay ~40 MiB
+VARINT_CHUNK_BYTES = 1 << 18  # varints are decoded this many bytes at a time: temporaries stay ~10 MiB
 
 
 def varint_len(value: int) -> int:
@@ -60,12 +60,17 @@ def varint_encode(values: np.ndarray) -> bytes:
 
 
 def varint_decode(buf: bytes, count: int, max_bytes: int = MAX_VARINT_BYTES) -> np.ndarray:
-    """Exactly `count` canonical varints of at most `max_bytes` bytes each filling `buf` -> uint64 (count,).
+    """Exactly `count` canonical varints of at most `max_bytes` bytes each filling `buf` -> uint64 (count,)."""
+    parts = list(_varint_chunks(buf, count, max_bytes))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
-    Decoded in chunks of whole varints, so temporaries stay bounded whatever `count` is."""
+
+def _varint_chunks(buf: bytes, count: int, max_bytes: int) -> Iterator[np.ndarray]:
+    """The varints of `buf` as uint64 arrays, VARINT_CHUNK_BYTES of input at a time (whole
+    varints per chunk), so temporaries stay bounded whatever `count` is; ValueError unless
+    there are exactly `count` canonical varints."""
     arr = np.frombuffer(buf, dtype=np.uint8)
     max_bytes = min(max_bytes, MAX_VARINT_BYTES)
-    out = np.zeros(count, dtype=np.uint64)
     done, start = 0, 0
     while start < arr.size:
         stop = min(arr.size, start + VARINT_CHUNK_BYTES)
@@ -77,12 +82,11 @@ def varint_decode(buf: bytes, count: int, max_bytes: int = MAX_VARINT_BYTES) -> 
         chunk = chunk[:ends[-1] + 1]  # whole varints only; the rest starts the next chunk
         if done + ends.size > count:
             raise ValueError(f"expected {count} varints filling {arr.size} bytes, found more")
-        out[done:done + ends.size] = _decode_whole_varints(chunk, ends, max_bytes)
+        yield _decode_whole_varints(chunk, ends, max_bytes)
         done += ends.size
         start += chunk.size
     if done != count:
         raise ValueError(f"expected {count} varints filling {arr.size} bytes, found {done} terminators")
-    return out
 
 
 def _decode_whole_varints(arr: np.ndarray, ends: np.ndarray, max_bytes: int) -> np.ndarray:
@@ -112,17 +116,20 @@ def index_encode(positions: np.ndarray) -> bytes:
     return varint_encode(gaps.astype(np.uint64))
 
 
-def index_decode(buf: bytes, count: int, numel: int) -> np.ndarray:
-    """-> int64 (count,) strictly increasing positions in [0, numel)."""
-    gaps = varint_decode(buf, count, varint_len(max(numel - 1, 0)))  # no gap can need more bytes
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
-    if gaps.max() >= numel:  # also keeps the cumulative sum far from overflow
-        raise ValueError(f"position gap {int(gaps.max())} exceeds the tensor size {numel}")
-    positions = np.cumsum(gaps.astype(np.int64) + 1) - 1
-    if positions[-1] >= numel:
-        raise ValueError(f"position {int(positions[-1])} is outside a tensor of {numel} entries")
-    return positions
+def index_decode(buf: bytes, count: int, numel: int, *, keep: bool = True) -> np.ndarray:
+    """-> int64 (count,) strictly increasing positions in [0, numel) (empty with `keep=False`:
+    validation only, in bounded memory)."""
+    parts, last = [], -1
+    for gaps in _varint_chunks(buf, count, varint_len(max(numel - 1, 0))):  # no gap can need more bytes
+        if gaps.max() >= numel:  # also keeps the cumulative sum far from overflow
+            raise ValueError(f"position gap {int(gaps.max())} exceeds the tensor size {numel}")
+        positions = last + np.cumsum(gaps.astype(np.int64) + 1)
+        last = int(positions[-1])
+        if last >= numel:
+            raise ValueError(f"position {last} is outside a tensor of {numel} entries")
+        if keep:
+            parts.append(positions)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def bitmask_positions(buf: bytes, numel: int, count: int | None = None) -> np.ndarray:
@@ -159,8 +166,8 @@ def decode_sparse(coding: str, body: bytes, values: bytes, count: int, numel: in
         if coding == "bitmask":
             positions, found = _bitmask_scan(body, numel, count, keep)
         else:
-            positions = index_decode(body, count, numel)
-            found = positions.size
+            positions = index_decode(body, count, numel, keep=keep)  # ValueError unless exactly `count`
+            found = count
     except ValueError as exc:
         raise ValueError(f"bad {coding} coding: {exc}") from None
     if found != count:

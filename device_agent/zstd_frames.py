@@ -16,8 +16,11 @@ INPUT_CHUNK = 128  # compressed bytes fed per step: bounds a lying frame's overs
 DATA_FRAME_MAGIC = b"\x28\xb5\x2f\xfd"  # skippable frames (0x184D2A5?) carry no data and are refused
 
 
-def decompress_exact(packed: bytes, raw_length: int, where: str, error: type[Exception]) -> bytes:
-    """Decompress one frame that must yield exactly `raw_length` bytes; raise `error(where: ...)` otherwise."""
+def decompress_exact(packed: bytes, raw_length: int, where: str, error: type[Exception]) -> bytearray:
+    """Decompress one frame that must yield exactly `raw_length` bytes; raise `error(where: ...)` otherwise.
+
+    The output buffer is allocated once at `raw_length` (a limit the caller checked, and the size
+    the frame itself declares), so a section's raw bytes exist once, never as pieces plus a join."""
     if not isinstance(packed, (bytes, bytearray, memoryview)):
         raise error(f"{where}: expected compressed bytes, got {type(packed).__name__}")
     if bytes(packed[:4]) != DATA_FRAME_MAGIC:
@@ -35,7 +38,7 @@ def decompress_exact(packed: bytes, raw_length: int, where: str, error: type[Exc
     if params.dict_id != 0:
         raise error(f"{where}: zstd frame needs dictionary {params.dict_id}; these frames use no dictionary")
     d = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES).decompressobj()
-    parts, total, pos = [], 0, 0
+    out, total, pos = bytearray(raw_length), 0, 0
     try:
         while pos < len(packed) and not d.eof:
             piece = d.decompress(packed[pos:pos + INPUT_CHUNK])
@@ -43,7 +46,7 @@ def decompress_exact(packed: bytes, raw_length: int, where: str, error: type[Exc
             total += len(piece)
             if total > raw_length:
                 raise error(f"{where}: decompresses past its raw length {raw_length} (decompression bomb?)")
-            parts.append(piece)
+            out[total - len(piece):total] = piece
     except zstandard.ZstdError as exc:
         raise error(f"{where}: zstd data is corrupt (or longer than it declares): {exc}") from None
     if not d.eof:
@@ -52,4 +55,4 @@ def decompress_exact(packed: bytes, raw_length: int, where: str, error: type[Exc
         raise error(f"{where}: bytes after the zstd frame; a section holds exactly one frame")
     if total != raw_length:
         raise error(f"{where}: decompressed to {total} bytes, expected raw length {raw_length}")
-    return b"".join(parts)
+    return out

@@ -19,7 +19,7 @@ from device_agent.bundle import (CHANNELS, FORMAT_VERSION, MAGIC, MAX_BUNDLE_BYT
 from device_agent.device_model import DeviceModel, canonical_json
 from device_agent.diff import ChannelDeltas, Diff, SparseDelta, check_delta
 from device_agent.errors import BundleError, DiskFullError
-from device_agent.sparse_coding import bitmask_encode, index_encode
+from device_agent.sparse_coding import pick_sparse_coding
 
 ZSTD_LEVEL = 19
 
@@ -30,18 +30,8 @@ def _compress(raw: bytes) -> bytes:
 
 
 def _encode_sparse(d: SparseDelta, numel: int) -> tuple[str, bytes, bytes]:
-    """-> (encoding, raw, compressed): the smaller compressed position coding (ties: bitmask)."""
-    mask = np.zeros(numel, dtype=bool)
-    mask[d.positions] = True
-    values = d.values.tobytes()
-    best: tuple[str, bytes, bytes] | None = None
-    for encoding, positions in (("bitmask", bitmask_encode(mask)), ("index", index_encode(d.positions))):
-        raw = positions + values
-        packed = _compress(raw)
-        if best is None or len(packed) < len(best[2]):
-            best = (encoding, raw, packed)
-    assert best is not None
-    return best
+    """-> (encoding, raw, compressed): the position coding the .otam writer would pick too."""
+    return pick_sparse_coding(d.positions, d.values, numel, _compress)
 
 
 def _pack(manifest: dict[str, Any], sections: list[bytes], version: int = 1) -> bytes:

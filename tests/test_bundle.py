@@ -351,7 +351,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "nan": (lambda d: with_body(d, canonical_json(manifest_of(d)).replace(b'"seed":0', b'"seed":NaN')),
             "contains NaN"),
     "float": (lambda d: with_body(d, canonical_json(manifest_of(d)).replace(b'"seed":0', b'"seed":0.0')),
-              "seed 0.0 must be an integer"),
+              "contains the number 0.0; only integers"),
     "not_an_object": (lambda d: with_body(d, b"[]"), "must be a JSON object, got list"),
     "invalid_utf8": (lambda d: with_body(d, canonical_json(manifest_of(d)).replace(b'"kind"', b'"k\xffnd"')),
                      "not valid UTF-8"),

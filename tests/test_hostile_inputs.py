@@ -261,3 +261,65 @@ def test_every_error_above_is_one_line() -> None:
         decode_model(b"OTAMODEL" + b"\x01\x00\x00\x00" + b"\x05\x00\x00\x00" + b'{"a"}')
     except OtaError as exc:
         assert "\n" not in str(exc)
+
+
+# --- declared sizes: relative to the base, and bounded without one -------------------------------------
+@pytest.fixture(scope="module")
+def maximal_bundle(tmp_path_factory) -> tuple[Path, object]:
+    """A diff bundle whose first section declares a 2^28-entry tensor and a 64 MiB bitmask section
+    that compresses to about 2 KB; checksums and lengths all valid."""
+    from bench.fuzz_bundle import pack, rle_frame, split
+    from device_agent.diff import Diff, SparseDelta, apply_diff
+    from packager.bundle import encode_diff_bundle
+
+    base = tiny_device_model(0)
+    name = "encoder.weight_hh_l0"
+    diff = Diff("sparse", base.model_id, 1, 2, base.content_hash(), "",
+                {name: SparseDelta(np.array([1, 5, 9]), np.array([1, -1, 2], dtype=np.int8))})
+    diff.target_hash = apply_diff(base, diff, check_hashes=False).content_hash()
+    manifest, sections = split(encode_diff_bundle(diff, base))
+    count = (1 << 25) - 1
+    manifest["sections"][name].update(encoding="bitmask", numel=1 << 28, count=count,
+                                      raw_length=(1 << 25) + count)
+    path = tmp_path_factory.mktemp("max") / "max.otab"
+    path.write_bytes(pack(manifest, [rle_frame((1 << 25) + count, (1 << 25) + count)]))
+    assert path.stat().st_size < 8192
+    return path, base
+
+
+def _peak_mib(fn) -> float:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak / 2**20
+
+
+def test_maximal_declared_section_is_refused_from_the_manifest_against_the_base(maximal_bundle) -> None:
+    from device_agent.bundle import read_bundle
+    from device_agent.errors import BundleError
+
+    path, base = maximal_bundle
+
+    def read() -> None:
+        with pytest.raises(BundleError, match="expects an int8 tensor of 268435456 entries, the model has 256"):
+            read_bundle(path, base)
+
+    assert _peak_mib(read) < 1  # refused before a section is read
+
+
+def test_verifying_without_a_base_stays_within_the_section_limit(maximal_bundle) -> None:
+    from device_agent.bundle import inspect_bundle
+    from device_agent.errors import BundleError
+
+    path, _ = maximal_bundle
+
+    def verify() -> None:
+        with pytest.raises(BundleError, match="marks more than the 33554431 positions"):
+            inspect_bundle(path, verify=True)
+
+    assert _peak_mib(verify) < 64 + 16  # the 64 MiB raw section once, plus one chunk of temporaries

@@ -19,7 +19,7 @@ from device_agent.errors import DecodeBoundError
 from device_agent.model_format import encode_model, load_model
 from packager.bundle import encode_full_bundle
 from packager.publish import publish_bundle
-from packager.store import FileStore
+from device_agent.store import FileStore
 from packager.trust import init_repository
 from tests.test_hostile_inputs import never_blank_model
 from tests.tiny import tiny_device_model

@@ -401,7 +401,7 @@ class Agent:
 
     def _applying(self, st: AgentState) -> Event:
         from device_agent.model_format import FAST_LEVEL, encode_model, load_model
-        from device_agent.bundle import apply_bundle, decode_bundle
+        from device_agent.bundle import apply_bundle, read_bundle
 
         rec = st.update
         assert rec is not None
@@ -413,7 +413,8 @@ class Agent:
             raise LifecycleError("refusing to write the candidate into the active slot")
         base = load_slot(self.data, active) if active is not None else None
         _, final = self._download_paths(rec)
-        bundle = decode_bundle(final.read_bytes())
+        # streamed from the file and sized against the model it changes before any section is read
+        bundle = read_bundle(final, base)
         # in place: `base` was loaded from the slot file just for this, so extra memory stays O(diff)
         model = apply_bundle(bundle, base, in_place=True)  # BundleError on a base mismatch; checks the target hash
         if model.content_hash() != rec.target_hash:
