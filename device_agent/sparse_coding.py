@@ -12,9 +12,9 @@ raises ValueError with the reason, which callers wrap in their own error class.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from collections.abc import Callable, Iterator
+
+import numpy as np
 
 from device_agent.device_model import QMAX
 
