@@ -73,7 +73,8 @@ def test_never_blank_update_is_refused_like_a_failed_gate_and_never_retried(tmp_
     assert "2" in st.refused and st.state.value == "idle"
     assert _active(cfg.data_dir) == v1
     assert agent.check_once()["outcome"] == "no_update"  # never retried
-    report = json.loads(next((tmp_path / "store" / "reports").rglob("*.json")).read_text())
+    reports = [json.loads(p.read_text()) for p in (tmp_path / "store" / "reports").rglob("*.json")]
+    report = next(r for r in reports if r.get("to_version") == "2")
     assert report["outcome"] == "refused" and "symbols" in report["gate_reasons"][0]
 
 
