@@ -8,9 +8,9 @@ channel's devices run:
                {"channel": "beta", "base": "models/v3.otam", "method": "hashed"}]}
 
 Paths are relative to the plan's folder. Each diff is its own `ota diff train`
-process (any of them may itself be a `torchrun` job); a diff whose bundle is
-already in the output folder, learned from the same base, is not learned again,
-so a rerun after a failure only learns what is missing. The caller publishes
+process; a diff whose bundle is already in the output folder, learned from the
+same base with the same method, is not learned again, so a rerun after a
+failure only learns what is missing. The caller publishes
 the bundles only once every diff exists.
 """
 from __future__ import annotations
@@ -77,7 +77,9 @@ def _learned_already(bundle: Path, job: DiffJob) -> bool:
 
     try:
         with open(bundle, "rb") as f:
-            return read_bundle_manifest(f).base_hash == load_model(job.base).content_hash()
+            manifest = read_bundle_manifest(f)
+        return manifest.base_hash == load_model(job.base).content_hash() and \
+            manifest.method == job.options.get("method", "sparse")  # ota diff train's default method
     except (OSError, OtaError):  # an unreadable bundle is learned again
         return False
 
