@@ -6,8 +6,8 @@ held-out speaker and as the mean, for the base model, a full fine-tune and the d
 of the model file's bytes. Results are cached per (held-out speaker, method, budget), so an
 interrupted run resumes.
 
-    python bench/real_speakers.py [--methods full,hashed,hybrid,sparse] [--budgets 0.02,0.05,0.1] \
-        [--epochs 6] [--speakers george,jackson,lucas,nicolas]
+    python bench/real_speakers.py [--methods full,hashed,hybrid] [--budgets 0.02,0.05,0.1] \
+        [--runs full,hybrid@0.05] [--epochs 6] [--speakers george,jackson,lucas,nicolas]
 """
 from __future__ import annotations
 
@@ -99,6 +99,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", default="full,hashed,hybrid")
     parser.add_argument("--budgets", default="0.02,0.05,0.1", help="shares of the model file's bytes")
+    parser.add_argument("--runs", default=None,
+                        help="instead of methods x budgets: METHOD@SHARE,... (e.g. full,hashed@0.02,hybrid@0.05)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--speakers", default=",".join(SPEAKERS))
     parser.add_argument("--model", type=Path, default=SHIPPED_MODEL)
@@ -116,8 +118,12 @@ def main() -> None:
         raise SystemExit(f"{args.cache} holds results for {cache['_setup']}, not {setup}: use another --cache")
     update_cache(args.cache, {"_setup": setup})
     replay = replay_pool(REPLAY_LIMIT)
-    runs = [("base", 0.0)] + [(m, 1.0) if m == "full" else (m, float(b))
-                              for m in args.methods.split(",") for b in (args.budgets.split(",") if m != "full" else [1])]
+    if args.runs:
+        picked = [(r.partition("@")[0], float(r.partition("@")[2] or 1.0)) for r in args.runs.split(",")]
+    else:
+        picked = [(m, 1.0) if m == "full" else (m, float(b))
+                  for m in args.methods.split(",") for b in (args.budgets.split(",") if m != "full" else [1])]
+    runs = [("base", 0.0)] + picked
     for speaker in speakers:
         adapt, test = held_out_split(speaker)
         for method, budget in runs:

@@ -68,6 +68,9 @@ class TrainConfig:
     # Rooms and microphones (diffing.room_augment): the share of utterances, drawn per epoch, heard
     # through reverberation, noise, microphone colour and a -30..+10 dB level (0: off).
     rooms: float = 0.0
+    # Names (prefixes) of the parameters to train; empty: all. A fine-tune for a new front end can train
+    # the encoder's first layer only, which keeps what the rest of the network knows.
+    trainable: tuple[str, ...] = ()
     # Auxiliary CTC on the encoder (head discarded at export): on a small, repetitive
     # command grammar, RNN-T alone can settle into a language-model solution that
     # emits everything at frame 0; CTC forces the encoder to carry the acoustics.
@@ -86,6 +89,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = ModelConfig.from_json(self.model)
+        self.trainable = tuple(self.trainable)
         if not 0.0 <= self.rooms <= 1.0:
             raise ConfigError(f"rooms (share of augmented utterances) must be in [0, 1], got {self.rooms}")
         if not 0.0 <= self.target_sparsity < 1.0:
@@ -278,6 +282,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
     weights = model.named_weight_matrices()
     compression = CompressionState(weights)
     model.weight_transform = compression
+    for name, p in model.named_parameters():
+        p.requires_grad_(not cfg.trainable or name.startswith(tuple(cfg.trainable)))
     decay = [p for n, p in model.named_parameters() if p.dim() == 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay + [ctc_head.weight], "weight_decay": cfg.weight_decay},
