@@ -266,15 +266,22 @@ def main() -> None:
             counts["converged"] += converged(scenario, data, s)
             shutil.rmtree(data)
             print(f"trial {trial + 1}/{args.trials} [{scenario} -> {target}]: {dict(counts)}", flush=True)
-    result = {"trials": args.trials, "corrupt": counts["corrupt"], "converged": counts["converged"],
-              "killed": counts["killed"], "finished_before_kill": counts["finished_before_kill"],
-              "restart_errors": counts["restart_errors"], "state_at_kill": dict(killed_in.most_common()),
-              "aimed_at": dict(aimed.most_common()), "state_seconds": spans, "bundle_bytes": s["bundle_bytes"],
-              "wall_seconds": round(time.monotonic() - started, 1),
-              "command": f"python bench/crash_agent.py --trials {args.trials} --seed {args.seed}"}
+            # results after every trial: an interrupted run still leaves its distribution
+            write_results("crash_agent", summary(args, trial + 1, counts, killed_in, aimed, spans, s, started))
+    result = summary(args, args.trials, counts, killed_in, aimed, spans, s, started)
     print("state at kill: " + ", ".join(f"{k} {v}" for k, v in killed_in.most_common()))
     print(json.dumps(result, indent=1))
-    write_results("crash_agent", result)
+
+
+def summary(args, done: int, counts: Counter, killed_in: Counter, aimed: Counter, spans: dict, s: dict,
+            started: float) -> dict:
+    return {"trials": done, "trials_requested": args.trials, "corrupt": counts["corrupt"],
+            "converged": counts["converged"], "killed": counts["killed"],
+            "finished_before_kill": counts["finished_before_kill"], "restart_errors": counts["restart_errors"],
+            "state_at_kill": dict(killed_in.most_common()), "aimed_at": dict(aimed.most_common()),
+            "state_seconds": spans, "bundle_bytes": s["bundle_bytes"],
+            "wall_seconds": round(time.monotonic() - started, 1),
+            "command": f"python bench/crash_agent.py --trials {args.trials} --seed {args.seed}"}
 
 
 if __name__ == "__main__":
