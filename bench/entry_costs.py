@@ -1,6 +1,6 @@
 """What a sparse entry costs in a bundle, and what cheaper codings of a trained diff would save and lose.
 
-    python bench/entry_costs.py work/sparse2.otab [--model models/base-v1.otam] [--update novel_names]
+    python bench/entry_costs.py work/sparse2.otab [--model models/base-v1.otam] [--update novel_names] [--bytes-only]
 
 Takes a trained sparse (or hybrid) diff bundle, splits its bytes into positions and values
 (each stream zstd-compressed on its own, as the bundle does for the whole section), and
@@ -77,12 +77,20 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=SHIPPED_MODEL)
     parser.add_argument("--update", default="novel_names", choices=[u[0] for u in UPDATES])
     parser.add_argument("--eval-limit", type=int, default=200)
+    parser.add_argument("--bytes-only", action="store_true", help="sizes only, no WER (no test data needed)")
+    parser.add_argument("--results", default="entry_costs", help="name of the results JSON in bench/results")
     args = parser.parse_args()
     base = load_model(args.model)
     diff = decode_bundle(args.bundle.read_bytes()).diff
     assert diff is not None
     model_bytes = len(encode_model(base))
     test = next(u for u in UPDATES if u[0] == args.update)[2]
+
+    def wers(model: DeviceModel) -> dict[str, float]:
+        if args.bytes_only:
+            return {}
+        return {"wer_update": wer_on(model, test, args.eval_limit),
+                "wer_original": wer_on(model, ORIGINAL_TEST, args.eval_limit)}
     sparse = {n: d for n, d in diff.deltas.items() if isinstance(d, SparseDelta)}
     entries = sum(d.values.size for d in sparse.values())
     pos_index = sum(zstd_len(index_encode(d.positions)) for d in sparse.values())
@@ -93,19 +101,16 @@ def main() -> None:
     rows = [{"coding": "as shipped (baseline)", "bundle_bytes": bundle_bytes,
              "bits_per_entry": round(8 * bundle_bytes / entries, 2),
              "position_bits": round(8 * pos_index / entries, 2), "value_bits": round(8 * values / entries, 2),
-             "wer_update": wer_on(apply_diff(base, diff), test, args.eval_limit),
-             "wer_original": wer_on(apply_diff(base, diff), ORIGINAL_TEST, args.eval_limit)}]
+             **wers(apply_diff(base, diff))}]
     rows.append({"coding": "positions by row", "position_bits": round(8 * pos_rows / entries, 2),
                  "saved_bytes": pos_index - pos_rows})
     for how in ("step_2", "step_4", "ternary"):
         changed, value_bytes = coarsened(diff, base, how)
-        new = apply_diff(base, changed)
         rows.append({"coding": f"values {how}", "value_bits": round(8 * value_bytes / entries, 2),
-                     "saved_bytes": values - value_bytes, "wer_update": wer_on(new, test, args.eval_limit),
-                     "wer_original": wer_on(new, ORIGINAL_TEST, args.eval_limit)})
+                     "saved_bytes": values - value_bytes, **wers(apply_diff(base, changed))})
     for row in rows:
         print(json.dumps(row))
-    write_results("entry_costs", {"model_hash": base.content_hash(), "model_bytes": model_bytes,
+    write_results(args.results, {"model_hash": base.content_hash(), "model_bytes": model_bytes,
                                   "bundle": str(args.bundle), "update": args.update, "entries": entries,
                                   "eval_limit": args.eval_limit, "rows": rows})
 
