@@ -41,7 +41,7 @@ from tests.tiny import tiny_device_model
 ROOT = Path(__file__).resolve().parents[1]
 TRAINED = ROOT / "models" / "base-v1.otam"
 SAMPLES = ROOT / "samples" / "validation.jsonl"
-FSDD = ROOT.parent / "shared" / "data" / "fsdd" / "recordings"
+FSDD = ROOT / "tests" / "data" / "fsdd" / "recordings"  # shipped: see its README
 WORDS = "zero one two three four five six seven eight nine".split()
 
 

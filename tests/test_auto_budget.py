@@ -13,7 +13,7 @@ from device_agent.model_format import save_model
 from diffing.diffs.auto_budget import split_dev
 from tests.tiny import tiny_device_model
 
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+FSDD = Path(__file__).resolve().parent / "data" / "fsdd" / "recordings"  # shipped: see its README
 WORDS = "zero one two three four five six seven eight nine".split()
 
 

@@ -13,7 +13,7 @@ from device_agent.errors import AudioError, ModelFormatError
 from device_agent.model_format import save_model
 from tests.tiny import tiny_device_model
 
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+FSDD = Path(__file__).resolve().parent / "data" / "fsdd" / "recordings"  # shipped: see its README
 
 
 @pytest.fixture()

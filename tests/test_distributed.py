@@ -27,7 +27,7 @@ from device_agent.bundle import apply_bundle, decode_bundle
 from tests.tiny import TINY_CONFIG, tiny_device_model
 
 ROOT = Path(__file__).resolve().parents[1]
-FSDD = ROOT.parent / "shared" / "data" / "fsdd" / "recordings"
+FSDD = ROOT / "tests" / "data" / "fsdd" / "recordings"  # shipped: see its README
 WORDS = "zero one two three four five six seven eight nine".split()
 # augmentation off: with the same global batches, one and two processes take the same steps up to float rounding
 TINY_RUN = {"model": TINY_CONFIG.to_json(), "max_frames": 400, "target_sparsity": 0.5, "prune_start": 0.0,

@@ -16,7 +16,7 @@ from device_agent.tokenizer import CharTokenizer
 from diffing.export import export_model, float_model_from_device
 from diffing.model import RNNT
 
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+FSDD = Path(__file__).resolve().parent / "data" / "fsdd" / "recordings"  # shipped: see its README
 
 
 @pytest.fixture(scope="module")
