@@ -174,6 +174,25 @@ def test_install_base_update_through_diff_and_transcribe(s3_store: S3Store, tmp_
     assert agent.check_once()["outcome"] == "no_update"
 
 
+def test_the_attempt_record_ends_with_its_attempt(tmp_path: Path, models: Models) -> None:
+    """After a commit, a failed check reports none of that update's versions or WERs and adds no seconds to it."""
+    store = FileStore(_mkdir(tmp_path / "store"))
+    repo = make_repo(store, tmp_path)
+    repo.full(models.base)
+    agent = Agent(agent_config(tmp_path, f"file://{tmp_path / 'store'}", models), log=null_log)
+    assert agent.check_once()["outcome"] == "committed"
+    assert agent.status()["update"] is None
+    sent = len(reports(store))
+    (tmp_path / "store").rename(tmp_path / "gone")  # the store disappears: the next check fails
+    out = agent.check_once(raise_errors=False)
+    assert out["outcome"] == "failed" and out["error_class"]
+    assert (out["from_version"], out["to_version"], out["wer_before"], out["wer_after"]) == (None, None, None, None)
+    st = load_state(agent.data)
+    assert st.update is None and st.state.value == "idle" and st.last_outcome["to_version"] is None
+    (tmp_path / "gone").rename(tmp_path / "store")
+    assert len(reports(store)) == sent  # a failed check is no attempt: nothing reported
+
+
 def test_bad_update_is_refused_reported_and_never_retried(s3_store: S3Store, tmp_path: Path, models: Models) -> None:
     repo = make_repo(s3_store, tmp_path)
     base = models.base

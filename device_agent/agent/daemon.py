@@ -299,7 +299,7 @@ class Agent:
         info = updater.get_target(choice.edge.target)
         if info is None:
             raise TrustError(f"channel lists {choice.edge.target}, which is not in the signed targets")
-        st.update = self._new_record(st.update, info, choice.edge.to_version, active)
+        st.update = self._new_record(st.resume, info, choice.edge.to_version, active)
         return Event.UPDATE_FOUND
 
     def _new_record(self, old: UpdateRecord | None, info, to_version: str, active: SlotRef | None) -> UpdateRecord:
@@ -507,6 +507,10 @@ class Agent:
         st.last_outcome = {k: report[k] for k in ("outcome", "from_version", "to_version", "wer_before",
                                                   "wer_after", "error_class", "error", "finished_at")}
         st.rollback = None
+        # The attempt is over: its record goes with it, so a later failed check reports no versions or
+        # WERs of this one (and adds no seconds to it). Only a failed download is worth resuming.
+        st.resume = rec if st.state == State.FAILED else None
+        st.update = None
         self._outcome = dict(st.last_outcome)
         return Event.REPORTED
 

@@ -72,6 +72,9 @@ class AgentState:
     last_check: dict[str, Any] | None = None  # when the store was last asked, and what it said
     failed_in: str | None = None  # the state whose action raised last_error
     rollback: dict[str, SlotRef | None] | None = None  # {"to", "from"} while rolling back
+    # The record of a failed attempt, kept only for its download accounting: a retry of the same
+    # bundle resumes the .part file and reports the bytes of both runs. `update` ends with its attempt.
+    resume: UpdateRecord | None = None
     steps: int = 0  # transitions so far (monotonic; handy in logs and crash tests)
 
     def to_json(self) -> dict[str, Any]:
