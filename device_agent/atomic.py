@@ -1,18 +1,34 @@
-"""Crash-safe file replacement: temp file in the same folder, fsync, rename."""
+"""Crash-safe file writes, the one implementation the project uses: temp file in
+the same folder, fsync, rename, then fsync of the folder so the rename itself
+survives a power loss."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never a partial write."""
+def fsync_dir(path: str | Path) -> None:
+    """Make the entries of `path` (a rename, a new or removed file) durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # some filesystems cannot fsync a folder
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Readers see the old file or the new one, never a partial write; durable on return.
+    `mode`: ordinary shared files by default (mkstemp alone would make them 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; these are ordinary shared files (keys use their own writer)
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -21,3 +37,4 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+from device_agent.atomic import fsync_dir
 from device_agent.errors import (
     ConfigError,
     DiskFullError,
@@ -315,7 +316,7 @@ class FileStore(Store):
                 os.replace(tmp_name, dest)
                 tmp_name = None
                 info = self._info(dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except OSError as exc:
             raise _os_error(exc, f"writing {dest}") from exc
         finally:
@@ -333,16 +334,6 @@ class FileStore(Store):
                 path.unlink(missing_ok=True)
         except OSError as exc:
             raise _os_error(exc, f"deleting {path}") from exc
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename durable; some filesystems refuse fsync on a directory.
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --- S3 ---------------------------------------------------------------------------

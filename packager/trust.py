@@ -52,6 +52,7 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
+from device_agent.atomic import fsync_dir, write_atomic
 from device_agent.errors import ConfigError, StoreConflictError, StoreNotFoundError, TrustError
 from device_agent.store import FileStore, Store, check_key
 
@@ -204,27 +205,12 @@ def _read_local_root(keys_dir: Path) -> Metadata[Root]:
         raise ConfigError(f"{path} not found; expected a keys folder made by `ota repo init`") from None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_local_root(keys_dir: Path, data: bytes) -> None:
     _write_local_file(keys_dir, "root.json", data)
 
 
 def _write_local_file(keys_dir: Path, name: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=keys_dir, prefix=f".{name}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, keys_dir / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(keys_dir / name, data, mode=0o600)  # the keys folder stays private
 
 
 def trusted_root_bytes(keys_dir: str | os.PathLike[str]) -> bytes:
@@ -448,7 +434,7 @@ def init_repository(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(keys.parent)
+    fsync_dir(keys.parent)
     store.put(f"{METADATA_PREFIX}root.json", root_data)
     for key, data in rest:
         store.put(key, data, if_none_match=True)

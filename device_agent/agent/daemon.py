@@ -26,13 +26,14 @@ from typing import Any, Callable
 
 from device_agent.errors import (AgentBusyError, BundleError, ConfigError, ContentHashMismatchError, DataError,
                                  DecodeBoundError, DiskFullError, LifecycleError, OtaError, TrustError)
+from device_agent.atomic import fsync_dir
 from device_agent.agent.config import AgentConfig
 from device_agent.agent.download import RangeDownloader, RetryPolicy, Stopped
 from device_agent.agent.heartbeat import Heartbeat, HeartbeatSender, failure_reason, heartbeat_key, metadata_expiry
 from device_agent.agent.lifecycle import Event, State, next_state
 from device_agent.agent.log import JsonLog
 from device_agent.agent.policy import GateConfig, choose_update, gate_decision, parse_expected_wer
-from device_agent.agent.slots import (Pointer, discard_model, fsync_dir, load_slot, model_path, other_slot,
+from device_agent.agent.slots import (Pointer, discard_model, load_slot, model_path, other_slot,
                                       pointer_path, read_pointer, write_model, write_pointer)
 from device_agent.agent.state import AgentState, SlotRef, UpdateRecord, load_state, os_error, save_state
 from device_agent.agent.telemetry import Outbox, report_key

