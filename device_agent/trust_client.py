@@ -289,31 +289,3 @@ class TrustedUpdater:
             data = buf.read()
         verify_target(info, data)
         return data
-
-    def download_target(self, info: TargetInfo, dest_path: str | os.PathLike[str]) -> Path:
-        """Download a target to `dest_path`, verified before it appears there.
-
-        The bytes go to a temp file beside `dest_path`, are checked against the
-        signed length and hashes, and only then replace `dest_path`; on any
-        failure `dest_path` is untouched and the temp file removed.
-        """
-        dest = Path(dest_path)
-        with _project_errors(f"downloading target {info.name}"):
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.part-")
-        try:
-            with os.fdopen(fd, "w+b") as tmp:
-                self._stream(info, tmp)
-                tmp.flush()
-                tmp.seek(0)
-                verify_target(info, tmp)
-                with _project_errors(f"saving target {info.name}"):
-                    os.fsync(tmp.fileno())
-            with _project_errors(f"saving target {info.name}"):
-                os.replace(tmp_name, dest)
-            tmp_name = ""
-        finally:
-            if tmp_name:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
-        return dest

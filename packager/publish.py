@@ -1,8 +1,9 @@
 """Publishing releases: a bundle becomes a signed TUF target, then the
 channel file is updated to list it (and, by default, to make it current).
 
-Target names: `bundles/<model>/<from>-<to>.otab` for diffs and
-`bundles/<model>/full-<to>.otab` for full bundles. The bundle's custom TUF
+Target names: `bundles/<model>/<from>-<to>-<hash>.otab` for diffs and
+`bundles/<model>/full-<to>-<hash>.otab` for full bundles, `<hash>` the first 16
+hex digits of the model the bundle produces (`bundle_target_name`). The bundle's custom TUF
 metadata carries what a device needs before downloading: model, versions,
 content hashes, method, and the publisher's expected WER.
 """

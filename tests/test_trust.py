@@ -13,6 +13,7 @@ from device_agent.errors import ConfigError, StoreConflictError, StoreUnreachabl
 from packager import trust
 from device_agent.store import S3Store, Store
 from device_agent.trust_client import TargetInfo, TrustedUpdater, verify_target
+from tests.support import agent_download
 
 
 def test_publish_then_fetch_verifies_hashes(store: Store, tmp_path: Path) -> None:
@@ -32,7 +33,7 @@ def test_publish_then_fetch_verifies_hashes(store: Store, tmp_path: Path) -> Non
     assert info.length == len(bundle) == published.length
     assert info.hashes == {"sha256": hashlib.sha256(bundle).hexdigest()}
     assert info.custom == custom
-    dest = client.download_target(info, tmp_path / "device" / "bundle.otab")
+    dest = agent_download(store, info, tmp_path / "device")
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == info.hashes["sha256"]
     assert client.read_target(info) == bundle
     assert [t.name for t in client.list_targets()] == ["bundles/kws-en/1.0.0-1.1.0.otab"]
@@ -50,7 +51,7 @@ def test_large_target_from_path(s3_store: S3Store, tmp_path: Path) -> None:
     client = TrustedUpdater(s3_store, tmp_path / "md", root, target_chunk_size=4 << 20)
     info = client.get_target("bundles/full.otab")  # refreshes implicitly
     assert info is not None
-    assert client.download_target(info, tmp_path / "out.otab").read_bytes() == path.read_bytes()
+    assert agent_download(s3_store, info, tmp_path / "out").read_bytes() == path.read_bytes()
 
 
 def test_verify_target_standalone() -> None:

@@ -5,6 +5,8 @@ client up to date (metadata refreshed, one bundle downloaded), lets the
 attacker (anyone who can write to the bucket or serve as a mirror) change
 the store, and then asserts that the client refuses with TrustError and that
 nothing in the device's directory (metadata, downloads, temp files) changed.
+Bundles are downloaded the way the agent downloads them (ranged GETs with the
+signed length and hashes, then verify_target: tests.support.agent_download).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from device_agent.errors import ConfigError, TrustError
 from packager import trust
 from device_agent.store import S3Store
 from device_agent.trust_client import TrustedUpdater
+from tests.support import agent_download
 
 V1 = b"model bundle v1 " * 4096
 V2 = b"model bundle v2 " * 5000
@@ -70,7 +73,7 @@ def repo(s3_store: S3Store, tmp_path: Path) -> Repo:
     r.publish("bundles/kws/v2.otab", V2, model_id="kws", target_version="2")
     client = r.client()
     client.refresh()
-    client.download_target(client.get_target("bundles/kws/v1.otab"), r.device / "downloads" / "bundle.otab")
+    agent_download(s3_store, client.get_target("bundles/kws/v1.otab"), r.device / "downloads")
     return r
 
 
@@ -82,7 +85,7 @@ def refused(repo: Repo, match: str | None = None, download: str | None = None) -
         client.refresh()
         if download is not None:
             info = client.get_target(download)
-            client.download_target(info, repo.device / "downloads" / "bundle.otab")
+            agent_download(repo.store, info, repo.device / "downloads")  # the agent's own download path
     assert device_state(repo.device) == before, "a refused update changed the device's files"
     return caught.value
 
@@ -109,7 +112,7 @@ def test_endless_data(repo: Repo) -> None:
     repo.store.put("metadata/timestamp.json", timestamp)
     info = repo.client().get_target("bundles/kws/v2.otab")
     repo.store.put(info.store_key, V2 + b"\0" * (3 << 20))
-    refused(repo, "endless data", download="bundles/kws/v2.otab")
+    refused(repo, "signed length", download="bundles/kws/v2.otab")
 
 
 def test_extraneous_dependencies(repo: Repo) -> None:
@@ -232,4 +235,4 @@ def test_wrong_software(repo: Repo) -> None:
     client = repo.client()
     v1, v2 = client.get_target("bundles/kws/v1.otab"), client.get_target("bundles/kws/v2.otab")
     repo.store.put(v2.store_key, repo.store.get(v1.store_key))
-    refused(repo, "Length mismatch|hashes", download="bundles/kws/v2.otab")
+    refused(repo, "signed length|hashes", download="bundles/kws/v2.otab")

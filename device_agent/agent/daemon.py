@@ -28,7 +28,7 @@ from device_agent.errors import (AgentBusyError, BundleError, ConfigError, Conte
                                  DecodeBoundError, DiskFullError, LifecycleError, OtaError, TrustError)
 from device_agent.atomic import fsync_dir
 from device_agent.agent.config import AgentConfig
-from device_agent.agent.download import RangeDownloader, RetryPolicy, Stopped
+from device_agent.agent.download import RangeDownloader, RetryPolicy, Stopped, download_signed
 from device_agent.agent.heartbeat import Heartbeat, HeartbeatSender, failure_reason, heartbeat_key, metadata_expiry
 from device_agent.agent.lifecycle import Event, State, next_state
 from device_agent.agent.log import JsonLog
@@ -351,8 +351,8 @@ class Agent:
             RetryPolicy(self.cfg.retry_limit, self.cfg.retry_backoff, self.cfg.retry_backoff_max),
             self.cfg.bandwidth_limit, should_stop=self._stop.is_set, sleep=self.sleep)
         try:
-            stats = downloader.fetch(rec.store_key, rec.length, sorted(rec.hashes), part,
-                                     failed_before=set(rec.failed_offsets))
+            stats = download_signed(downloader, rec.store_key, rec.target, rec.length, rec.hashes, part, final,
+                                    failed_before=set(rec.failed_offsets))
         except DiskFullError:
             part.unlink(missing_ok=True)  # give the space back so the failure itself can be recorded
             raise
@@ -363,15 +363,6 @@ class Agent:
             rec.bytes_downloaded += live.received
             rec.bytes_refetched += live.refetched
             rec.failed_offsets = sorted(downloader.failed_offsets)
-        if stats.hashes != rec.hashes:
-            part.unlink(missing_ok=True)  # never resume from bytes that are known to be wrong
-            raise TrustError(f"bundle {rec.target}: downloaded bytes hash to {stats.hashes}, the signed "
-                             f"hashes are {rec.hashes}")
-        try:
-            os.replace(part, final)
-            fsync_dir(final.parent)
-        except OSError as exc:
-            raise os_error(exc, f"finishing download {final}") from None
         self.log("downloaded", target=rec.target, bytes=rec.length, resumed_from=rec.resumed_from,
                  refetched=rec.bytes_refetched, failed_requests=stats.failed_requests)
         return Event.DOWNLOADED

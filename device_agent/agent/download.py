@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from device_agent.atomic import fsync_dir
 from device_agent.errors import (StoreAuthError, StoreNotFoundError, TransportError, TrustError)
 from device_agent.agent.state import os_error
 
@@ -173,3 +174,21 @@ def _rehash(f, length: int, hashers: dict) -> int:
         left -= len(block)
     f.seek(0, os.SEEK_END)
     return size - left
+
+
+def download_signed(downloader: RangeDownloader, key: str, target: str, length: int, hashes: dict[str, str],
+                    part: Path, final: Path, failed_before: set[int] | frozenset[int] = frozenset()) -> DownloadStats:
+    """The agent's download of one signed target: ranged GETs of store `key` into `part`
+    (resumed, capped at the signed `length`), the streamed hashes checked against the signed
+    `hashes`, then `part` renamed to `final`. TrustError, with `part` removed, if the bytes are
+    not the signed ones; the caller then checks `final` with trust_client.verify_target."""
+    stats = downloader.fetch(key, length, sorted(hashes), part, failed_before=failed_before)
+    if stats.hashes != hashes:
+        part.unlink(missing_ok=True)  # never resume from bytes that are known to be wrong
+        raise TrustError(f"bundle {target}: downloaded bytes hash to {stats.hashes}, the signed hashes are {hashes}")
+    try:
+        os.replace(part, final)
+        fsync_dir(final.parent)
+    except OSError as exc:
+        raise os_error(exc, f"finishing download {final}") from None
+    return stats
