@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=SHIPPED_MODEL)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--results", default="real_speakers", help="name of the results JSON in bench/results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = load_model(args.model)
@@ -150,7 +151,7 @@ def main() -> None:
     table = summarize(cache, speakers)
     for name, row in table.items():
         print(f"{name:>12}  mean {row['mean_wer']}  " + "  ".join(f"{s} {w:.1%}" for s, w in row["per_speaker"].items()))
-    write_results("real_speakers", {"setup": setup, "model": str(args.model), "file_bytes": file_bytes,
+    write_results(args.results, {"setup": setup, "model": str(args.model), "file_bytes": file_bytes,
                                     "speakers": speakers, "table": table,
                                     "records": {k: v for k, v in cache.items() if not k.startswith("_")}})
 
