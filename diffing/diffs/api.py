@@ -48,9 +48,10 @@ class DiffConfig:
     channels: str = "none"
     scale_step_exp: int = -8  # 0.4% of a scale per code, up to +-50%
     bias_step_exp: int = -9  # ~0.002 per code, up to +-0.25 (trained biases: mean |b| 0.05-0.12)
-    # Re-record every batch in random rooms, noise, microphones and levels (diffing.room_augment): an
-    # update learned from a few speakers' clean clips should carry to other people's devices.
-    room_augment: bool = True
+    # Re-record every batch in random rooms, noise, microphones and levels (diffing.room_augment). Off by
+    # default: a full fine-tune on three FSDD speakers tested on the fourth scored 65.6% with it and 45.2%
+    # without (docs/BENCHMARKS.md, "Real speakers"); every batch augmented is too strong for ~600 clips.
+    room_augment: bool = False
     seed: int = 0
     threads: int = 0  # torch threads; 0: the cores other work leaves free (diffing.threads)
     config_version: int = DIFF_CONFIG_VERSION
