@@ -282,6 +282,9 @@ def test_diff_for_another_base_fails_before_download(tmp_path: Path, models: Mod
     before = active(agent.data)
     other = apply_diff(base, make_diff(base, 5))  # same id and version, different weights
     other.version = base.version
+    # The channel re-released version 1 as another model, so the publisher's base-hash check accepts a diff
+    # from either; the device must still refuse the one that does not start from its own model.
+    repo.full(other)
     repo.diff(make_diff(other, 6), other)
     with pytest.raises(BundleError, match="the active model is"):
         agent.check_once()
