@@ -5,9 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Without an NVIDIA GPU, torch comes from PyTorch's CPU wheel index (~200 MB instead of
-# several GB of CUDA libraries from PyPI). Override: make TORCH_INDEX=https://download.pytorch.org/whl/cu126
+# several GB of CUDA libraries from PyPI) when that index answers; machines that reach only a
+# package mirror use their default index. Override: make TORCH_INDEX=https://download.pytorch.org/whl/cu126
+CPU_INDEX := https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 \
-	|| echo https://download.pytorch.org/whl/cpu)
+	|| { $(PYTHON) -c "import urllib.request; urllib.request.urlopen('$(CPU_INDEX)/', timeout=5)" \
+	     >/dev/null 2>&1 && echo $(CPU_INDEX); })
 
 .PHONY: demo test system-deps bench
 
