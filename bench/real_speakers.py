@@ -12,7 +12,6 @@ interrupted run resumes.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import statistics
 import sys
@@ -23,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, ROOT, SHIPPED_MODEL, write_results  # noqa: E402
+from bench.update_chain import make_config, update_cache  # noqa: E402  (one config and one locked cache for both)
 from device_agent.diff import apply_diff  # noqa: E402
 from device_agent.manifest import read_manifest, write_manifest  # noqa: E402
 from device_agent.model_format import encode_model, load_model  # noqa: E402
@@ -58,24 +58,6 @@ def replay_pool(limit: int) -> Path:
 
 def wer_on(model, manifest: Path) -> float:  # type: ignore[no-untyped-def]
     return round(evaluate(Int8Runtime(model).transcribe, read_manifest(manifest, model.tokenizer)).wer, 4)
-
-
-def make_config(method: str, budget_bytes: int, epochs: int, threads: int):  # type: ignore[no-untyped-def]
-    from bench.update_chain import make_config as chain_config
-    return chain_config(method, budget_bytes, epochs, threads)
-
-
-def update_cache(path: Path, new: dict) -> dict:
-    """Merge `new` into the cache file under a lock (several processes may split the speakers)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        cache = json.loads(path.read_text()) if path.exists() else {}
-        cache.update(new)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(path)
-    return cache
 
 
 def summarize(cache: dict, speakers: list[str]) -> dict:
