@@ -13,7 +13,7 @@ import xxhash
 from rich.progress import track
 
 from device_agent.audio import load_audio
-from device_agent.features import FeatureConfig, hz_to_mel, log_mel, mel_points_hz, normalize_level
+from device_agent.features import FeatureConfig, hz_to_mel, log_mel, mel_points_hz, normalize_level, stack_frames
 from device_agent.manifest import Utterance, read_manifest
 from device_agent.tokenizer import CharTokenizer
 
@@ -54,7 +54,7 @@ def load_examples(manifest: str | Path, tokenizer: CharTokenizer, cfg: FeatureCo
 def model_input(feats: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
     """Cached log-mel (F, n_mels) -> what the encoder reads (F // stack, stack * n_mels): the device front
     end's level normaliser, then stacking. Normalisation by the model's statistics comes after."""
-    return stack(normalize_level(feats.float(), cfg), cfg.stack)
+    return stack_frames(normalize_level(feats.float(), cfg), cfg.stack)
 
 
 def feature_stats(examples: list[Example], cfg: FeatureConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,11 +134,6 @@ class Batch:
     targets: torch.Tensor  # (B, U) zero-padded
     target_lens: torch.Tensor  # (B,)
     texts: list[str]
-
-
-def stack(feats: torch.Tensor, k: int) -> torch.Tensor:
-    usable = (feats.shape[0] // k) * k
-    return feats[:usable].reshape(-1, feats.shape[1] * k)
 
 
 def collate(examples: list[Example], cfg: FeatureConfig,
