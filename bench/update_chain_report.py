@@ -252,7 +252,7 @@ def plot(data: dict, records: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    name = sys.argv[1] if len(sys.argv) > 1 else "update_chain"  # e.g. update_chain_stage2 for the first chain
+    name = sys.argv[1] if len(sys.argv) > 1 else "update_chain"  # e.g. archive/update_chain_stage4 for an earlier chain
     data, records = load(RESULTS / f"{name}.json")
     print(summary(data, records))
     print()
