@@ -111,8 +111,8 @@ def _validate(
 def rnnt_loss(logits: torch.Tensor, targets: torch.Tensor, logit_lengths: torch.Tensor,
               target_lengths: torch.Tensor, blank: int = 0, reduction: str = "mean") -> torch.Tensor:
     """logits (B, T, U+1, V) unnormalised joint outputs; targets (B, U) int64 padded;
-    logit_lengths (B,), target_lengths (B,) int64. reduction: "mean" (mean over batch of per-utterance
-    negative log-likelihood; document whether you divide by target lengths -- do NOT by default), "sum", or "none" -> (B,).
+    logit_lengths (B,), target_lengths (B,) int64. reduction: "mean" (mean over the batch of the
+    per-utterance negative log-likelihood, not divided by target lengths), "sum", or "none" -> (B,).
 
     Details:
       * log_softmax over V is applied here: pass raw joint-network outputs, not log-probs
