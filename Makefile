@@ -1,5 +1,5 @@
 # Two entry points (see README): `make demo` and `make test`. Both install
-# what they need on a fresh Debian/Ubuntu machine with Python >= 3.10.
+# what they need on a fresh Debian/Ubuntu machine with Python >= 3.11.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
