@@ -228,6 +228,16 @@ class Int8Runtime:
         s.push_features(utterance_features(audio, self.config.features))
         return s.text
 
+    def warm_up(self) -> None:
+        """Run the decoding kernels once on half a second of silence, so that the first real
+        decode does not pay for compiling them (numba compiles each kernel on its first call:
+        about 10 s of CPU on a cold cache, whatever the model). Bounded for any model: a few
+        frames, at most 4 symbols."""
+        try:
+            self.transcribe(np.zeros(8000, np.float32), max_symbols=4)
+        except DecodeBoundError:
+            pass  # a model that never emits blank: the kernels ran all the same
+
     def lattice_logits(self, feats: np.ndarray | torch.Tensor, tokens: list[int]) -> torch.Tensor:
         """(T, D) features, token ids -> logits (T, U+1, V) over the full RNN-T lattice (tests, diagnostics)."""
         enc = self.encode(feats, self.initial_encoder_state())

@@ -30,6 +30,7 @@ from tests.tiny import tiny_device_model
 
 # Pinned: any change to the byte layout, the encodings or the compression level
 # changes these and must come with a format version bump and a docs update.
+# Compressed bytes are those of the zstd release the `test` extra pins (pyproject.toml).
 PINNED_BUNDLE_XXH64 = "58b2786e4170c878"
 PINNED_MANIFEST = (
     b'{"base_hash":"11a8fa64040168e6e6359a5b0f2daddb","base_version":1,"kind":"diff","metadata":{"run":"pin"},'

@@ -15,6 +15,7 @@ from tests.tiny import tiny_device_model
 
 # Pinned: any change to the byte layout, the codings or the compression level
 # changes these and must come with a format version bump and docs update.
+# Compressed bytes are those of the zstd release the `test` extra pins (pyproject.toml).
 PINNED_FILE_XXH64 = "1ce923910750f14d"
 PINNED_CONTENT_HASH = "11a8fa64040168e6e6359a5b0f2daddb"
 
