@@ -18,18 +18,11 @@ subclass of OtaError, or succeeds with the target hash verified.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import os
-import platform
-import resource
-import signal
 import struct
 import sys
-import time
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +32,7 @@ import zstandard
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.fuzz_common import CaseTimeout, interesting, main, rle_frame, run_cases  # noqa: E402
 from device_agent.device_model import DeviceModel, canonical_json  # noqa: E402
 from device_agent.diff import Diff, HashedDelta, SparseDelta, apply_diff  # noqa: E402
 from device_agent.errors import OtaError  # noqa: E402
@@ -47,7 +41,6 @@ from device_agent.bundle import MAGIC, PREAMBLE, apply_bundle, read_bundle  # no
 from packager.bundle import encode_diff_bundle, encode_full_bundle  # noqa: E402
 from tests.tiny import tiny_device_model  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 GIB = 1 << 30
 
 
@@ -117,30 +110,6 @@ def with_manifest_text(data: bytes, body: bytes) -> bytes:
     return PREAMBLE.pack(MAGIC, 1, 0, len(body)) + body + b"".join(sections)
 
 
-INTERESTING = [0, 1, -1, 2, 7, 8, 255, 256, 65535, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**53, 2**53 + 1, 2**63 - 1,
-               2**63, 2**64, 2**64 + 1, -(2**63), 10**30, 1.0, 0.5, "1", None, True, False, [], {}]
-
-
-def _interesting(rng: np.random.Generator, near: int | None = None) -> object:
-    if near is not None and rng.random() < 0.4:
-        return int(near + rng.integers(-3, 4))
-    return INTERESTING[rng.integers(len(INTERESTING))]
-
-
-def rle_frame(content_size: int | None, total: int, window_log: int = 17) -> bytes:
-    """A hand-built zstd frame of RLE blocks: ~4 bytes per 128 KiB of output."""
-    if content_size is None:
-        head = struct.pack("<IBB", 0xFD2FB528, 0x00, (window_log - 10) << 3)
-    else:
-        head = struct.pack("<IBB", 0xFD2FB528, 0xC0, (window_log - 10) << 3) + struct.pack("<Q", content_size)
-    block, blocks = 128 << 10, []
-    n = max(1, -(-total // block))
-    for i in range(n):
-        size = min(block, total - i * block) if total else 0
-        blocks.append(((1 if i == n - 1 else 0) | (1 << 1) | (size << 3)).to_bytes(3, "little") + b"\x07")
-    return head + b"".join(blocks)
-
-
 # --- mutators: (rng, seed) -> mutated bytes ---------------------------------------------
 def m_bit_flip(rng: np.random.Generator, s: Seed) -> bytes:
     buf = bytearray(s.data)
@@ -190,14 +159,14 @@ def m_manifest_lie(rng: np.random.Generator, s: Seed) -> bytes:
         entry = list(manifest["sections"].values())[int(rng.integers(len(manifest["sections"])))]
         key = sorted(entry)[int(rng.integers(len(entry)))]
         value = entry[key]
-        entry[key] = _interesting(rng, value if isinstance(value, int) else None)
+        entry[key] = interesting(rng, value if isinstance(value, int) else None)
         if key == "encoding" and rng.random() < 0.7:
             entry[key] = ["bitmask", "index", "hashed", "model", "sparse", ""][int(rng.integers(6))]
         if key == "xxh64" and rng.random() < 0.7:
             entry[key] = rng.bytes(8).hex()
     else:
         key = sorted(manifest)[int(rng.integers(len(manifest)))]
-        choices: list[object] = [_interesting(rng), "x" * 200, "", "full", "diff", "0" * 32, "A" * 32]
+        choices: list[object] = [interesting(rng), "x" * 200, "", "full", "diff", "0" * 32, "A" * 32]
         manifest[key] = choices[int(rng.integers(len(choices)))]
     return pack(manifest, sections, fix=False)
 
@@ -420,14 +389,6 @@ MUTATORS: dict[str, Callable[..., bytes]] = {
 
 
 # --- one case -------------------------------------------------------------------------
-class CaseTimeout(Exception):
-    pass
-
-
-def _alarm(signum: int, frame: object) -> None:
-    raise CaseTimeout()
-
-
 def run_case(data: bytes, seed: Seed) -> str:
     """-> outcome: 'ok' (target hash verified), '<stage>:<OtaError subclass>', or 'UNEXPECTED:...'.
 
@@ -449,90 +410,24 @@ def run_case(data: bytes, seed: Seed) -> str:
         return f"UNEXPECTED:{stage}:{type(exc).__name__}: {str(exc)[:200]}"
 
 
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+def mutate(cls: str, rng: np.random.Generator, s: Seed, seeds: Sequence[Seed]) -> bytes:
+    try:
+        if cls == "splice":
+            return m_splice(rng, s, [o for o in seeds if o is not s])
+        return MUTATORS[cls](rng, s)
+    except (KeyError, IndexError, ValueError, zstandard.ZstdError):
+        return m_bit_flip(rng, s)  # a mutator that does not fit this seed falls back to bit flips
 
 
 def fuzz(cases: int, seed: int, time_limit: float = 5.0, progress: bool = False) -> dict:
     rng = np.random.default_rng(seed)
     seeds = build_seeds(rng)
-    for s in seeds:  # the unmutated bundles must decode and apply
-        assert run_case(s.data, s) == "ok", f"seed bundle {s.name} does not round-trip"
-    rss_before = peak_rss_bytes()
-    names = list(MUTATORS)
-    per_class: dict[str, Counter] = {n: Counter() for n in names}
-    outcomes: Counter = Counter()
-    failures: list[dict] = []
-    slowest = 0.0
-    old = signal.signal(signal.SIGALRM, _alarm)
-    started = time.perf_counter()
-    try:
-        for case in range(cases):
-            cls = names[case % len(names)]
-            s = seeds[int(rng.integers(len(seeds)))]
-            data = s.data
-            for _ in range(8):  # a mutation that changed nothing (e.g. an overlap of section 0) is redrawn
-                try:
-                    args = (rng, s, [o for o in seeds if o is not s]) if cls == "splice" else (rng, s)
-                    data = MUTATORS[cls](*args)
-                except (KeyError, IndexError, ValueError, zstandard.ZstdError):
-                    data = m_bit_flip(rng, s)  # a mutator that does not fit this seed falls back to bit flips
-                if data != s.data:
-                    break
-            t0 = time.perf_counter()
-            signal.setitimer(signal.ITIMER_REAL, time_limit)
-            try:
-                outcome = run_case(data, s)
-            except CaseTimeout:
-                outcome = "UNEXPECTED:timeout"
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            slowest = max(slowest, time.perf_counter() - t0)
-            per_class[cls][outcome.split(":")[0] if outcome.startswith("UNEXPECTED") else outcome] += 1
-            outcomes[outcome if not outcome.startswith("UNEXPECTED") else "UNEXPECTED"] += 1
-            if outcome.startswith("UNEXPECTED") and len(failures) < 20:
-                failures.append({"case": case, "class": cls, "seed_bundle": s.name, "outcome": outcome,
-                                 "bytes_hex_prefix": data[:64].hex()})
-            if progress and case and case % 1000 == 0:
-                print(f"  {case} cases, {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    finally:
-        signal.signal(signal.SIGALRM, old)
-    wall = time.perf_counter() - started
-    peak = peak_rss_bytes()
-    return {
-        "cases": cases, "seed": seed, "time_limit_s": time_limit, "wall_s": round(wall, 2),
-        "slowest_case_s": round(slowest, 4), "seed_bundles": {s.name: len(s.data) for s in seeds},
-        "outcomes": dict(sorted(outcomes.items())),
-        "per_class": {k: dict(sorted(v.items())) for k, v in per_class.items()},
-        "unexpected": outcomes.get("UNEXPECTED", 0), "failures": failures,
-        "peak_rss_bytes": peak, "peak_rss_before_cases_bytes": rss_before, "peak_rss_growth_bytes": peak - rss_before,
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", type=int, default=10_000, help="number of mutated bundles")
-    ap.add_argument("--seed", type=int, default=0, help="RNG seed (runs are reproducible)")
-    ap.add_argument("--time-limit", type=float, default=5.0, help="seconds allowed per case")
-    args = ap.parse_args(argv)
-    result = fuzz(args.cases, args.seed, args.time_limit, progress=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    command = f"python bench/fuzz_bundle.py --cases {args.cases} --seed {args.seed}"
-    payload = {"benchmark": "fuzz_bundle", "command": command,
-               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                           "zstd": zstandard.ZSTD_VERSION, "python": platform.python_version()}, **result}
-    (RESULTS / "fuzz_bundle.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"{result['cases']} cases in {result['wall_s']} s (slowest {result['slowest_case_s']} s), "
-          f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB (+{result['peak_rss_growth_bytes'] / 2**20:.1f} MiB "
-          "during cases)")
-    width = max(len(k) for k in result["per_class"])
-    for cls, counts in result["per_class"].items():
-        print(f"  {cls:<{width}}  " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-    print("outcomes: " + ", ".join(f"{k}={v}" for k, v in result["outcomes"].items()))
-    for f in result["failures"]:
-        print(f"FAIL case {f['case']} [{f['class']} on {f['seed_bundle']}]: {f['outcome']}")
-    return 1 if result["outcomes"].get("UNEXPECTED") else 0
+    return run_cases(cases=cases, seed=seed, rng=rng, seeds=seeds, classes=list(MUTATORS), mutate=mutate,
+                     run_case=run_case, time_limit=time_limit, seed_key="seed_bundle",
+                     seed_info={"seed_bundles": {s.name: len(s.data) for s in seeds}},
+                     progress_every=1000 if progress else 0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("fuzz_bundle", __doc__.split("\n")[0], fuzz, default_cases=10_000, what="bundles",
+                  seed_key="seed_bundle"))

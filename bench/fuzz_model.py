@@ -17,16 +17,10 @@ to a model whose content hash matches its header.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
-import signal
 import struct
 import sys
-import time
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +30,7 @@ import zstandard
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.fuzz_bundle import CaseTimeout, _alarm, _interesting, peak_rss_bytes, rle_frame  # noqa: E402
+from bench.fuzz_common import CaseTimeout, interesting, main, rle_frame, run_cases  # noqa: E402
 from device_agent.device_model import canonical_json  # noqa: E402
 from device_agent.errors import OtaError  # noqa: E402
 from device_agent.features import FeatureConfig  # noqa: E402
@@ -45,7 +39,6 @@ from device_agent.model_format import MAGIC, PREAMBLE, decode_model, decoded_byt
 from device_agent.sparse_coding import varint_encode  # noqa: E402
 from tests.tiny import tiny_device_model  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 RELATIVE_LIMIT = 4  # a device accepts a new model of at most this many times the active one's decoded size
 
 
@@ -131,19 +124,19 @@ def m_header_lie(rng: np.random.Generator, s: Seed) -> bytes:
     if r < 0.5:
         e = _pick(rng, header["tensors"])
         key = _pick(rng, sorted(e))
-        e[key] = _pick(rng, [_interesting(rng, e[key] if isinstance(e[key], int) else None), float(e[key])
+        e[key] = _pick(rng, [interesting(rng, e[key] if isinstance(e[key], int) else None), float(e[key])
                              if isinstance(e[key], int) else "x", str(e[key]), [e[key]], None])
     elif r < 0.75:
         cfg = header["config"]
         key = _pick(rng, sorted(cfg))
         if key == "features":
             fkey = _pick(rng, sorted(cfg["features"]))
-            cfg["features"][fkey] = _interesting(rng, cfg["features"][fkey])
+            cfg["features"][fkey] = interesting(rng, cfg["features"][fkey])
         else:
-            cfg[key] = _interesting(rng, cfg[key])
+            cfg[key] = interesting(rng, cfg[key])
     else:
         key = _pick(rng, sorted(header))
-        header[key] = _pick(rng, [_interesting(rng), "x" * 200, "", "0" * 32, {"a": 1}, [], {"k": 5}])
+        header[key] = _pick(rng, [interesting(rng), "x" * 200, "", "0" * 32, {"a": 1}, [], {"k": 5}])
     return pack(header, sections, fix=False)
 
 
@@ -284,84 +277,22 @@ def run_case(data: bytes, seed: Seed) -> str:
     return "ok" if model.content_hash() == split(data)[0]["content_hash"] else "UNEXPECTED:unverified-success"
 
 
-def fuzz(cases: int, seed: int, time_limit: float = 5.0, progress: bool = False) -> dict:
-    rng = np.random.default_rng(seed)
-    seeds = build_seeds()
-    for s in seeds:
-        assert run_case(s.data, s) == "ok", f"seed model {s.name} does not round-trip"
-    rss_before = peak_rss_bytes()
-    names = list(MUTATORS)
-    per_class: dict[str, Counter] = {n: Counter() for n in names}
-    outcomes: Counter = Counter()
-    failures: list[dict] = []
-    slowest = 0.0
-    old = signal.signal(signal.SIGALRM, _alarm)
-    started = time.perf_counter()
+def mutate(cls: str, rng: np.random.Generator, s: Seed, seeds: Sequence[Seed]) -> bytes:
     try:
-        for case in range(cases):
-            cls = names[case % len(names)]
-            s = seeds[int(rng.integers(len(seeds)))]
-            data = s.data
-            for _ in range(8):  # a mutation that changed nothing is redrawn
-                try:
-                    data = MUTATORS[cls](rng, s)
-                except (KeyError, IndexError, ValueError, TypeError, zstandard.ZstdError):
-                    data = m_bytes(rng, s)
-                if data != s.data:
-                    break
-            t0 = time.perf_counter()
-            signal.setitimer(signal.ITIMER_REAL, time_limit)
-            try:
-                outcome = run_case(data, s)
-            except CaseTimeout:
-                outcome = "UNEXPECTED:timeout"
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            slowest = max(slowest, time.perf_counter() - t0)
-            unexpected = outcome.startswith("UNEXPECTED")
-            per_class[cls]["UNEXPECTED" if unexpected else outcome] += 1
-            outcomes["UNEXPECTED" if unexpected else outcome] += 1
-            if unexpected and len(failures) < 20:
-                failures.append({"case": case, "class": cls, "seed_model": s.name, "outcome": outcome})
-            if progress and case and case % 10_000 == 0:
-                print(f"  {case} cases, {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    finally:
-        signal.signal(signal.SIGALRM, old)
-    peak = peak_rss_bytes()
-    return {
-        "cases": cases, "seed": seed, "time_limit_s": time_limit, "wall_s": round(time.perf_counter() - started, 2),
-        "slowest_case_s": round(slowest, 4), "seed_models": {s.name: len(s.data) for s in seeds},
-        "decoded_limit_bytes": {s.name: s.limit for s in seeds},
-        "outcomes": dict(sorted(outcomes.items())),
-        "per_class": {k: dict(sorted(v.items())) for k, v in per_class.items()},
-        "unexpected": outcomes.get("UNEXPECTED", 0), "failures": failures,
-        "peak_rss_bytes": peak, "peak_rss_before_cases_bytes": rss_before, "peak_rss_growth_bytes": peak - rss_before,
-    }
+        return MUTATORS[cls](rng, s)
+    except (KeyError, IndexError, ValueError, TypeError, zstandard.ZstdError):
+        return m_bytes(rng, s)  # a mutator that does not fit this seed falls back to byte damage
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", type=int, default=100_000, help="number of mutated model files")
-    ap.add_argument("--seed", type=int, default=0, help="RNG seed (runs are reproducible)")
-    ap.add_argument("--time-limit", type=float, default=5.0, help="seconds allowed per case")
-    args = ap.parse_args(argv)
-    result = fuzz(args.cases, args.seed, args.time_limit, progress=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": "fuzz_model", "command": f"python bench/fuzz_model.py --cases {args.cases} "
-                                                     f"--seed {args.seed}",
-               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                           "zstd": zstandard.ZSTD_VERSION, "python": platform.python_version()}, **result}
-    (RESULTS / "fuzz_model.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"{result['cases']} cases in {result['wall_s']} s (slowest {result['slowest_case_s']} s), "
-          f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB (+{result['peak_rss_growth_bytes'] / 2**20:.1f} MiB "
-          "during cases)")
-    width = max(len(k) for k in result["per_class"])
-    for cls, counts in result["per_class"].items():
-        print(f"  {cls:<{width}}  " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-    for f in result["failures"]:
-        print(f"FAIL case {f['case']} [{f['class']} on {f['seed_model']}]: {f['outcome']}")
-    return 1 if result["unexpected"] else 0
+def fuzz(cases: int, seed: int, time_limit: float = 5.0, progress: bool = False) -> dict:
+    seeds = build_seeds()
+    return run_cases(cases=cases, seed=seed, rng=np.random.default_rng(seed), seeds=seeds, classes=list(MUTATORS),
+                     mutate=mutate, run_case=run_case, time_limit=time_limit, seed_key="seed_model",
+                     seed_info={"seed_models": {s.name: len(s.data) for s in seeds},
+                                "decoded_limit_bytes": {s.name: s.limit for s in seeds}},
+                     progress_every=10_000 if progress else 0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("fuzz_model", __doc__.split("\n")[0], fuzz, default_cases=100_000, what="model files",
+                  seed_key="seed_model"))
