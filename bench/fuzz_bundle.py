@@ -32,10 +32,9 @@ import zstandard
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.fuzz_common import CaseTimeout, interesting, main, rle_frame, run_cases  # noqa: E402
+from bench.fuzz_common import error_outcome, interesting, main, rle_frame, run_cases  # noqa: E402
 from device_agent.device_model import DeviceModel, canonical_json  # noqa: E402
 from device_agent.diff import Diff, HashedDelta, SparseDelta, apply_diff  # noqa: E402
-from device_agent.errors import OtaError  # noqa: E402
 from device_agent.model_format import encode_model  # noqa: E402
 from device_agent.bundle import MAGIC, PREAMBLE, apply_bundle, read_bundle  # noqa: E402
 from packager.bundle import encode_diff_bundle, encode_full_bundle  # noqa: E402
@@ -402,12 +401,8 @@ def run_case(data: bytes, seed: Seed) -> str:
         if result.content_hash() != bundle.target_hash:
             return "UNEXPECTED:unverified-success"
         return "ok"
-    except CaseTimeout:
-        raise
-    except OtaError as exc:
-        return f"{stage}:{type(exc).__name__}"
     except Exception as exc:  # noqa: BLE001 - the point is to catch anything foreign
-        return f"UNEXPECTED:{stage}:{type(exc).__name__}: {str(exc)[:200]}"
+        return error_outcome(stage, exc)
 
 
 def mutate(cls: str, rng: np.random.Generator, s: Seed, seeds: Sequence[Seed]) -> bytes:

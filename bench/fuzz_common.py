@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import zstandard
 
+from device_agent.errors import OtaError
+
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 REDRAWS = 8  # a mutation that changed nothing is drawn again this many times at most
 
@@ -36,6 +38,16 @@ class CaseTimeout(Exception):
 
 def _alarm(signum: int, frame: object) -> None:
     raise CaseTimeout()
+
+
+def error_outcome(stage: str, exc: Exception) -> str:
+    """A case's outcome when `stage` raised: '<stage>:<OtaError subclass>' for the project's own
+    errors (a pass), 'UNEXPECTED:...' for anything else. A time-out propagates to the loop."""
+    if isinstance(exc, CaseTimeout):
+        raise exc
+    if isinstance(exc, OtaError):
+        return f"{stage}:{type(exc).__name__}"
+    return f"UNEXPECTED:{stage}:{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def peak_rss_bytes() -> int:

@@ -30,7 +30,7 @@ import zstandard
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.fuzz_common import CaseTimeout, interesting, main, rle_frame, run_cases  # noqa: E402
+from bench.fuzz_common import error_outcome, interesting, main, rle_frame, run_cases  # noqa: E402
 from device_agent.device_model import canonical_json  # noqa: E402
 from device_agent.errors import OtaError  # noqa: E402
 from device_agent.features import FeatureConfig  # noqa: E402
@@ -268,12 +268,8 @@ MUTATORS: dict[str, Callable[[np.random.Generator, Seed], bytes]] = {
 def run_case(data: bytes, seed: Seed) -> str:
     try:
         model = decode_model(data, max_decoded_bytes=seed.limit)
-    except CaseTimeout:
-        raise
-    except OtaError as exc:
-        return f"decode:{type(exc).__name__}"
     except Exception as exc:  # noqa: BLE001 - the point is to catch anything foreign
-        return f"UNEXPECTED:{type(exc).__name__}: {str(exc)[:200]}"
+        return error_outcome("decode", exc)
     return "ok" if model.content_hash() == split(data)[0]["content_hash"] else "UNEXPECTED:unverified-success"
 
 
