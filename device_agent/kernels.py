@@ -63,11 +63,16 @@ def interleave(q: np.ndarray) -> np.ndarray:
 
 
 @njit(**_FLAGS)
+def _addresses(w: np.ndarray, xq: np.ndarray, t: int, acc: np.ndarray) -> tuple[int, int, int, int, int, int]:
+    """(blocks, k4, bytes per row block, address of xq[t], of w, of acc) for the VNNI intrinsics."""
+    blocks, k4 = w.shape[0], w.shape[1]
+    return blocks, k4, k4 * 64, xq.ctypes.data + t * xq.shape[1], w.ctypes.data, acc.ctypes.data
+
+
+@njit(**_FLAGS)
 def _int_sums_vnni(w: np.ndarray, xq: np.ndarray, t: int, acc: np.ndarray) -> None:
     """acc (16 * blocks,) = interleaved int8 rows w . xq[t] (uint8), exactly."""
-    blocks, k4 = w.shape[0], w.shape[1]
-    x_addr, w_addr, acc_addr = xq.ctypes.data + t * xq.shape[1], w.ctypes.data, acc.ctypes.data
-    step = k4 * 64
+    blocks, k4, step, x_addr, w_addr, acc_addr = _addresses(w, xq, t, acc)
     b = 0
     while b + 4 <= blocks:  # four independent accumulators hide the instruction's latency
         vnni_row_blocks4(x_addr, w_addr + b * step, k4, acc_addr + b * 64)
@@ -94,9 +99,7 @@ def _int_sums_plain(w: np.ndarray, xq: np.ndarray, t: int, acc: np.ndarray) -> N
 @njit(**_FLAGS)
 def _int_sums4_vnni(w: np.ndarray, xq: np.ndarray, t: int, acc: np.ndarray) -> None:
     """acc[f] = w . xq[t + f] for the four frames f < 4 (acc (4, 16 * blocks) int32)."""
-    blocks, k4 = w.shape[0], w.shape[1]
-    x_addr, w_addr, acc_addr = xq.ctypes.data + t * xq.shape[1], w.ctypes.data, acc.ctypes.data
-    step = k4 * 64
+    blocks, k4, step, x_addr, w_addr, acc_addr = _addresses(w, xq, t, acc)
     b = 0
     while b + 2 <= blocks:
         vnni_four_frames_two_blocks(x_addr, xq.shape[1], w_addr + b * step, k4, acc_addr + b * 64, acc.shape[1] * 4)
@@ -133,18 +136,24 @@ def quantize(x: np.ndarray, xq: np.ndarray, t: int) -> np.float32:
 
 
 @njit(**_FLAGS)
-def _matvec(m: tuple, xq: np.ndarray, t: int, x_scale: np.float32, out: np.ndarray, accumulate: bool,
-            acc: np.ndarray) -> None:
-    """out (N,) (+)= (q * scale) @ x + bias for the quantized input xq[t]; m = (w interleaved,
-    scale, offset, bias) with offset = 128 * rowsum(q); acc is int32 scratch."""
-    w, scale, offset, bias = m
-    int_sums(w, xq, t, acc)
+def _restore(m: tuple, acc: np.ndarray, x_scale: np.float32, out: np.ndarray, accumulate: bool) -> None:
+    """out (N,) (+)= the floats of the exact sums acc: (acc - offset) * x_scale * scale + bias."""
+    _, scale, offset, bias = m
     if accumulate:
         for n in range(out.shape[0]):
             out[n] += np.float32(acc[n] - offset[n]) * (x_scale * scale[n]) + bias[n]
     else:
         for n in range(out.shape[0]):
             out[n] = np.float32(acc[n] - offset[n]) * (x_scale * scale[n]) + bias[n]
+
+
+@njit(**_FLAGS)
+def _matvec(m: tuple, xq: np.ndarray, t: int, x_scale: np.float32, out: np.ndarray, accumulate: bool,
+            acc: np.ndarray) -> None:
+    """out (N,) (+)= (q * scale) @ x + bias for the quantized input xq[t]; m = (w interleaved,
+    scale, offset, bias) with offset = 128 * rowsum(q); acc is int32 scratch."""
+    int_sums(m[0], xq, t, acc)
+    _restore(m, acc, x_scale, out, accumulate)
 
 
 @njit(**_FLAGS)
@@ -157,7 +166,7 @@ def _scratch(m: tuple, rows: int) -> tuple[np.ndarray, np.ndarray]:
 @njit(**_FLAGS)
 def linear(m: tuple, x: np.ndarray, out: np.ndarray) -> None:
     """out (T, N) = x (T, K) @ (q * scale).T + bias."""
-    w, scale, offset, bias = m
+    w = m[0]
     xq, acc = _scratch(m, x.shape[0])
     x_scale = np.empty(x.shape[0], np.float32)
     for t in range(x.shape[0]):
@@ -171,8 +180,7 @@ def linear(m: tuple, x: np.ndarray, out: np.ndarray) -> None:
         else:
             int_sums(w, xq, t, acc4[0])
         for f in range(frames):
-            for n in range(out.shape[1]):
-                out[t + f, n] = np.float32(acc4[f, n] - offset[n]) * (x_scale[t + f] * scale[n]) + bias[n]
+            _restore(m, acc4[f], x_scale[t + f], out[t + f], False)
         t += frames
 
 
