@@ -50,9 +50,9 @@ def train(method: str, channels: str | None, budget: str | None, max_gap: float,
     \b
     Example:
       ota diff train --method sparse --budget 1% --base models/base-v1.otam \\
-          --data work/update/adapt.jsonl --replay samples/replay.jsonl --out work/v2.otab
-      ota diff train --budget auto --max-gap 1.0 --base models/base-v1.otam \
-          --data work/update/adapt.jsonl --replay samples/replay.jsonl --out work/v2.otab
+          --data work/update/adapt.jsonl --replay work/replay/train.jsonl --out work/v2.otab
+      ota diff train --budget auto --max-gap 1.0 --base models/base-v1.otam \\
+          --data work/update/adapt.jsonl --replay work/replay/train.jsonl --out work/v2.otab
     """
     from cli.progress import training_progress
     from device_agent.atomic import write_atomic
