@@ -3,7 +3,6 @@ expired repository shows up as "metadata expired"; hostile records are skipped a
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -18,19 +17,11 @@ from packager.bundle import encode_full_bundle
 from packager.fleet_status import MAX_REPORT_BYTES, fleet_summary
 from packager.publish import publish_bundle
 from device_agent.store import FileStore, S3Store
+from tests.support import HOUR, SimClock, fast_expiry
 from tests.tiny import tiny_device_model
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-HOUR = timedelta(hours=1)
-FAST = trust.ExpiryPolicy(root=timedelta(days=365), targets=2 * HOUR, snapshot=2 * HOUR, timestamp=HOUR)
-
-
-class SimClock:
-    def __init__(self) -> None:
-        self.now = datetime.now(timezone.utc).replace(microsecond=0)
-
-    def __call__(self) -> datetime:
-        return self.now
+FAST = fast_expiry()
 
 
 def _device(tmp_path: Path, store: S3Store, clock: SimClock) -> Agent:

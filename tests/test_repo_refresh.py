@@ -13,18 +13,9 @@ from device_agent.errors import ConfigError, MetadataExpiredError, StoreConflict
 from packager import trust
 from device_agent.store import FileStore, S3Store, Store
 from device_agent.trust_client import TrustedUpdater
+from tests.support import SimClock, fast_expiry
 
-HOUR = timedelta(hours=1)
-# Short periods so three timestamp lifetimes fit in a few simulated hours.
-FAST = trust.ExpiryPolicy(root=timedelta(days=365), targets=2 * HOUR, snapshot=2 * HOUR, timestamp=HOUR)
-
-
-class SimClock:
-    def __init__(self) -> None:
-        self.now = datetime.now(timezone.utc).replace(microsecond=0)
-
-    def __call__(self) -> datetime:
-        return self.now
+FAST = fast_expiry()
 
 
 def _repo(store: Store, tmp_path: Path) -> tuple[Path, bytes]:
