@@ -17,11 +17,12 @@ FSDD = ROOT.parent / "shared" / "data" / "fsdd" / "recordings"
 SHIPPED_MODEL = ROOT / "models" / "base-v1.otam"
 
 
-def write_results(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, payload: dict[str, Any], path: Path | None = None) -> Path:
+    """bench/results/NAME.json, or `path` (a scratch run that must not replace the recorded one)."""
     payload = {"benchmark": name, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                               "torch": torch.__version__}, **payload}
-    path = RESULTS / f"{name}.json"
+    path = Path(path) if path is not None else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -21,16 +22,29 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
+def temp_files(path: str | Path) -> list[Path]:
+    """Temp files `write_atomic` left beside `path` when its process was killed mid-write."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o644, chunk_size: int | None = None,
+                 after_chunk: Callable[[int], None] | None = None) -> None:
     """Readers see the old file or the new one, never a partial write; durable on return.
-    `mode`: ordinary shared files by default (mkstemp alone would make them 0600)."""
+    `mode`: ordinary shared files by default (mkstemp alone would make them 0600).
+    `chunk_size`: write in pieces of this many bytes, calling `after_chunk(bytes written so far)`
+    after each (progress; the crash tests throttle there)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            view, step = memoryview(data), chunk_size or max(len(data), 1)
+            for start in range(0, len(view), step):
+                f.write(view[start:start + step])
+                if after_chunk is not None:
+                    after_chunk(min(start + step, len(view)))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -9,31 +9,39 @@ import pytest
 
 from device_agent.agent.config import AgentConfig, load_config
 from device_agent.agent.download import RetryPolicy, Throttle
-from device_agent.agent.lifecycle import (TERMINAL, TRANSITION_ROWS, TRANSITIONS, Event, Lifecycle, State,
-                                          allowed_events, next_state)
+from device_agent.agent.lifecycle import LIFECYCLE, Effect, Event, State, Transition
 from device_agent.agent.policy import GateConfig, choose_update, gate_decision, parse_expected_wer
 from device_agent.agent.state import AgentState, SlotRef, UpdateRecord, load_state, save_state
 from device_agent.errors import ConfigError, DataError, LifecycleError
 from device_agent.channels import ChannelState, NoUpdatePathError, UpdateEdge
 
+S, E, X = State, Event, Effect
+
 
 # --- the table ----------------------------------------------------------------------
-@pytest.mark.parametrize("state, event, expected", TRANSITION_ROWS, ids=lambda v: getattr(v, "value", None))
-def test_every_row_of_the_table(state: State, event: Event, expected: State) -> None:
-    lc = Lifecycle(state)
-    assert lc.can(event)
-    assert lc.fire(event) == expected == next_state(state, event)
+def test_the_daemon_moves_by_the_table_the_tests_walk() -> None:
+    from device_agent.agent import Agent
+
+    assert Agent.lifecycle is LIFECYCLE
+    # one action per state the table can be in, except idle (where the daemon waits for a check)
+    assert set(Agent._actions) == {s for r in LIFECYCLE.rows for s in (r.state, r.next)} - {S.IDLE}
+
+
+@pytest.mark.parametrize("row", LIFECYCLE.rows, ids=lambda r: f"{r.state.value}-{r.event.value}")
+def test_every_row_of_the_table(row: Transition) -> None:
+    assert LIFECYCLE.can(row.state, row.event)
+    assert LIFECYCLE.move(row.state, row.event) is row
 
 
 def test_every_event_not_in_the_table_is_refused() -> None:
     refused = 0
     for state, event in itertools.product(State, Event):
-        if (state, event) in TRANSITIONS:
+        if LIFECYCLE.can(state, event):
             continue
         with pytest.raises(LifecycleError, match=f"cannot '{event.value}' while '{state.value}'"):
-            Lifecycle(state).fire(event)
+            LIFECYCLE.move(state, event)
         refused += 1
-    assert refused == len(State) * len(Event) - len(TRANSITION_ROWS)
+    assert refused == len(State) * len(Event) - len(LIFECYCLE.rows)
 
 
 @pytest.mark.parametrize("state, event", [
@@ -46,51 +54,77 @@ def test_every_event_not_in_the_table_is_refused() -> None:
 ])
 def test_out_of_order_steps_name_what_the_state_accepts(state: State, event: Event) -> None:
     with pytest.raises(LifecycleError) as info:
-        next_state(state, event)
-    for allowed in allowed_events(state):
+        LIFECYCLE.move(state, event)
+    for allowed in LIFECYCLE.allowed(state):
         assert allowed.value in str(info.value)
 
 
 def test_unknown_names_are_refused() -> None:
     with pytest.raises(LifecycleError, match="unknown"):
-        next_state("sleeping", Event.CHECK)
+        LIFECYCLE.move("sleeping", Event.CHECK)
     with pytest.raises(LifecycleError, match="unknown"):
-        next_state(State.IDLE, "jump")
+        LIFECYCLE.move(State.IDLE, "jump")
+
+
+def _reachable(start: State) -> set[State]:
+    seen, todo = set(), [start]
+    while todo:
+        cur = todo.pop()
+        seen.add(cur)
+        todo += [r.next for r in LIFECYCLE.rows if r.state == cur and r.next not in seen]
+    return seen
 
 
 def test_table_shape() -> None:
     # every state is reachable from idle and every state leads back to idle
-    reach, frontier = {State.IDLE}, [State.IDLE]
-    while frontier:
-        s = frontier.pop()
-        for e in allowed_events(s):
-            n = TRANSITIONS[(s, e)]
-            if n not in reach:
-                reach.add(n)
-                frontier.append(n)
-    assert reach == set(State)
+    assert _reachable(State.IDLE) == set(State)
     for s in State:
-        if s != State.IDLE:
-            seen, todo = set(), [s]
-            while todo:
-                cur = todo.pop()
-                seen.add(cur)
-                todo += [TRANSITIONS[(cur, e)] for e in allowed_events(cur) if TRANSITIONS[(cur, e)] not in seen]
-            assert State.IDLE in seen, s
+        assert State.IDLE in _reachable(s), s
     # terminal states only report; every in-progress state can fail
-    for s in TERMINAL:
-        assert allowed_events(s) == [Event.REPORTED]
-    for s in set(State) - TERMINAL - {State.IDLE}:
-        assert Event.ERROR in allowed_events(s)
+    assert LIFECYCLE.terminal == {S.COMMITTED, S.REFUSED, S.ROLLED_BACK, S.FAILED}
+    for s in set(State) - LIFECYCLE.terminal - {State.IDLE}:
+        assert Event.ERROR in LIFECYCLE.allowed(s)
     # the only way into ACTIVATING is a passed gate
-    assert [(s, e) for (s, e), n in TRANSITIONS.items() if n == State.ACTIVATING] == \
+    assert [(r.state, r.event) for r in LIFECYCLE.rows if r.next == State.ACTIVATING] == \
         [(State.VALIDATING, Event.GATE_PASSED)]
+
+
+def _with(effect: Effect) -> set[tuple[State, Event]]:
+    return {(r.state, r.event) for r in LIFECYCLE.rows if effect in r.effects}
+
+
+def test_effects_live_on_the_rows() -> None:
+    # the pointer is put back only when activation itself failed (after it, the self-test rolls back)
+    assert _with(X.RESTORE_POINTER) == {(S.ACTIVATING, E.ERROR)}
+    assert _with(X.START_ROLLBACK) == {(S.SELF_TESTING, E.ERROR)}
+    # a version is refused for good when the gate said no or the device rolled back from it
+    assert _with(X.REFUSE_VERSION) == {(S.VALIDATING, E.GATE_FAILED), (S.ROLLING_BACK, E.ROLLBACK_DONE)}
+    assert _with(X.DISCARD_CANDIDATE) == {(S.VALIDATING, E.GATE_FAILED)}
+    # every way into a terminal state is reported, except a failed check (no attempt was made)
+    into_terminal = {(r.state, r.event) for r in LIFECYCLE.rows if r.next in LIFECYCLE.terminal}
+    assert _with(X.REPORT) == into_terminal - {(S.CHECKING, E.ERROR)}
+    # only failures keep their record (to resume the download); only other endings drop the bundle
+    assert _with(X.KEEP_FOR_RESUME) <= {(r.state, r.event) for r in LIFECYCLE.rows if r.next == S.FAILED}
+    assert not _with(X.KEEP_FOR_RESUME) & _with(X.DISCARD_DOWNLOAD)
+    # effects happen only on moves into terminal states, or start the rollback
+    assert {(r.state, r.event) for r in LIFECYCLE.rows if r.effects} <= into_terminal | {(S.SELF_TESTING, E.ERROR)}
+
+
+def test_each_terminal_state_knows_the_move_that_led_to_it() -> None:
+    assert LIFECYCLE.entered_by(S.REFUSED, None).state == S.VALIDATING
+    assert LIFECYCLE.entered_by(S.ROLLED_BACK, None).state == S.ROLLING_BACK
+    assert LIFECYCLE.entered_by(S.COMMITTED, None).state == S.SELF_TESTING
+    for s in LIFECYCLE.terminal - {S.FAILED}:
+        assert LIFECYCLE.entered_by(s, None).next == s
+    for row in (r for r in LIFECYCLE.rows if r.next == S.FAILED):
+        assert LIFECYCLE.entered_by(S.FAILED, row.state.value) is row
 
 
 def test_docs_table_matches_code() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "agent.md").read_text()
-    for s, e, n in TRANSITION_ROWS:
-        assert f"| {s.value} | {e.value} | {n.value} |" in doc, (s, e, n)
+    for r in LIFECYCLE.rows:
+        effects = ", ".join(sorted(e.value for e in r.effects))
+        assert f"| {r.state.value} | {r.event.value} | {r.next.value} | {effects} |" in doc, r
 
 
 # --- WER gate (pure) ------------------------------------------------------------------

@@ -30,7 +30,7 @@ from device_agent.atomic import fsync_dir
 from device_agent.agent.config import AgentConfig
 from device_agent.agent.download import RangeDownloader, RetryPolicy, Stopped, download_signed
 from device_agent.agent.heartbeat import Heartbeat, HeartbeatSender, failure_reason, heartbeat_key, metadata_expiry
-from device_agent.agent.lifecycle import Event, State, next_state
+from device_agent.agent.lifecycle import LIFECYCLE, Effect, Event, Lifecycle, State
 from device_agent.agent.log import JsonLog
 from device_agent.agent.policy import GateConfig, choose_update, gate_decision, parse_expected_wer
 from device_agent.agent.slots import (Pointer, discard_model, load_slot, model_path, other_slot,
@@ -52,6 +52,8 @@ def _exit_stopped(log: Callable[..., None]) -> None:
 
 class Agent:
     """One device's update agent over `config.data_dir` (exclusive: see `lock`)."""
+
+    lifecycle: Lifecycle = LIFECYCLE  # every move goes through this table (the one the tests walk)
 
     def __init__(self, config: AgentConfig, *, store=None, report_store=None, log: Callable[..., None] | None = None,
                  observer: Observer | None = None, sleep: Callable[[float], None] = time.sleep,
@@ -144,7 +146,11 @@ class Agent:
     # --- persistence -------------------------------------------------------------------
     def _transition(self, st: AgentState, event: Event, **fields: Any) -> None:
         before = st.state
-        st.state = next_state(st.state, event)  # LifecycleError if the table has no such row
+        row = self.lifecycle.move(st.state, event)  # LifecycleError if the table has no such row
+        if Effect.START_ROLLBACK in row.effects and st.update is not None:
+            rec = st.update  # persisted with the move: ROLLING_BACK's action reads it
+            st.rollback = {"to": rec.previous, "from": SlotRef(rec.candidate_slot, rec.to_version, rec.target_hash)}
+        st.state = row.next
         st.steps += 1
         save_state(self.data, st)
         self.log("transition", **{"from": before.value, "on": event.value, "to": st.state.value}, **fields)
@@ -263,19 +269,14 @@ class Agent:
         self._transition(st, event)
 
     def _record_error(self, st: AgentState, state: State, exc: Exception, elapsed: float) -> None:
-        if state in (State.FAILED, State.REFUSED, State.COMMITTED, State.ROLLED_BACK):
+        if not self.lifecycle.can(state, Event.ERROR):
             raise exc  # finishing failed (e.g. disk full writing state): state.json is unchanged, retry later
         self._error = exc
         st.last_error = {"class": type(exc).__name__, "message": str(exc), "state": state.value}
         st.failed_in = state.value
         if st.update is not None:
             st.update.durations[state.value] = round(st.update.durations.get(state.value, 0.0) + elapsed, 4)
-        if state == State.SELF_TESTING and st.update is not None:
-            st.rollback = {"to": st.update.previous, "from": SlotRef(st.update.candidate_slot, st.update.to_version,
-                                                                      st.update.target_hash)}
         self.log("step_failed", level="error", state=state.value, error_class=type(exc).__name__, error=str(exc))
-        if state == State.IDLE:
-            raise exc
         self._transition(st, Event.ERROR)
 
     # --- actions: one per state, each returns the event it produced --------------------------
@@ -458,8 +459,7 @@ class Agent:
         return Event.SELF_TEST_PASSED
 
     def _rolling_back(self, st: AgentState) -> Event:
-        rb = st.rollback or {}
-        to, frm = rb.get("to"), rb.get("from")
+        to = (st.rollback or {}).get("to")
         if to is None:
             # The failed model was the device's first: there is nothing to go back to.
             try:
@@ -470,38 +470,38 @@ class Agent:
         else:
             load_slot(self.data, to)
             write_pointer(self.data, Pointer(to, None))  # no "previous": it would be the model just left
-        if frm is not None and frm.version not in st.refused:
-            st.refused.append(frm.version)
-        return Event.ROLLBACK_DONE
+        return Event.ROLLBACK_DONE  # the version left is refused by the move's effects (_finish)
 
-    # terminal states: tidy up, spool the report, back to idle
+    # terminal states: carry out the effects of the move that led here, spool the report, back to idle
     def _finish(self, st: AgentState) -> Event:
-        outcome = st.state.value
-        rec = st.update
-        if st.state == State.FAILED and st.failed_in == State.ACTIVATING.value and rec is not None:
+        rec, rb = st.update, st.rollback or {}
+        effects = self.lifecycle.entered_by(st.state, st.failed_in).effects
+        if Effect.RESTORE_POINTER in effects and rec is not None:
             self._restore_pointer(rec)
-        if st.state == State.REFUSED and rec is not None:
+        if Effect.DISCARD_CANDIDATE in effects and rec is not None:
             discard_model(self.data, rec.candidate_slot)
-            if rec.to_version not in st.refused:
-                st.refused.append(rec.to_version)
-        if rec is not None and st.state in (State.COMMITTED, State.REFUSED, State.ROLLED_BACK):
+        if Effect.REFUSE_VERSION in effects:
+            left = rb.get("from")  # rolled back: the version left; refused: the candidate
+            version = left.version if left is not None else rec.to_version if rec is not None else None
+            if version is not None and version not in st.refused:
+                st.refused.append(version)
+        if Effect.DISCARD_DOWNLOAD in effects and rec is not None:
             for path in self._download_paths(rec):
                 path.unlink(missing_ok=True)
         if st.state != State.FAILED:
             st.last_error = None
             st.failed_in = None
-        report = self._report(st, outcome)
-        if rec is not None or st.rollback is not None:
-            # a failed check (store down, bad metadata) is logged, not reported: no attempt was made
-            if not (st.state == State.FAILED and st.failed_in == State.CHECKING.value):
-                self.outbox.add(report_key(self.cfg.model_id, self.cfg.channel, self.cfg.device_id,
-                                           rec.started_at if rec else time.time()), report)
+        report = self._report(st, st.state.value)
+        if Effect.REPORT in effects and (rec is not None or st.rollback is not None):
+            self.outbox.add(report_key(self.cfg.model_id, self.cfg.channel, self.cfg.device_id,
+                                       rec.started_at if rec else time.time()), report)
         st.last_outcome = {k: report[k] for k in ("outcome", "from_version", "to_version", "wer_before",
                                                   "wer_after", "error_class", "error", "finished_at")}
         st.rollback = None
-        # The attempt is over: its record goes with it, so a later failed check reports no versions or
-        # WERs of this one (and adds no seconds to it). Only a failed download is worth resuming.
-        st.resume = rec if st.state == State.FAILED else None
+        if rec is not None:
+            # The attempt is over: its record goes with it, so a later failed check reports no versions or
+            # WERs of this one (and adds no seconds to it). Only a failed download is worth resuming.
+            st.resume = rec if Effect.KEEP_FOR_RESUME in effects else None
         st.update = None
         self._outcome = dict(st.last_outcome)
         return Event.REPORTED

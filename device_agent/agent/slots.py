@@ -9,19 +9,29 @@ active model file is never opened for writing. Switching models is one
 atomic replace of `active.json` (temp + fsync + os.replace + fsync of the
 folder): after a crash the pointer names either the old or the new model,
 and each was fully written and synced before the pointer could name it.
+A write killed half way leaves only a temp file beside the slot's model
+(`.model.otam.*.tmp`), which the next write into that slot removes.
+
+Test hook: `after_slot_piece` is None on devices. The crash benchmark
+(`bench/crash_agent.py`) and the kill tests set it to slow the candidate's
+write down, so that a SIGKILL lands in the middle of the agent's own write.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from device_agent.atomic import write_atomic
+from device_agent.atomic import temp_files, write_atomic
 from device_agent.errors import DataError, ModelFormatError
 from device_agent.agent.state import SlotRef, os_error, typed_record
 
 SLOTS = ("a", "b")
 MODEL_FILE = "model.otam"
+SLOT_WRITE_PIECES = 64  # a candidate is written in this many pieces (of at least 4 KiB)
+# called with (bytes written, total) after each piece of a candidate reaches its temp file; see above
+after_slot_piece: Callable[[int, int], None] | None = None
 
 
 @dataclass
@@ -75,8 +85,12 @@ def write_pointer(data_dir: Path, pointer: Pointer) -> None:
 def write_model(data_dir: Path, slot: str, data: bytes) -> Path:
     """Candidate model file into `slot` (temp + fsync + rename + fsync dir)."""
     path = model_path(data_dir, slot)
+    hook = after_slot_piece
     try:
-        write_atomic(path, data)
+        for stale in temp_files(path):  # from a write that was killed: its space is wasted otherwise
+            stale.unlink(missing_ok=True)
+        write_atomic(path, data, chunk_size=max(4096, -(-len(data) // SLOT_WRITE_PIECES)),
+                     after_chunk=None if hook is None else lambda done: hook(done, len(data)))
     except OSError as exc:
         raise os_error(exc, f"writing the candidate model {path}") from None
     return path
