@@ -52,3 +52,16 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path, mon
     with pytest.raises(OSError):
         write_atomic(path, b"new")
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["active.json"]
+
+
+def test_a_write_in_pieces_reports_its_progress_and_writes_the_same_bytes(tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    seen: list[int] = []
+
+    def after(done: int) -> None:  # mid-write: only the temp file exists, the target does not yet
+        seen.append(done)
+        assert not (tmp_path / "m.bin").exists() and len(atomic.temp_files(tmp_path / "m.bin")) == 1
+
+    write_atomic(tmp_path / "m.bin", data, chunk_size=4096, after_chunk=after)
+    assert seen == [4096, 8192, 10_000]
+    assert (tmp_path / "m.bin").read_bytes() == data and not atomic.temp_files(tmp_path / "m.bin")
