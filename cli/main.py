@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("cli.train_cmds", "eval_cmd"),
     "data": ("cli.data_cmds", "data"),
     "train": ("cli.train_cmds", "train"),
+    "distill": ("cli.train_cmds", "distill"),
     "export": ("cli.train_cmds", "export"),
     "diff": ("cli.diff_cmds", "diff"),
     "store": ("cli.store_cmds", "store"),

@@ -1,4 +1,4 @@
-"""`ota train`, `ota export`, `ota eval`."""
+"""`ota train`, `ota distill`, `ota export`, `ota eval`."""
 from __future__ import annotations
 
 import json
@@ -78,6 +78,43 @@ def train(ctx: click.Context, train_manifest: Path, dev_manifest: Path | None, o
         distributed.shutdown()
     if world.is_writer:
         click.echo(f"exported {path}")
+
+
+@click.command()
+@click.option("--teacher", required=True, type=INPUT_FILE, help="The deployed model (.otam) whose front end is replaced.")
+@click.option("--train", "train_manifest", required=True, type=INPUT_FILE,
+              help="Manifest of audio to learn from (its transcripts are not used).")
+@click.option("--out", "out_dir", default="work/runs/distill", show_default=True, type=OUTPUT_FOLDER,
+              help="Run folder (checkpoint, model.otam).")
+@click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1), help="Passes over the audio.")
+@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
+              help="Peak learning rate (Adam, cosine decay).")
+@click.option("--rooms", default=0.3, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Share of utterances the student hears through rooms, noise and microphones "
+              "(the rest at a random level, -30..+10 dB).")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch threads.")
+def distill(teacher: Path, train_manifest: Path, out_dir: Path, epochs: int, lr: float, rooms: float, seed: int,
+            threads: int) -> None:
+    """Give a trained model the level-normalising front end, taught by the model itself.
+
+    A copy with the new front end learns to reproduce the deployed model's
+    encoder output (teacher: clean audio; student: rooms, noise, levels);
+    the prediction network, joint and zeros stay the teacher's. Rerunning the
+    same command resumes from OUT/last.pt.
+
+    \b
+    Example:
+      ota distill --teacher models/base-v1.otam --train work/corpus/base/train.jsonl --out work/runs/distill
+    """
+    from cli.progress import training_progress
+    from diffing.distill import DistillConfig, distill as run
+
+    cfg = DistillConfig(teacher=str(teacher), train_manifest=str(train_manifest), out_dir=str(out_dir),
+                        epochs=epochs, lr=lr, rooms=rooms, seed=seed, threads=threads)
+    with training_progress() as progress:
+        path = run(cfg, log=progress.log)
+    click.echo(f"exported {path}")
 
 
 @click.command()

@@ -109,10 +109,10 @@ class TrainConfig:
     def for_stage(cls, train_manifest: str, dev_manifest: str | None, out_dir: str, *, init_from: str | None = None,
                   **settings: object) -> "TrainConfig":
         """A first stage, or (with `init_from`) a fine-tune that starts pruned and quantization-aware:
-        short warm-up, masks and fake quantization from step 0."""
+        short warm-up, masks and fake quantization from step 0. Explicit settings take precedence."""
         stage = dict(init_from=init_from, warmup_steps=100, prune_start=0.0, prune_end=0.3, qat_start=0.0) \
             if init_from else {}
-        return cls(train_manifest, dev_manifest, out_dir, **stage, **settings)
+        return cls(train_manifest, dev_manifest, out_dir, **{**stage, **settings})
 
     @classmethod
     def settings_from_file(cls, path: str) -> dict:

@@ -110,6 +110,13 @@ def test_fine_tune_stage_starts_from_a_checkpoint_and_only_prunes_further(manife
                           **{**common, "model": bigger}), log=lambda _: None, progress=False)
 
 
+def test_fine_tune_settings_given_explicitly_override_the_stage_defaults(manifest: Path) -> None:
+    stage = TrainConfig.for_stage(str(manifest), None, "out", init_from="base.otam")
+    assert (stage.warmup_steps, stage.qat_start) == (100, 0.0)
+    mine = TrainConfig.for_stage(str(manifest), None, "out", init_from="base.otam", warmup_steps=20, epochs=2)
+    assert (mine.warmup_steps, mine.qat_start, mine.epochs) == (20, 0.0, 2)
+
+
 def test_bad_train_config_is_refused(manifest: Path) -> None:
     with pytest.raises(ConfigError, match="target_sparsity"):
         TrainConfig(str(manifest), target_sparsity=1.5)
