@@ -231,7 +231,7 @@ class Int8Runtime:
     def warm_up(self) -> None:
         """Run the decoding kernels once on half a second of silence, so that the first real
         decode does not pay for compiling them (numba compiles each kernel on its first call:
-        about 10 s of CPU on a cold cache, whatever the model). Bounded for any model: a few
+        seconds of CPU on a cold cache, whatever the model). Bounded for any model: a few
         frames, at most 4 symbols."""
         try:
             self.transcribe(np.zeros(8000, np.float32), max_symbols=4)

@@ -23,7 +23,8 @@ from device_agent.agent.state import load_state
 from device_agent.agent.validate import Validator
 from device_agent.device_model import DeviceModel
 from device_agent.diff import Diff, SparseDelta, apply_diff
-from device_agent.errors import BundleError, DiskFullError, ModelFormatError, StoreUnreachableError, TrustError
+from device_agent.errors import (BundleError, DiskFullError, ModelFormatError, OtaError, StoreUnreachableError,
+                                 TrustError)
 from device_agent.model_config import ModelConfig
 from device_agent.model_format import encode_model, load_model
 from packager.bundle import encode_diff_bundle, encode_full_bundle
@@ -411,6 +412,34 @@ def _fill(mount: Path, leave: int) -> Path:
     with open(filler, "wb") as f:
         f.write(b"\0" * max(free - leave, 0))
     return filler
+
+
+def test_a_failed_check_keeps_the_failed_download_to_resume(tmp_path: Path, models: Models,
+                                                           big_model: DeviceModel) -> None:
+    """A download cut by an outage keeps its record for the retry; a check failing while the store is
+    still away made no attempt, so it leaves that record alone; the retry resumes and counts both runs."""
+    store = FileStore(_mkdir(tmp_path / "store"))
+    make_repo(store, tmp_path).full(big_model)
+    chunk = 64 << 10
+    cfg = agent_config(tmp_path, f"file://{tmp_path / 'store'}", models, model_id=big_model.model_id,
+                       chunk_size=chunk, retry_limit=1)
+    agent = Agent(cfg, store=OutageStore(store, after=3, outage=lambda: (tmp_path / "store").rename(tmp_path / "gone")),
+                  log=null_log)
+    with pytest.raises(OtaError):
+        agent.check_once()  # the store went away after 3 chunks of the download
+    st = load_state(agent.data)
+    assert st.last_error["state"] == "downloading" and st.update is None
+    kept = st.resume
+    assert kept is not None and kept.bytes_downloaded == 3 * chunk
+    with pytest.raises(OtaError):
+        agent.check_once()  # the store is still away: the check itself fails
+    st = load_state(agent.data)
+    assert st.last_error["state"] == "checking" and st.resume == kept
+    (tmp_path / "gone").rename(tmp_path / "store")
+    assert agent.check_once()["outcome"] == "committed"
+    report = next(r for r in reports(store) if r["outcome"] == "committed")
+    assert report["resumed_from"] == 3 * chunk and report["length"] <= report["bytes_downloaded"] <= \
+        report["length"] + chunk
 
 
 @pytest.mark.parametrize("stage", ["download", "apply"])
