@@ -474,27 +474,16 @@ class Agent:
 
     # terminal states: carry out the effects of the move that led here, spool the report, back to idle
     def _finish(self, st: AgentState) -> Event:
-        rec, rb = st.update, st.rollback or {}
+        rec = st.update
         effects = self.lifecycle.entered_by(st.state, st.failed_in).effects
-        if Effect.RESTORE_POINTER in effects and rec is not None:
-            self._restore_pointer(rec)
-        if Effect.DISCARD_CANDIDATE in effects and rec is not None:
-            discard_model(self.data, rec.candidate_slot)
-        if Effect.REFUSE_VERSION in effects:
-            left = rb.get("from")  # rolled back: the version left; refused: the candidate
-            version = left.version if left is not None else rec.to_version if rec is not None else None
-            if version is not None and version not in st.refused:
-                st.refused.append(version)
-        if Effect.DISCARD_DOWNLOAD in effects and rec is not None:
-            for path in self._download_paths(rec):
-                path.unlink(missing_ok=True)
+        self._carry_out(st, effects)
         if st.state != State.FAILED:
             st.last_error = None
             st.failed_in = None
         report = self._report(st, st.state.value)
         if Effect.REPORT in effects and (rec is not None or st.rollback is not None):
-            self.outbox.add(report_key(self.cfg.model_id, self.cfg.channel, self.cfg.device_id,
-                                       rec.started_at if rec else time.time()), report)
+            started = rec.started_at if rec is not None else time.time()
+            self.outbox.add(report_key(self.cfg.model_id, self.cfg.channel, self.cfg.device_id, started), report)
         st.last_outcome = {k: report[k] for k in ("outcome", "from_version", "to_version", "wer_before",
                                                   "wer_after", "error_class", "error", "finished_at")}
         st.rollback = None
@@ -505,6 +494,23 @@ class Agent:
         st.update = None
         self._outcome = dict(st.last_outcome)
         return Event.REPORTED
+
+    def _carry_out(self, st: AgentState, effects: frozenset[Effect]) -> None:
+        """The effects of a move into a terminal state (each idempotent: a crash repeats them)."""
+        rec = st.update
+        if rec is not None:
+            if Effect.RESTORE_POINTER in effects:
+                self._restore_pointer(rec)
+            if Effect.DISCARD_CANDIDATE in effects:
+                discard_model(self.data, rec.candidate_slot)
+            if Effect.DISCARD_DOWNLOAD in effects:
+                for path in self._download_paths(rec):
+                    path.unlink(missing_ok=True)
+        if Effect.REFUSE_VERSION in effects:
+            left = (st.rollback or {}).get("from")  # rolled back: the version left; refused: the candidate
+            version = left.version if left is not None else rec.to_version if rec is not None else None
+            if version is not None and version not in st.refused:
+                st.refused.append(version)
 
     def _restore_pointer(self, rec: UpdateRecord) -> None:
         if read_pointer(self.data).active == rec.previous:
