@@ -323,3 +323,52 @@ def test_verifying_without_a_base_stays_within_the_section_limit(maximal_bundle)
             inspect_bundle(path, verify=True)
 
     assert _peak_mib(verify) < 64 + 16  # the 64 MiB raw section once, plus one chunk of temporaries
+
+
+# --- a signed full bundle whose model lies about a type --------------------------------------------------
+def test_agent_refuses_a_signed_full_bundle_with_a_float_offset(tmp_path: Path) -> None:
+    """The publisher signs a full bundle whose model file says `"offset":0.0` (checksums valid):
+    the agent's apply step ends in the project's one-line ModelFormatError, the candidate is
+    never activated, the active model and a readable state stay, and the next check runs."""
+    from bench.fuzz_bundle import pack, split
+    from device_agent.agent import Agent, active_model_file
+    from device_agent.agent.log import null_log
+    from device_agent.model_format import load_model
+    from device_agent.store import FileStore
+    from packager.bundle import encode_full_bundle
+    from packager.publish import publish_bundle
+    from packager.trust import init_repository
+
+    store = FileStore(tmp_path / "store")
+    (tmp_path / "store").mkdir()
+    (tmp_path / "root.json").write_bytes(init_repository(store, tmp_path / "keys"))
+    v1 = tiny_device_model(0)
+    v1.floats["joint.out.bias"][0] = 1000.0  # blank wins every frame: fast, deterministic gate
+    publish_bundle(store, tmp_path / "keys", encode_full_bundle(encode_model(v1), v1))
+    (tmp_path / "val.jsonl").write_text(json.dumps({"audio_filepath": str(ROOT / "samples" / "audio" / "sample_00.wav"),
+                                                    "text": "one", "duration": 1.2}) + "\n")
+    cfg = load_config(None, env={}, **_agent_values(tmp_path, store_url=f"file://{tmp_path / 'store'}",
+                                                    model_id=v1.model_id, validation_manifest=tmp_path / "val.jsonl",
+                                                    max_wer=5.0, poll_interval=0.0, poll_jitter=0.0))
+    assert Agent(cfg, log=null_log).check_once()["outcome"] == "committed"
+
+    v2 = tiny_device_model(0)
+    v2.floats["joint.out.bias"][0] = 1000.0
+    v2.version = 2
+    good = encode_model(v2)
+    header, sections = _header(good)
+    header["tensors"][0]["offset"] = 0.0  # 0.0 == 0 in Python: it must not pass as an offset
+    manifest, _ = split(encode_full_bundle(good, v2))
+    hostile = _rebuild(_canonical(header), sections)
+    manifest["sections"]["model"]["raw_length"] = len(hostile)
+    publish_bundle(store, tmp_path / "keys", pack(manifest, [hostile]))
+
+    out = Agent(cfg, log=null_log).check_once(raise_errors=False)
+    assert out["outcome"] == "failed", out
+    state = load_state(cfg.data_dir)  # readable: the agent can start again
+    assert state.last_error["class"] == "ModelFormatError" and "section offset 0.0" in state.last_error["message"]
+    assert "\n" not in state.last_error["message"]
+    path, ref = active_model_file(cfg.data_dir)
+    assert (ref.version, ref.hash) == ("1", v1.content_hash()) == ("1", load_model(path).content_hash())
+    again = Agent(cfg, log=null_log).check_once(raise_errors=False)  # a restarted agent checks again, no crash
+    assert again["outcome"] in ("failed", "no_update") and active_model_file(cfg.data_dir)[1] == ref
