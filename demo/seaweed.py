@@ -22,6 +22,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from device_agent.atomic import write_atomic
 from device_agent.errors import ConfigError, StoreUnreachableError
 
 # The gateway's S3 signature check accepts any region; boto3 just needs one.
@@ -82,8 +83,7 @@ def _write_s3_config(path: Path, access_key: str, secret_key: str) -> None:
             }
         ]
     }
-    path.write_text(json.dumps(config))
-    path.chmod(0o600)
+    write_atomic(path, json.dumps(config).encode(), mode=0o600)  # holds the S3 secret: private from the first byte
 
 
 def _wait_until_writable(endpoint: SeaweedEndpoint, proc: subprocess.Popen, timeout: float) -> None:

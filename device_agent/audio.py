@@ -1,6 +1,7 @@
 """Read audio files into 16 kHz mono float32, shared by server and device."""
 from __future__ import annotations
 
+import io
 from math import gcd
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from device_agent.atomic import write_atomic
 from device_agent.errors import AudioError
 
 SAMPLE_RATE = 16_000
@@ -49,5 +51,7 @@ def load_audio(path: str | Path, target_rate: int = SAMPLE_RATE) -> np.ndarray:
 
 
 def save_wav(path: str | Path, audio: np.ndarray, rate: int = SAMPLE_RATE) -> None:
-    """Write 16-bit PCM WAV (the corpus format)."""
-    sf.write(str(path), np.clip(audio, -1.0, 1.0), rate, subtype="PCM_16")
+    """Write 16-bit PCM WAV (the corpus format) atomically: readers never see half a file."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(audio, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")
+    write_atomic(path, buf.getvalue())

@@ -36,6 +36,7 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
+from device_agent.atomic import fsync_dir, write_atomic
 from device_agent.errors import (DiskFullError, MetadataExpiredError, OtaError, StoreNotFoundError,
                                  StoreUnreachableError, TransportError, TrustError)
 from device_agent.store import Store
@@ -160,22 +161,21 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def _install(src: Path, dest: Path) -> None:
-    """Copy one file or symlink into place atomically."""
+    """Copy one file or symlink into place atomically and durably (metadata files are small:
+    their sizes are capped by the updater config)."""
+    if not src.is_symlink():
+        write_atomic(dest, src.read_bytes())
+        return
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     try:
-        if src.is_symlink():
-            tmp.unlink(missing_ok=True)
-            os.symlink(os.readlink(src), tmp)
-        else:
-            with open(src, "rb") as s, open(tmp, "wb") as d:
-                shutil.copyfileobj(s, d)
-                d.flush()
-                os.fsync(d.fileno())
+        tmp.unlink(missing_ok=True)
+        os.symlink(os.readlink(src), tmp)
         os.replace(tmp, dest)
     finally:
         if tmp.is_symlink() or tmp.exists():
             tmp.unlink()
+    fsync_dir(dest.parent)
 
 
 class TrustedUpdater:

@@ -1,6 +1,7 @@
 """Training data: manifest -> cached stacked features -> length-bucketed batches."""
 from __future__ import annotations
 
+import io
 import random
 from dataclasses import dataclass
 from functools import lru_cache
@@ -12,6 +13,7 @@ import torch
 import xxhash
 from rich.progress import track
 
+from device_agent.atomic import write_atomic
 from device_agent.audio import load_audio
 from device_agent.features import FeatureConfig, hz_to_mel, log_mel, mel_points_hz, normalize_level, stack_frames
 from device_agent.manifest import Utterance, read_manifest
@@ -45,9 +47,10 @@ def load_examples(manifest: str | Path, tokenizer: CharTokenizer, cfg: FeatureCo
     for u in track(utterances, description=f"features {manifest.name}", disable=not progress):
         feats = log_mel(load_audio(u.audio_path), cfg).to(torch.float16)  # half: halves the cache
         examples.append(Example(feats, torch.tensor(tokenizer.encode(u.text)), u.text))
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save([vars(e) for e in examples], cache)
+    if cache is not None:  # atomic: a run killed mid-save must not leave a cache that later fails to load
+        buf = io.BytesIO()
+        torch.save([vars(e) for e in examples], buf)
+        write_atomic(cache, buf.getbuffer())
     return examples
 
 

@@ -37,7 +37,7 @@ from diffing.model import RNNT
 from diffing.progress import step_reporter
 from diffing.room_augment import RoomAugmentConfig, RoomAugmenter
 from diffing.threads import set_threads
-from diffing.train import data_identity
+from diffing.train import data_identity, save_checkpoint
 
 TRAINED_PREFIX = "encoder."  # the student's trainable parameters
 
@@ -174,9 +174,8 @@ def distill(cfg: DistillConfig, log: Callable[[str], None] = print, progress: bo
         epoch += 1
         history.append({"epoch": epoch, "step": step, "encoder_gap": round(total_gap / len(groups), 5)})
         log(json.dumps(history[-1]))
-        torch.save({"model": student.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
-                    "history": history, "distill_config": cfg.to_json()}, out / "last.tmp")
-        (out / "last.tmp").replace(ckpt_path)  # a kill mid-save leaves the previous epoch's checkpoint
+        save_checkpoint(ckpt_path, {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                                    "epoch": epoch, "history": history, "distill_config": cfg.to_json()})
     report.finish()
 
     student.eval()

@@ -13,6 +13,7 @@ out by utterance, rank 0 the only writer.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 import xxhash
 
+from device_agent.atomic import write_atomic
 from device_agent.errors import ConfigError
 from device_agent.model_config import LEVEL_KEYS, ModelConfig
 from device_agent.model_format import load_model, save_model
@@ -161,9 +163,10 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    """Atomic and durable: a kill or power loss mid-save leaves the previous epoch's checkpoint."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    write_atomic(path, buf.getbuffer())
 
 
 @torch.no_grad()
@@ -384,9 +387,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
     if not world.is_writer:
         return out / "model.otam"
     device = export_checkpoint(ckpt_path, out / "model.otam")
-    (out / "summary.json").write_text(json.dumps({"train_config": cfg.to_json(), "data_identity": identity,
-                                                  "history": history, "content_hash": device,
-                                                  "model": str(out / "model.otam")}, indent=2))
+    write_atomic(out / "summary.json", json.dumps({"train_config": cfg.to_json(), "data_identity": identity,
+                                                   "history": history, "content_hash": device,
+                                                   "model": str(out / "model.otam")}, indent=2).encode())
     return out / "model.otam"
 
 

@@ -142,9 +142,9 @@ def _generate_key(keys_dir: Path) -> CryptoSigner:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    if path.exists():  # a key file is named by its key id: never replace one
+        raise ConfigError(f"{path} already exists; expected a new key file")
+    write_atomic(path, data, mode=0o600)  # private from the first byte (mkstemp), durable before it is used
 
 
 def load_signers(keys_dir: str | os.PathLike[str], key_ids: Iterable[str] | None = None) -> dict[str, CryptoSigner]:

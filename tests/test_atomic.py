@@ -65,3 +65,48 @@ def test_a_write_in_pieces_reports_its_progress_and_writes_the_same_bytes(tmp_pa
     write_atomic(tmp_path / "m.bin", data, chunk_size=4096, after_chunk=after)
     assert seen == [4096, 8192, 10_000]
     assert (tmp_path / "m.bin").read_bytes() == data and not atomic.temp_files(tmp_path / "m.bin")
+
+
+# Renames outside write_atomic, each for a reason write_atomic cannot serve.
+OWN_RENAMES = {
+    "device_agent/atomic.py": 1,  # write_atomic itself
+    "device_agent/store.py": 1,  # FileStore: the If-Match check and the rename are one step under the store lock
+    "device_agent/agent/download.py": 1,  # a streamed download: the fsynced part file becomes the bundle once verified
+    "device_agent/trust_client.py": 1,  # symlinks in the metadata folder (no bytes to write)
+    "packager/trust.py": 2,  # whole folders: new keys moved into place, revoked keys moved aside
+}
+
+
+def _file_writes(path: Path) -> tuple[int, list[str]]:
+    """(renames, other direct writes) in one module: os.replace/os.rename/shutil.move and
+    Path.replace/Path.rename (one positional argument), and Path.write_text/write_bytes."""
+    import ast
+
+    renames, writes = 0, []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        name, owner = node.func.attr, node.func.value
+        if isinstance(owner, ast.Name) and (owner.id, name) in {("os", "replace"), ("os", "rename"), ("shutil", "move")}:
+            renames += 1
+        elif name in ("replace", "rename") and len(node.args) == 1 and not node.keywords \
+                and not isinstance(node.args[0], ast.Constant):
+            renames += 1
+        elif name in ("write_text", "write_bytes"):
+            writes.append(f"{name} at line {node.lineno}")
+    return renames, writes
+
+
+def test_every_persisted_file_is_written_by_write_atomic() -> None:
+    root = Path(__file__).resolve().parents[1]
+    found = {}
+    for package in ("device_agent", "packager", "diffing", "demo", "cli"):
+        for path in sorted((root / package).rglob("*.py")):
+            renames, writes = _file_writes(path)
+            rel = path.relative_to(root).as_posix()
+            if rel == "diffing/synth/voices.py":  # text2wave's input: a scratch file removed with its WAV
+                writes = []
+            if renames or writes:
+                found[rel] = (renames, writes)
+    assert found == {rel: (n, []) for rel, n in OWN_RENAMES.items()}, \
+        "write files with device_agent.atomic.write_atomic (temp file, fsync, rename, folder fsync)"

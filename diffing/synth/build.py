@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from device_agent.atomic import write_atomic
 from device_agent.audio import SAMPLE_RATE, save_wav
 from device_agent.manifest import Utterance, write_manifest
 from diffing.synth.augment import PEAK, augment
@@ -116,9 +116,7 @@ def render_job(job: Job) -> Utterance:
     peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
     if peak > PEAK:  # some espeak variants overshoot full scale
         audio = audio * np.float32(PEAK / peak)
-    tmp = job.path.with_name(f".{job.path.stem}.tmp.wav")  # soundfile infers WAV from the suffix
-    save_wav(tmp, audio)
-    os.replace(tmp, job.path)
+    save_wav(job.path, audio)  # atomic
     return Utterance(job.path, job.text, len(audio) / SAMPLE_RATE, job.voice.id)
 
 
@@ -148,7 +146,7 @@ def _build(out_dir: Path, parts: list[Part], split: str, seed: int, workers: int
         }
     meta = {"split": split, "seed": seed, "workers": workers, "parts": meta_parts,
             "wall_seconds": time.perf_counter() - start}
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_atomic(out_dir / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
     return manifests
 
 
