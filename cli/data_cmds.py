@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from cli.params import INPUT_FILE, INPUT_FOLDER, OUTPUT_FILE, OUTPUT_FOLDER
-
-SYNTH_SPLITS = ("base", "novel_names", "novel_places", "novel_accent", "novel_intent")
+from diffing.synth.grammar import SPLITS  # the library's splits (plain Python: cheap to import)
 
 
 def _parse_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -52,7 +51,7 @@ def data() -> None:
 @click.option("--test", "n_test", default=400, show_default=True, type=click.IntRange(min=0),
               help="Test utterances, spoken by held-out voices, never augmented.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed: same seed, same corpus.")
-@click.option("--split", default="base", show_default=True, type=click.Choice(SYNTH_SPLITS),
+@click.option("--split", default="base", show_default=True, type=click.Choice(list(SPLITS)),
               help="base corpus, or a held-out update set (writes adapt.jsonl/test.jsonl).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
               help="Rendering processes (one per core).")

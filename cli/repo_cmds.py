@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from cli.defaults import LibraryDefault, given
 from cli.params import INPUT_FILE, INPUT_FOLDER, OUTPUT_FILE
 from cli.tables import print_table
 
@@ -21,6 +22,15 @@ def store_option(fn):  # type: ignore[no-untyped-def]
 def keys_option(fn):  # type: ignore[no-untyped-def]
     return click.option("--keys", "keys_dir", default="work/keys", show_default=True, envvar="OTA_KEYS",
                         type=INPUT_FOLDER, help="Folder of the repository's private keys (made by `ota repo init`).")(fn)
+
+
+def _expiry_default(role: str):  # type: ignore[no-untyped-def]
+    def default() -> str:
+        from packager.trust import ExpiryPolicy, format_period
+
+        return format_period(getattr(ExpiryPolicy(), role))
+
+    return default
 
 
 def _store(url: str):  # -> device_agent.store.Store
@@ -41,13 +51,17 @@ def repo() -> None:
 @click.option("--threshold", default=1, show_default=True, help="Root signatures required.")
 @click.option("--root-keys", default=1, show_default=True, help="Root keys to create.")
 @click.option("--root-out", type=OUTPUT_FILE, help="Also write root.json here (for devices).")
-@click.option("--timestamp-expiry", default="1d", show_default=True,
+@click.option("--timestamp-expiry", cls=LibraryDefault, default_of=_expiry_default("timestamp"),
               help="How long a signed timestamp stays valid (s/m/h/d/w); `ota repo refresh` renews it.")
-@click.option("--snapshot-expiry", default="7d", show_default=True, help="Validity of snapshot metadata.")
-@click.option("--targets-expiry", default="90d", show_default=True, help="Validity of targets metadata.")
-@click.option("--root-expiry", default="365d", show_default=True, help="Validity of root metadata (offline keys).")
+@click.option("--snapshot-expiry", cls=LibraryDefault, default_of=_expiry_default("snapshot"),
+              help="Validity of snapshot metadata.")
+@click.option("--targets-expiry", cls=LibraryDefault, default_of=_expiry_default("targets"),
+              help="Validity of targets metadata.")
+@click.option("--root-expiry", cls=LibraryDefault, default_of=_expiry_default("root"),
+              help="Validity of root metadata (offline keys).")
 def init(store_url: str, keys_dir: str, threshold: int, root_keys: int, root_out: Path | None,
-         timestamp_expiry: str, snapshot_expiry: str, targets_expiry: str, root_expiry: str) -> None:
+         timestamp_expiry: str | None, snapshot_expiry: str | None, targets_expiry: str | None,
+         root_expiry: str | None) -> None:
     """Create keys (kept out of the store) and the repository's first metadata.
 
     The expiry periods are kept next to the keys and used by every later
@@ -60,8 +74,8 @@ def init(store_url: str, keys_dir: str, threshold: int, root_keys: int, root_out
     from device_agent.atomic import write_atomic
     from packager.trust import ExpiryPolicy, init_repository, parse_period
 
-    expiry = ExpiryPolicy(root=parse_period(root_expiry), targets=parse_period(targets_expiry),
-                          snapshot=parse_period(snapshot_expiry), timestamp=parse_period(timestamp_expiry))
+    periods = given(root=root_expiry, targets=targets_expiry, snapshot=snapshot_expiry, timestamp=timestamp_expiry)
+    expiry = ExpiryPolicy(**{role: parse_period(str(text)) for role, text in periods.items()})  # the rest: defaults
     root = init_repository(_store(store_url), keys_dir, threshold=threshold, num_root_keys=root_keys, expiry=expiry)
     if root_out:
         write_atomic(root_out, root)

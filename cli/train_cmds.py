@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
+from cli.defaults import LibraryDefault, field_default, given
 from cli.params import INPUT_FILE, OUTPUT_FILE, OUTPUT_FOLDER
+
+
+def _train_default(name: str):  # type: ignore[no-untyped-def]
+    return field_default("diffing.train:TrainConfig", name)
+
+
+def _distill_default(name: str):  # type: ignore[no-untyped-def]
+    return field_default("diffing.distill:DistillConfig", name)
 
 
 @click.command()
@@ -15,33 +24,36 @@ from cli.params import INPUT_FILE, OUTPUT_FILE, OUTPUT_FOLDER
               help="Training manifest (JSONL: audio_filepath, text, duration).")
 @click.option("--dev", "dev_manifest", type=INPUT_FILE,
               help="Held-out manifest decoded after every epoch.")
-@click.option("--out", "out_dir", default="work/runs/base", show_default=True, type=OUTPUT_FOLDER, help="Run folder (checkpoints, model).")
-@click.option("--epochs", default=12, show_default=True, help="Training epochs.")
-@click.option("--sparsity", default=0.5, show_default=True, help="Target fraction of zero weight-matrix entries.")
-@click.option("--lr", default=2e-3, show_default=True, help="Peak learning rate (AdamW, cosine decay).")
-@click.option("--model-id", default="speech-commands", show_default=True, help="Model id written into the export.")
-@click.option("--vtlp", default=0.0, show_default=True, type=click.FloatRange(0.0, 0.5, max_open=True),
+@click.option("--out", "out_dir", type=OUTPUT_FOLDER, cls=LibraryDefault, default_of=_train_default("out_dir"),
+              help="Run folder (checkpoints, model).")
+@click.option("--epochs", type=int, cls=LibraryDefault, default_of=_train_default("epochs"),
+              help="Training epochs.")
+@click.option("--sparsity", type=float, cls=LibraryDefault,
+              default_of=_train_default("target_sparsity"), help="Target fraction of zero weight-matrix entries.")
+@click.option("--lr", type=float, cls=LibraryDefault, default_of=_train_default("lr"),
+              help="Peak learning rate (AdamW, cosine decay).")
+@click.option("--model-id", cls=LibraryDefault, default_of=_train_default("model_id"), help="Model id written into the export.")
+@click.option("--vtlp", type=click.FloatRange(0.0, 0.5, max_open=True), cls=LibraryDefault, default_of=_train_default("vtlp"),
               help="Vocal tract length perturbation: warp each utterance's frequency axis by up to this factor.")
-@click.option("--speed", default=0.0, show_default=True, type=click.FloatRange(0.0, 0.5, max_open=True),
+@click.option("--speed", type=click.FloatRange(0.0, 0.5, max_open=True), cls=LibraryDefault, default_of=_train_default("speed"),
               help="Speed perturbation: scale each utterance's frequencies and duration together by up to this factor.")
-@click.option("--rooms", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+@click.option("--rooms", type=click.FloatRange(0.0, 1.0), cls=LibraryDefault, default_of=_train_default("rooms"),
               help="Share of utterances heard through random rooms, noise, microphones and -30..+10 dB levels.")
-@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=int, cls=LibraryDefault, default_of=_train_default("seed"), help="Random seed.")
 @click.option("--init-from", type=INPUT_FILE,
               help="Fine-tune from this checkpoint or device model (.otam): weights, masks; QAT on from the start.")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="torch threads per process (default: the cores not busy with other work, shared by the "
               "processes torchrun starts on this machine).")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), cls=LibraryDefault, default_of=_train_default("device"),
               help="Where to train: cuda takes one GPU per process (NCCL between processes), auto a GPU if any.")
 @click.option("--config", "config_path", type=INPUT_FILE,
               help="Training settings as JSON (TrainConfig fields, e.g. a smaller model); options given on the "
               "command line take precedence.")
-@click.pass_context
-def train(ctx: click.Context, train_manifest: Path, dev_manifest: Path | None, out_dir: Path, epochs: int,
-          sparsity: float, lr: float, model_id: str, vtlp: float, speed: float, rooms: float, seed: int,
-          init_from: Path | None,
-          threads: int | None, device: str, config_path: Path | None) -> None:
+def train(train_manifest: Path, dev_manifest: Path | None, out_dir: Path | None, epochs: int | None,
+          sparsity: float | None, lr: float | None, model_id: str | None, vtlp: float | None, speed: float | None,
+          rooms: float | None, seed: int | None, init_from: Path | None, threads: int | None, device: str | None,
+          config_path: Path | None) -> None:
     """Train a streaming RNN-T with pruning and QAT, then export an int8 model.
 
     Rerunning the same command resumes from OUT/last.pt. Under
@@ -57,22 +69,19 @@ def train(ctx: click.Context, train_manifest: Path, dev_manifest: Path | None, o
     from diffing import distributed
     from diffing.train import TrainConfig, train as run  # training code only on the server side
 
-    settings = dict(epochs=epochs, target_sparsity=sparsity, lr=lr, model_id=model_id, vtlp=vtlp, speed=speed,
-                    rooms=rooms, seed=seed, threads=threads or 0, device=device)
+    # what the user gave; everything else is TrainConfig's default (or the --config file's)
+    settings = given(epochs=epochs, target_sparsity=sparsity, lr=lr, model_id=model_id, vtlp=vtlp, speed=speed,
+                     rooms=rooms, seed=seed, threads=threads, device=device)
     if config_path:
-        field_of = {"sparsity": "target_sparsity"}  # option names that differ from TrainConfig fields
-        explicit = {field_of.get(name, name) for name in ctx.params
-                    if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
-        settings = {**TrainConfig.settings_from_file(str(config_path)),
-                    **{k: v for k, v in settings.items() if k in explicit}}
-    cfg = TrainConfig.for_stage(str(train_manifest), dev_manifest and str(dev_manifest), str(out_dir),
-                                init_from=init_from and str(init_from), **settings)
+        settings = {**TrainConfig.settings_from_file(str(config_path)), **settings}
+    cfg = TrainConfig.for_stage(str(train_manifest), dev_manifest and str(dev_manifest),
+                                str(out_dir or _train_default("out_dir")()), init_from=init_from and str(init_from), **settings)
     world = distributed.init(cfg.device)  # under torchrun: one rank of a data-parallel job; rank 0 writes
     try:
         with training_progress() as progress:
             path = run(cfg, log=progress.log)
     except DistributedTrainingError as exc:
-        raise DistributedTrainingError(f"{exc}; {out_dir / 'last.pt'} holds the last complete epoch: "
+        raise DistributedTrainingError(f"{exc}; {Path(cfg.out_dir) / 'last.pt'} holds the last complete epoch: "
                                        "rerun the same command to resume") from exc
     finally:
         distributed.shutdown()
@@ -84,18 +93,20 @@ def train(ctx: click.Context, train_manifest: Path, dev_manifest: Path | None, o
 @click.option("--teacher", required=True, type=INPUT_FILE, help="The deployed model (.otam) whose front end is replaced.")
 @click.option("--train", "train_manifest", required=True, type=INPUT_FILE,
               help="Manifest of audio to learn from (its transcripts are not used).")
-@click.option("--out", "out_dir", default="work/runs/distill", show_default=True, type=OUTPUT_FOLDER,
+@click.option("--out", "out_dir", type=OUTPUT_FOLDER, cls=LibraryDefault, default_of=_distill_default("out_dir"),
               help="Run folder (checkpoint, model.otam).")
-@click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1), help="Passes over the audio.")
-@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
+@click.option("--epochs", type=click.IntRange(min=1), cls=LibraryDefault, default_of=_distill_default("epochs"),
+              help="Passes over the audio.")
+@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), cls=LibraryDefault, default_of=_distill_default("lr"),
               help="Peak learning rate (Adam, cosine decay).")
-@click.option("--rooms", default=0.3, show_default=True, type=click.FloatRange(0.0, 1.0),
+@click.option("--rooms", type=click.FloatRange(0.0, 1.0), cls=LibraryDefault, default_of=_distill_default("rooms"),
               help="Share of utterances the student hears through rooms, noise and microphones "
               "(the rest at a random level, -30..+10 dB).")
-@click.option("--seed", default=0, show_default=True, help="Random seed.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch threads.")
-def distill(teacher: Path, train_manifest: Path, out_dir: Path, epochs: int, lr: float, rooms: float, seed: int,
-            threads: int) -> None:
+@click.option("--seed", type=int, cls=LibraryDefault, default_of=_distill_default("seed"), help="Random seed.")
+@click.option("--threads", type=click.IntRange(min=1), cls=LibraryDefault, default_of=_distill_default("threads"),
+              help="torch threads.")
+def distill(teacher: Path, train_manifest: Path, out_dir: Path | None, epochs: int | None, lr: float | None,
+            rooms: float | None, seed: int | None, threads: int | None) -> None:
     """Give a trained model the level-normalising front end, taught by the model itself.
 
     A copy with the new front end learns to reproduce the deployed model's
@@ -110,8 +121,9 @@ def distill(teacher: Path, train_manifest: Path, out_dir: Path, epochs: int, lr:
     from cli.progress import training_progress
     from diffing.distill import DistillConfig, distill as run
 
-    cfg = DistillConfig(teacher=str(teacher), train_manifest=str(train_manifest), out_dir=str(out_dir),
-                        epochs=epochs, lr=lr, rooms=rooms, seed=seed, threads=threads)
+    cfg = DistillConfig(teacher=str(teacher), train_manifest=str(train_manifest),
+                        **given(out_dir=out_dir and str(out_dir), epochs=epochs, lr=lr, rooms=rooms, seed=seed,
+                                threads=threads))
     with training_progress() as progress:
         path = run(cfg, log=progress.log)
     click.echo(f"exported {path}")

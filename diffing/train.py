@@ -52,7 +52,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     model_id: str = "speech-commands"
     version: int = 1
-    epochs: int = 30
+    epochs: int = 12
     max_frames: int = 2400  # padded encoder frames per batch
     lr: float = 2e-3
     warmup_steps: int = 300

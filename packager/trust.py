@@ -113,6 +113,13 @@ def parse_period(text: str) -> timedelta:
     return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
 
 
+def format_period(period: timedelta) -> str:
+    """timedelta -> what parse_period reads, in the largest whole unit of d, h, m, s ('7d', '12h', '90s')."""
+    seconds = int(period.total_seconds())
+    unit = next(u for u in ("d", "h", "m", "s") if seconds % _UNITS[u] == 0)
+    return f"{seconds // _UNITS[unit]}{unit}"
+
+
 def load_expiry(keys_dir: str | os.PathLike[str]) -> ExpiryPolicy:
     """The expiry periods chosen at `init_repository` (kept next to the keys), or the defaults."""
     path = Path(keys_dir) / EXPIRY_FILE
