@@ -133,3 +133,26 @@ def test_rollout_cli(repo, tmp_path: Path) -> None:
     assert out.exit_code == 0 and "running at cohort 25%" in out.output
     bad = runner.invoke(cli, ["rollout", "plan", *base, "--keys", str(keys), "--version", "2", "--cohorts", "5,50"])
     assert bad.exit_code == 4 and "ending at 100" in bad.output
+
+
+def test_a_halt_without_revert_stops_new_installs_even_when_killed_before_the_channel_write(repo) -> None:
+    store, keys = repo
+    controller = RolloutController(store, keys, MODEL, "stable")
+    controller.plan(replace(PLAN, revert=False))
+    for i in range(3):
+        report(store, f"d{i}", "failed", 0.2, 0.2, 10.0 + i)
+
+    def killed(state: RolloutState) -> None:  # the process dies after the decision is stored
+        raise KeyboardInterrupt
+
+    controller._apply = killed  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        controller.step()
+    assert read_channel(store, keys, MODEL, "stable").rollout_percent == 10.0  # the channel was not written
+
+    restarted = RolloutController(store, keys, MODEL, "stable")  # `ota rollout watch` resumes first
+    assert restarted.resume().status == "halted"
+    channel = read_channel(store, keys, MODEL, "stable")
+    assert (channel.current_version, channel.rollout_percent) == ("2", 0.0)  # nobody new installs version 2
+    assert [d["action"] for d in restarted.load()[0].decisions] == ["plan", "halt"]
+    assert restarted.step()["action"] == "none"
