@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import click
 
+from cli.defaults import LibraryDefault, field_default
 from cli.params import INPUT_FILE
 from cli.repo_cmds import keys_option, repo, rollout, store_option
 from cli.tables import print_table
@@ -149,6 +150,10 @@ def _model_channel(fn):  # type: ignore[no-untyped-def]
     return click.option("--model-id", default="speech-commands", show_default=True, help="Model id.")(fn)
 
 
+def _plan_default(name: str):  # type: ignore[no-untyped-def]
+    return field_default("packager.rollout_controller:RolloutPlan", name)
+
+
 @rollout.command("plan")
 @store_option
 @keys_option
@@ -158,16 +163,22 @@ def _model_channel(fn):  # type: ignore[no-untyped-def]
               help="Version to go back to on halt (default: the channel's current version, or the version "
                    "the release's diff starts from).")
 @click.option("--cohorts", default="1,10,50,100", show_default=True, help="Rollout percentages, ending at 100.")
-@click.option("--min-reports", type=int, help="Reports a cohort needs before it advances [20].")
-@click.option("--min-success", type=click.FloatRange(0, 1), help="Committed share needed to advance [0.95].")
-@click.option("--max-wer-change", type=float, help="Median WER change (after - before) allowed to advance [0.01].")
-@click.option("--halt-failed", "halt_failed_share", type=click.FloatRange(0, 1), help="Failed share that halts [0.05].")
-@click.option("--halt-refused", "halt_refused_share", type=click.FloatRange(0, 1),
-              help="Gate-refusal share that halts [0.10].")
-@click.option("--halt-rolled-back", "halt_rolled_back_share", type=click.FloatRange(0, 1),
-              help="Rolled-back share that halts [0.05].")
-@click.option("--halt-wer-regression", type=float, help="Median WER change that halts [0.02].")
-@click.option("--min-halt-reports", type=int, help="Reports needed before any halt [5].")
+@click.option("--min-reports", type=int, cls=LibraryDefault, default_of=_plan_default("min_reports"),
+              help="Reports a cohort needs before it advances.")
+@click.option("--min-success", type=click.FloatRange(0, 1), cls=LibraryDefault, default_of=_plan_default("min_success"),
+              help="Committed share needed to advance.")
+@click.option("--max-wer-change", type=float, cls=LibraryDefault, default_of=_plan_default("max_wer_change"),
+              help="Median WER change (after - before) allowed to advance.")
+@click.option("--halt-failed", "halt_failed_share", type=click.FloatRange(0, 1), cls=LibraryDefault,
+              default_of=_plan_default("halt_failed_share"), help="Failed share that halts.")
+@click.option("--halt-refused", "halt_refused_share", type=click.FloatRange(0, 1), cls=LibraryDefault,
+              default_of=_plan_default("halt_refused_share"), help="Gate-refusal share that halts.")
+@click.option("--halt-rolled-back", "halt_rolled_back_share", type=click.FloatRange(0, 1), cls=LibraryDefault,
+              default_of=_plan_default("halt_rolled_back_share"), help="Rolled-back share that halts.")
+@click.option("--halt-wer-regression", type=float, cls=LibraryDefault, default_of=_plan_default("halt_wer_regression"),
+              help="Median WER change that halts.")
+@click.option("--min-halt-reports", type=int, cls=LibraryDefault, default_of=_plan_default("min_halt_reports"),
+              help="Reports needed before any halt.")
 @click.option("--revert-bundle", type=INPUT_FILE,
               help="Bundle from VERSION back to the previous version (ota bundle build --from new --to old): "
                    "published now, used on halt.")
