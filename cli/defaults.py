@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 from typing import Any, Callable
 
 import click
@@ -31,11 +32,15 @@ class LibraryDefault(click.Option):
 
 
 def field_default(path: str, name: str) -> Callable[[], object]:
-    """The default of dataclass field `name` of `module:Class` (imported when called)."""
+    """The default of `name`: a field of the dataclass, or a parameter of the function,
+    `module:attribute` (imported when called)."""
 
     def default() -> object:
-        module, _, cls = path.partition(":")
-        (found,) = (f for f in dataclasses.fields(getattr(importlib.import_module(module), cls)) if f.name == name)
+        module, _, attribute = path.partition(":")
+        target = getattr(importlib.import_module(module), attribute)
+        if not dataclasses.is_dataclass(target):
+            return inspect.signature(target).parameters[name].default
+        (found,) = (f for f in dataclasses.fields(target) if f.name == name)
         return found.default_factory() if found.default is dataclasses.MISSING else found.default  # type: ignore[misc]
 
     return default

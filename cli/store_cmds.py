@@ -5,7 +5,12 @@ from pathlib import Path
 
 import click
 
+from cli.defaults import LibraryDefault, field_default, given
 from cli.params import OUTPUT_FILE, OUTPUT_FOLDER
+
+
+def _serve_default(name: str):  # type: ignore[no-untyped-def]
+    return field_default("demo.local_store:serve_local_store", name)
 
 
 @click.group()
@@ -16,13 +21,14 @@ def store() -> None:
 @store.command()
 @click.option("--dir", "data_dir", default="work/seaweedfs", show_default=True, type=OUTPUT_FOLDER,
               help="Folder for the store's data, credentials and log (kept between runs).")
-@click.option("--port", default=8333, show_default=True, type=click.IntRange(0, 65535),
+@click.option("--port", type=click.IntRange(0, 65535), cls=LibraryDefault, default_of=_serve_default("port"),
               help="S3 port on 127.0.0.1 (0: any free port).")
-@click.option("--bucket", default="updates", show_default=True, help="Bucket to create (if absent).")
-@click.option("--prefix", default="speech", show_default=True, help="Key prefix inside the bucket for OTA_STORE.")
+@click.option("--bucket", cls=LibraryDefault, default_of=_serve_default("bucket"), help="Bucket to create (if absent).")
+@click.option("--prefix", cls=LibraryDefault, default_of=_serve_default("prefix"),
+              help="Key prefix inside the bucket for OTA_STORE.")
 @click.option("--env-file", type=OUTPUT_FILE,
               help="Also write the export lines here once the store accepts writes (removed on stop).")
-def serve(data_dir: Path, port: int, bucket: str, prefix: str, env_file: Path | None) -> None:
+def serve(data_dir: Path, port: int | None, bucket: str | None, prefix: str | None, env_file: Path | None) -> None:
     """Run SeaweedFS with an S3 gateway on loopback until Ctrl-C or SIGTERM.
 
     Prints the OTA_STORE URL and the AWS_* credentials to export; the
@@ -46,7 +52,7 @@ def serve(data_dir: Path, port: int, bucket: str, prefix: str, env_file: Path | 
             write_atomic(env_file, lines.encode())
 
     try:
-        serve_local_store(data_dir, port=port, bucket=bucket, prefix=prefix, ready=ready)
+        serve_local_store(data_dir, ready=ready, **given(port=port, bucket=bucket, prefix=prefix))
     finally:
         if env_file is not None:
             env_file.unlink(missing_ok=True)
