@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import click
 
-from cli.defaults import LibraryDefault, field_default
+from cli.defaults import LibraryDefault, field_default, given
 from cli.params import INPUT_FILE
 from cli.repo_cmds import keys_option, repo, rollout, store_option
 from cli.tables import print_table
@@ -19,9 +19,10 @@ from cli.tables import print_table
 @repo.command()
 @store_option
 @keys_option
-@click.option("--renew-before", default=0.5, show_default=True, type=click.FloatRange(0.01, 0.99),
+@click.option("--renew-before", type=click.FloatRange(0.01, 0.99), cls=LibraryDefault,
+              default_of=field_default("packager.trust:refresh_repository", "renew_before"),
               help="Re-sign a role when less than this share of its expiry period is left.")
-def refresh(store_url: str, keys_dir: str, renew_before: float) -> None:
+def refresh(store_url: str, keys_dir: str, renew_before: float | None) -> None:
     """Re-sign timestamp (and snapshot, targets) metadata that expires soon; idempotent.
 
     Run it from cron or a systemd timer more often than the timestamp period
@@ -38,7 +39,7 @@ def refresh(store_url: str, keys_dir: str, renew_before: float) -> None:
     from device_agent.store import open_store
     from packager.trust import refresh_repository
 
-    result = refresh_repository(open_store(store_url), keys_dir, renew_before=renew_before)
+    result = refresh_repository(open_store(store_url), keys_dir, **given(renew_before=renew_before))
     now = datetime.now(timezone.utc)
     what = ", ".join(result.resigned) if result.resigned else "nothing due"
     click.echo(f"re-signed: {what}")
@@ -62,10 +63,12 @@ def _left(delta: timedelta) -> str:
 @keys_option
 @click.option("--role", required=True, type=click.Choice(["root", "targets", "snapshot", "timestamp"]),
               help="Whose keys to replace (all of them).")
-@click.option("--count", "num_keys", default=1, show_default=True, type=click.IntRange(1, 20), help="New keys to create.")
-@click.option("--threshold", default=1, show_default=True, type=click.IntRange(1, 20),
+@click.option("--count", "num_keys", type=click.IntRange(1, 20), cls=LibraryDefault,
+              default_of=field_default("packager.trust:rotate_keys", "num_keys"), help="New keys to create.")
+@click.option("--threshold", type=click.IntRange(1, 20), cls=LibraryDefault,
+              default_of=field_default("packager.trust:rotate_keys", "threshold"),
               help="Signatures required from the new keys.")
-def rotate_keys_cmd(store_url: str, keys_dir: str, role: str, num_keys: int, threshold: int) -> None:
+def rotate_keys_cmd(store_url: str, keys_dir: str, role: str, num_keys: int | None, threshold: int | None) -> None:
     """Replace a role's keys: publish the next root (signed by old and new root keys)
     and re-sign the online metadata. Devices follow through the root chain.
 
@@ -77,9 +80,9 @@ def rotate_keys_cmd(store_url: str, keys_dir: str, role: str, num_keys: int, thr
     from device_agent.store import open_store
     from packager.trust import rotate_keys
 
-    rot = rotate_keys(open_store(store_url), keys_dir, role, num_keys=num_keys, threshold=threshold)
+    rot = rotate_keys(open_store(store_url), keys_dir, role, **given(num_keys=num_keys, threshold=threshold))
     click.echo(f"root v{rot.root_version}: {role} keys {', '.join(k[:12] for k in rot.added)} "
-               f"(threshold {threshold}) replace {', '.join(k[:12] for k in rot.revoked)}; "
+               f"(threshold {rot.threshold}) replace {', '.join(k[:12] for k in rot.revoked)}; "
                f"revoked private keys moved to {keys_dir}/revoked/")
 
 

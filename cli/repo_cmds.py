@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.defaults import LibraryDefault, given
+from cli.defaults import LibraryDefault, field_default, given
 from cli.params import INPUT_FILE, INPUT_FOLDER, OUTPUT_FILE
 from cli.tables import print_table
 
@@ -48,8 +48,10 @@ def repo() -> None:
 @store_option
 @click.option("--keys", "keys_dir", default="work/keys", show_default=True, envvar="OTA_KEYS",
               type=click.Path(file_okay=False), help="Folder for the new private keys (must hold no keys yet).")
-@click.option("--threshold", default=1, show_default=True, help="Root signatures required.")
-@click.option("--root-keys", default=1, show_default=True, help="Root keys to create.")
+@click.option("--threshold", type=int, cls=LibraryDefault, default_of=field_default("packager.trust:init_repository",
+              "threshold"), help="Root signatures required.")
+@click.option("--root-keys", type=int, cls=LibraryDefault, default_of=field_default("packager.trust:init_repository",
+              "num_root_keys"), help="Root keys to create.")
 @click.option("--root-out", type=OUTPUT_FILE, help="Also write root.json here (for devices).")
 @click.option("--timestamp-expiry", cls=LibraryDefault, default_of=_expiry_default("timestamp"),
               help="How long a signed timestamp stays valid (s/m/h/d/w); `ota repo refresh` renews it.")
@@ -59,7 +61,7 @@ def repo() -> None:
               help="Validity of targets metadata.")
 @click.option("--root-expiry", cls=LibraryDefault, default_of=_expiry_default("root"),
               help="Validity of root metadata (offline keys).")
-def init(store_url: str, keys_dir: str, threshold: int, root_keys: int, root_out: Path | None,
+def init(store_url: str, keys_dir: str, threshold: int | None, root_keys: int | None, root_out: Path | None,
          timestamp_expiry: str | None, snapshot_expiry: str | None, targets_expiry: str | None,
          root_expiry: str | None) -> None:
     """Create keys (kept out of the store) and the repository's first metadata.
@@ -76,7 +78,7 @@ def init(store_url: str, keys_dir: str, threshold: int, root_keys: int, root_out
 
     periods = given(root=root_expiry, targets=targets_expiry, snapshot=snapshot_expiry, timestamp=timestamp_expiry)
     expiry = ExpiryPolicy(**{role: parse_period(str(text)) for role, text in periods.items()})  # the rest: defaults
-    root = init_repository(_store(store_url), keys_dir, threshold=threshold, num_root_keys=root_keys, expiry=expiry)
+    root = init_repository(_store(store_url), keys_dir, expiry=expiry, **given(threshold=threshold, num_root_keys=root_keys))
     if root_out:
         write_atomic(root_out, root)
     click.echo(f"repository initialised in {store_url}; keys in {keys_dir}; root.json {len(root)} bytes")

@@ -639,6 +639,7 @@ class Rotation:
     added: tuple[str, ...]
     revoked: tuple[str, ...]
     published: Published | None
+    threshold: int  # signatures the role now needs
 
 
 def rotate_keys(
@@ -709,7 +710,7 @@ def rotate_keys(
         # fleet never sees a timestamp signed by a revoked key.
         repo.root = new_md
         published = repo.commit(new_targets=role == "targets", expiry=expiry, what=f"rotating {role} keys", now=now)
-    return Rotation(role, new_root.version, tuple(s.public_key.keyid for s in added), old_ids, published)
+    return Rotation(role, new_root.version, tuple(s.public_key.keyid for s in added), old_ids, published, threshold)
 
 
 def _all_key_ids(root: Root) -> set[str]:
