@@ -239,5 +239,3 @@ def releases_list(store_url: str, keys_dir: str, as_json: bool) -> None:
                      str(c.get("expected_wer") or "")))
     print_table(("target", "bytes", "kind", "versions", "method", "exp. WER"), rows, wrap=(0,))
 
-
-from cli import fleet_cmds as _fleet_cmds  # noqa: E402,F401  (adds `repo refresh` and `repo rotate-keys`)

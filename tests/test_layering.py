@@ -68,6 +68,41 @@ def test_libraries_do_not_import_click() -> None:
         assert _violations(package, {"click"}) == []
 
 
+def _project_modules() -> dict[str, Path]:
+    return {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+            for package in ("device_agent", "packager", "diffing", "demo", "cli") for p in (ROOT / package).rglob("*.py")}
+
+
+def _module_imports(path: Path, modules: set[str]) -> set[str]:
+    """Project modules `path` imports anywhere in the file (`from a.b import c` may name module a.b.c)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found & modules
+
+
+def test_no_import_cycle_between_project_modules() -> None:
+    """A cycle hidden in a function or at the bottom of a module is still a cycle."""
+    modules = _project_modules()
+    graph = {name: _module_imports(path, set(modules)) - {name} for name, path in modules.items()}
+    cycles = []
+    for start in graph:  # depth-first search back to `start` (a few hundred modules: cheap)
+        todo, seen = [(start, (start,))], set()
+        while todo:
+            name, route = todo.pop()
+            for nxt in graph[name]:
+                if nxt == start:
+                    cycles.append(" -> ".join((*route, start)))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    todo.append((nxt, (*route, nxt)))
+    assert cycles == []
+
+
 def test_importing_every_device_module_loads_no_other_project_package() -> None:
     modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
                      for p in (ROOT / "device_agent").rglob("*.py"))
