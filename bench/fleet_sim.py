@@ -203,7 +203,7 @@ class SampleLab:
             # The device's gate has a wall-clock budget; the lab measures WER once per pair on a shared,
             # busy machine, so it gets a generous one (a timeout here is load, not the model).
             self.validators.append(Validator(manifest, folder / f"wer-cache-{j}.json", budget=(600.0, 60.0)))
-        self.models: dict[str, tuple[DeviceModel, Path]] = {}
+        self.models: dict[int, tuple[DeviceModel, Path]] = {}
         self.bundles: dict[str, bytes] = {}
         self.cache: dict[tuple[int, str], Outcome] = {}
         self.lock = threading.Lock()
@@ -213,17 +213,17 @@ class SampleLab:
     def add_model(self, model: DeviceModel) -> None:
         path = self.folder / f"v{model.version}.otam"
         path.write_bytes(encode_model(model))
-        self.models[str(model.version)] = (model, path)
+        self.models[model.version] = (model, path)
 
     def outcome(self, pair: int, edge: UpdateEdge) -> Outcome:
         key = (pair, edge.target)
         with self.lock:  # one real evaluation per key; the CPU is the limit anyway
             if key not in self.cache:
                 started = time.perf_counter()
-                base = self.models[edge.from_version][0] if edge.from_version else None
+                base = self.models[edge.from_version][0] if edge.from_version is not None else None
                 candidate = apply_bundle(decode_bundle(self.bundles[edge.target]), base)
-                _, path = self.models[str(candidate.version)]
-                assert candidate.content_hash() == self.models[str(candidate.version)][0].content_hash()
+                _, path = self.models[candidate.version]
+                assert candidate.content_hash() == self.models[candidate.version][0].content_hash()
                 v = self.validators[pair]
                 after = v.wer(path, candidate.content_hash())
                 before = None if base is None else v.wer(self.models[edge.from_version][1], base.content_hash())
@@ -242,9 +242,9 @@ class SimDevice:
     folder: Path
     pair: int
     phase: int
-    version: str | None = "1"
-    refused: set[str] = field(default_factory=set)
-    activated: set[str] = field(default_factory=set)
+    version: int | None = 1
+    refused: set[int] = field(default_factory=set)
+    activated: set[int] = field(default_factory=set)
 
 
 class Fleet:
@@ -298,8 +298,8 @@ class Fleet:
                 out = self.lab.outcome(dev.pair, choice.edge)
                 result = out.outcome
                 report = {"format": REPORT_FORMAT, "device_id": dev.device_id, "model_id": "speech-commands",
-                          "channel": CHANNEL, "outcome": out.outcome, "kind": "diff" if choice.edge.from_version
-                          else "full", "from_version": dev.version, "to_version": choice.edge.to_version,
+                          "channel": CHANNEL, "outcome": out.outcome,
+                          "kind": "full" if choice.edge.from_version is None else "diff", "from_version": dev.version, "to_version": choice.edge.to_version,
                           "target": choice.edge.target, "wer_before": out.wer_before, "wer_after": out.wer_after,
                           "finished_at": self.clock(), "bytes_downloaded": len(data), "error_class": None}
                 if out.outcome == "committed":
@@ -419,7 +419,7 @@ class Simulation:
     controller_on = False
 
     def rollout(self, version: int, previous: int, revert: bool, outage_at: int | None = None) -> dict[str, Any]:
-        plan = RolloutPlan("speech-commands", CHANNEL, str(version), str(previous), self.cfg.cohorts,
+        plan = RolloutPlan("speech-commands", CHANNEL, version, previous, self.cfg.cohorts,
                            min_reports=self.cfg.min_reports, min_halt_reports=self.cfg.min_halt_reports,
                            revert=revert)
         self.controller.plan(plan)
@@ -451,13 +451,13 @@ class Simulation:
             state = None if d is None else d["status"]
             stable_slots = stable_slots + 1 if counts == last_counts else 0
             last_counts = counts
-            if counts.get(str(version), 0) == len(self.fleet.devices) and reached_all is None:
+            if counts.get(version, 0) == len(self.fleet.devices) and reached_all is None:
                 reached_all = self.clock() - start_t
             if state == "completed" and (reached_all is not None or stable_slots >= self.cfg.slots):
                 break  # everyone has it, or a full round passed with no device changing
             if state == "halted" and not revert:
                 break
-            if state == "halted" and revert and counts.get(str(version), 0) == 0:
+            if state == "halted" and revert and counts.get(version, 0) == 0:
                 break
         self.controller_on = False
         delta = self.fleet.counts - start_counts
@@ -519,7 +519,7 @@ def _scenarios(sim: Simulation, cfg: SimConfig, log) -> dict[str, Any]:  # type:
     sim.publish(b12, rollout_percent=0.0)
     good = sim.rollout(2, 1, revert=False)
     good["bundle_bytes"] = len(b12)
-    good["delivered_bytes"] = fleet.bundle_bytes["2"]
+    good["delivered_bytes"] = fleet.bundle_bytes[2]
     good["full_model_delivery_bytes"] = sim.full_size * n
     results["good_release"] = good
     log(f"good release: {({k: v for k, v in good.items() if k not in ('timeline', 'decisions')})}")
@@ -530,16 +530,16 @@ def _scenarios(sim: Simulation, cfg: SimConfig, log) -> dict[str, Any]:  # type:
     reverse = encode_diff_bundle(exact_diff(v3, v2), v3)
     sim.publish(reverse, make_current=False)
     bad = sim.rollout(3, 2, revert=True)
-    activated = sum("3" in d.activated for d in fleet.devices)
-    row = next(r for r in release_rows(sim.controller.reader.reports.values()) if r["version"] == "3")
+    activated = sum(3 in d.activated for d in fleet.devices)
+    row = next(r for r in release_rows(sim.controller.reader.reports.values()) if r["version"] == 3)
     halt = next((d for d in bad["decisions"] if d["action"] == "halt"), None)
-    first_bad = _first_bad_report(sim.admin(), "3")
+    first_bad = _first_bad_report(sim.admin(), 3)
     bad.update({"activated_devices": activated, "activated_share": activated / n,
                 "first_cohort_percent": cfg.cohorts[0], "release_row": row,
-                "reverse_bundle_bytes": len(reverse), "reverted_bytes": fleet.bundle_bytes["2"] - good["delivered_bytes"],
+                "reverse_bundle_bytes": len(reverse), "reverted_bytes": fleet.bundle_bytes[2] - good["delivered_bytes"],
                 "first_bad_report_to_halt_minutes": None if halt is None or first_bad is None
                 else round((halt["at"] - first_bad) / 60, 1),
-                "still_on_bad_version": fleet.versions().get("3", 0)})
+                "still_on_bad_version": fleet.versions().get(3, 0)})
     results["bad_release"] = bad
     log(f"bad release: {({k: v for k, v in bad.items() if k not in ('timeline', 'release_row')})}")
 
@@ -586,11 +586,11 @@ def _finish(results: dict[str, Any], sim: Simulation, fleet: Fleet) -> dict[str,
     return results
 
 
-def _first_bad_report(store: Store, version: str) -> float | None:
+def _first_bad_report(store: Store, version: int) -> float | None:
     from packager.fleet_status import ReportReader
 
     times = [r.get("finished_at") for r in ReportReader(store, "speech-commands", CHANNEL).read()
-             if str(r.get("to_version")) == version and (r["outcome"] != "committed" or
+             if r.get("to_version") == version and (r["outcome"] != "committed" or
                                                          (r.get("wer_after") or 0) - (r.get("wer_before") or 0) > 0.02)]
     times = [t for t in times if isinstance(t, (int, float))]
     return min(times) if times else None

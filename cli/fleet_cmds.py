@@ -134,7 +134,7 @@ def fleet_status_cmd(store_url: str, model_id: str | None, as_json: bool) -> Non
                     title=f"{failing['devices']} devices failing to check")
     print_table(("model/channel", "ver", "tries", "commit", "refuse", "fail", "rolled back", "WER before",
                  "WER after", "change p10/med/p90"),
-                [(f"{r['model_id']}/{r['channel']}", r["version"], *(str(r[k]) for k in (
+                [(f"{r['model_id']}/{r['channel']}", str(r["version"]), *(str(r[k]) for k in (
                     "attempts", "committed", "refused", "failed", "rolled_back")),
                   _median(r["wer_before"]), _median(r["wer_after"]), _spread(r["wer_change"]))
                  for r in summary["releases"]], wrap=(0,), title="releases")
@@ -212,26 +212,26 @@ def rollout_plan(store_url: str, keys_dir: str, model_id: str, channel: str, ver
     except ValueError:
         raise ConfigError(f"--cohorts {cohorts!r}: expected comma-separated percentages, e.g. 1,10,50,100") from None
     if previous_version is None:
-        previous_version = _previous(read_channel(store, keys_dir, model_id, channel), str(version))
+        previous_version = _previous(read_channel(store, keys_dir, model_id, channel), version)
     if revert_bundle:
         publish_bundle(store, keys_dir, Path(revert_bundle).read_bytes(), channel=channel, make_current=False)
-    plan = RolloutPlan(model_id, channel, str(version), None if previous_version is None else str(previous_version),
+    plan = RolloutPlan(model_id, channel, version, previous_version,
                        percents, revert=revert_bundle is not None,
                        **{k: v for k, v in limits.items() if v is not None})
     RolloutController(store, keys_dir, model_id, channel).plan(plan)
     click.echo(f"{model_id}/{channel}: rolling out version {version} from {percents[0]:g}% "
-               f"(back to {previous_version or 'nothing'} on halt{'' if revert_bundle else ': rollout 0 only'})")
+               f"(back to {'nothing' if previous_version is None else previous_version} on halt{'' if revert_bundle else ': rollout 0 only'})")
 
 
-def _previous(state, version: str) -> int | None:  # type: ignore[no-untyped-def]
+def _previous(state, version: int) -> int | None:  # type: ignore[no-untyped-def]
     """The version a halt goes back to: the channel's current one if it is not the release,
     else the one version the release's diffs start from."""
     if state is None:
         return None
     if state.current_version != version:
-        return int(state.current_version)
-    bases = {e.from_version for e in state.edges if e.to_version == version and e.from_version}
-    return int(bases.pop()) if len(bases) == 1 else None
+        return state.current_version
+    bases = {e.from_version for e in state.edges if e.to_version == version and e.from_version is not None}
+    return bases.pop() if len(bases) == 1 else None
 
 
 @rollout.command("watch")

@@ -1,8 +1,8 @@
 """Path parameters checked before a command starts, each failure one line with its exit code.
 
 click's own `exists=True` check is a usage error (exit 2, three lines of
-usage text); these name the path, say what was expected and use the codes
-of cli/exit_codes.py.
+usage text); these name the path, say what was expected and raise the
+library's file errors, which cli/exit_codes.py maps to their codes.
 """
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from typing import Any
 
 import click
 
-from cli import exit_codes
-from cli.errors import CliFault
+from device_agent.errors import FileMissingError, FilePermissionError, WrongPathKindError, os_error
 
 
 def _label(param: click.Parameter | None) -> str:
@@ -36,12 +35,12 @@ class InputPath(click.ParamType):
         label = _label(param)
         kind = "folder" if self.folder else "file"
         if not path.exists():
-            raise CliFault(f"{label}{path} not found; expected an existing {kind}", exit_codes.FILE_NOT_FOUND)
+            raise FileMissingError(f"{label}{path} not found; expected an existing {kind}")
         if self.folder != path.is_dir():
             found = "a folder" if path.is_dir() else "a file"
-            raise CliFault(f"{label}{path} is {found}; expected a {kind}", exit_codes.IS_A_DIRECTORY)
+            raise WrongPathKindError(f"{label}{path} is {found}; expected a {kind}")
         if not os.access(path, os.R_OK | (os.X_OK if self.folder else 0)):
-            raise CliFault(f"{label}{path} is not readable", exit_codes.PERMISSION_DENIED)
+            raise FilePermissionError(f"{label}{path} is not readable")
         return path
 
 
@@ -59,18 +58,17 @@ class OutputPath(click.ParamType):
         label = _label(param)
         if path.exists() and path.is_dir() != self.folder:
             expected = "a folder" if self.folder else "a file, not a folder"
-            raise CliFault(f"{label}{path} exists and is not {expected}", exit_codes.IS_A_DIRECTORY)
+            raise WrongPathKindError(f"{label}{path} exists and is not {expected}")
         ancestor = path.absolute().parent
         while not ancestor.exists():
             ancestor = ancestor.parent
         if not ancestor.is_dir():
-            raise CliFault(f"{label}{path}: {ancestor} is a file; expected a folder", exit_codes.IS_A_DIRECTORY)
+            raise WrongPathKindError(f"{label}{path}: {ancestor} is a file; expected a folder")
         try:  # a real probe: permission bits say nothing for root or on read-only file systems
             with tempfile.TemporaryFile(dir=ancestor):
                 pass
         except OSError as exc:
-            raise CliFault(f"{label}{path}: folder {ancestor} is not writable ({exc.strerror or exc})",
-                           exit_codes.code_for_os_error(exc)) from None
+            raise os_error(exc, f"{label}{path}: folder {ancestor} is not writable") from None
         return path
 
 

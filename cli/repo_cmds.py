@@ -233,7 +233,7 @@ def releases_list(store_url: str, keys_dir: str, as_json: bool) -> None:
     rows = []
     for name, t in targets.items():
         c = t["custom"]
-        versions = f"{c.get('base_version') or 'any'} -> {c.get('target_version')}" if c.get("kind") != "channel" \
+        versions = f"{'any' if c.get('base_version') is None else c['base_version']} -> {c.get('target_version')}" if c.get("kind") != "channel" \
             else f"current {c.get('version')}"
         rows.append((name, f"{t['length']:,}", str(c.get("kind")), versions, str(c.get("method", "")),
                      str(c.get("expected_wer") or "")))

@@ -38,13 +38,14 @@ import xxhash
 from device_agent.device_model import QMAX, DeviceModel
 from device_agent.diff import (BIAS_STEP_EXPS, MAX_BUCKETS, ChannelDeltas, Diff, HashedDelta, SparseDelta, TensorDelta,
                                apply_diff, channel_tensors)
-from device_agent.errors import BundleError, ModelFormatError
+from device_agent.errors import BundleError, ModelFormatError, SparseCodingError, WrongBaseError, os_error
 from device_agent.model_format import MAX_FILE_BYTES as MAX_MODEL_BYTES
 from device_agent.model_format import parse_header as parse_model_header  # the .otam header checks, not a copy
 from device_agent.model_format import decode_model, decoded_bytes
 from device_agent.sparse_coding import decode_sparse, varint_len
-from device_agent.strict_header import (CONTENT_HASH, MAX_NAME_CHARS, MAX_VERSION, NAME, XXH64, is_int,
+from device_agent.strict_header import (CONTENT_HASH, MAX_NAME_CHARS, NAME, XXH64, is_int,
                                         parse_canonical_json)
+from device_agent.version import parse_version
 from device_agent.zstd_frames import decompress_exact
 
 MAGIC = b"OTABNDL\0"
@@ -184,22 +185,26 @@ def check_identity(m: dict[str, Any]) -> None:
         raise BundleError(f"{kind} manifest keys {sorted(m)[:12]} differ from the expected {sorted(expected)}")
     if not isinstance(m["model_id"], str) or not _NAME.fullmatch(m["model_id"]):
         raise BundleError(f"model_id {m['model_id']!r:.80} must be 1-{MAX_NAME_CHARS} characters of [A-Za-z0-9_.-]")
-    hashes = ("base_hash", "target_hash") if kind == "diff" else ("target_hash",)
-    for key in hashes:
+    diff = kind == "diff"
+    for key in ("base_hash", "target_hash") if diff else ("target_hash",):
         if not isinstance(m[key], str) or not _CONTENT_HASH.fullmatch(m[key]):
             raise BundleError(f"{key} {m[key]!r:.80} must be 32 lowercase hex digits (a model content hash)")
-    for key in ("base_version", "target_version") if kind == "diff" else ("target_version",):
-        if not is_int(m[key], 0, MAX_VERSION):
-            raise BundleError(f"{key} {m[key]!r:.40} must be an integer in [0, 2^53]")
-    if kind == "diff":
-        if not isinstance(m["method"], str) or not _METHOD.fullmatch(m["method"]):
-            raise BundleError(f"method {m['method']!r:.80} must be 1-64 characters of [a-z0-9_-]")
-        if not is_int(m["seed"], 0, MAX_SEED):
-            raise BundleError(f"seed {m['seed']!r:.40} must be an integer in [0, 2^64)")
-        md = m["metadata"]
-        if not isinstance(md, dict) or len(md) > MAX_METADATA_ENTRIES or not all(
-                isinstance(v, str) for v in md.values()):
-            raise BundleError(f"metadata must be an object of at most {MAX_METADATA_ENTRIES} string values")
+    for key in ("base_version", "target_version") if diff else ("target_version",):
+        parse_version(m[key], key, BundleError)
+    if diff:
+        _check_diff_fields(m)
+
+
+def _check_diff_fields(m: dict[str, Any]) -> None:
+    """Step 7, diff bundles: the learner's method name, seed and metadata."""
+    if not isinstance(m["method"], str) or not _METHOD.fullmatch(m["method"]):
+        raise BundleError(f"method {m['method']!r:.80} must be 1-64 characters of [a-z0-9_-]")
+    if not is_int(m["seed"], 0, MAX_SEED):
+        raise BundleError(f"seed {m['seed']!r:.40} must be an integer in [0, 2^64)")
+    md = m["metadata"]
+    if not isinstance(md, dict) or len(md) > MAX_METADATA_ENTRIES or not all(
+            isinstance(v, str) for v in md.values()):
+        raise BundleError(f"metadata must be an object of at most {MAX_METADATA_ENTRIES} string values")
 
 
 def _zstd_bound(raw: int) -> int:
@@ -227,6 +232,18 @@ def _check_entry(i: int, name: str, e: Any, expected_offset: int, room: int) -> 
     if not _NAME.fullmatch(name):
         raise BundleError(f"section {i}: name {name!r:.80} must be 1-{MAX_NAME_CHARS} characters of [A-Za-z0-9_.-]")
     where = f"section {i} ({name})"
+    enc = _check_entry_keys(where, e)
+    if enc != "model":
+        _check_entry_sizes(where, name, e)
+    _check_entry_span(where, e, expected_offset, room)
+    if not isinstance(e["xxh64"], str) or not _XXH64.fullmatch(e["xxh64"]):
+        raise BundleError(f"{where}: xxh64 {e['xxh64']!r:.40} must be 16 lowercase hex digits")
+    return SectionInfo(name, enc, e["offset"], e["length"], e["raw_length"], e["xxh64"],
+                       e.get("numel"), e.get("count"), e.get("num_buckets"))
+
+
+def _check_entry_keys(where: str, e: Any) -> str:
+    """A known encoding with exactly its keys; returns the encoding."""
     if not isinstance(e, dict) or e.get("encoding") not in ENCODINGS:
         got = e.get("encoding") if isinstance(e, dict) else type(e).__name__
         raise BundleError(f"{where}: encoding {got!r:.40} not in {ENCODINGS}")
@@ -234,18 +251,28 @@ def _check_entry(i: int, name: str, e: Any, expected_offset: int, room: int) -> 
     if set(e) != SECTION_KEYS[enc]:
         raise BundleError(f"{where}: {enc} entry keys {sorted(e)[:12]} differ from the expected "
                           f"{sorted(SECTION_KEYS[enc])}")
-    if enc != "model":
-        if not is_int(e["numel"], 1, MAX_NUMEL):
-            raise BundleError(f"{where}: numel {e['numel']!r:.40} outside [1, {MAX_NUMEL}]")
-        if enc == "hashed" and not is_int(e["num_buckets"], 1, MAX_BUCKETS):
-            raise BundleError(f"{where}: num_buckets {e['num_buckets']!r:.40} outside [1, {MAX_BUCKETS}]")
-        if enc in SPARSE_ENCODINGS and not is_int(e["count"], 0, e["numel"]):
-            raise BundleError(f"{where}: count {e['count']!r:.40} outside [0, numel={e['numel']}]")
-        if enc == CHANNELS and not is_int(e["count"], 1, min(e["numel"], MAX_SECTIONS)):
-            raise BundleError(f"{where}: count {e['count']!r:.40} (tensors) outside "
-                              f"[1, {min(e['numel'], MAX_SECTIONS)}]")
-        if (enc == CHANNELS) != (name == CHANNELS):
-            raise BundleError(f"{where}: encoding {CHANNELS!r} goes with the section named {CHANNELS!r} only")
+    return enc
+
+
+def _check_entry_sizes(where: str, name: str, e: dict[str, Any]) -> None:
+    """A delta section's shape fields: numel, buckets or count, and the channels section's name."""
+    enc = e["encoding"]
+    if not is_int(e["numel"], 1, MAX_NUMEL):
+        raise BundleError(f"{where}: numel {e['numel']!r:.40} outside [1, {MAX_NUMEL}]")
+    if enc == "hashed" and not is_int(e["num_buckets"], 1, MAX_BUCKETS):
+        raise BundleError(f"{where}: num_buckets {e['num_buckets']!r:.40} outside [1, {MAX_BUCKETS}]")
+    if enc in SPARSE_ENCODINGS and not is_int(e["count"], 0, e["numel"]):
+        raise BundleError(f"{where}: count {e['count']!r:.40} outside [0, numel={e['numel']}]")
+    if enc == CHANNELS and not is_int(e["count"], 1, min(e["numel"], MAX_SECTIONS)):
+        raise BundleError(f"{where}: count {e['count']!r:.40} (tensors) outside "
+                          f"[1, {min(e['numel'], MAX_SECTIONS)}]")
+    if (enc == CHANNELS) != (name == CHANNELS):
+        raise BundleError(f"{where}: encoding {CHANNELS!r} goes with the section named {CHANNELS!r} only")
+
+
+def _check_entry_span(where: str, e: dict[str, Any], expected_offset: int, room: int) -> None:
+    """raw_length within what the shape allows, contiguous offset, stored length within its bound and the room."""
+    enc = e["encoding"]
     low, high = _raw_range(e)
     if enc != "model":
         high = min(high, MAX_SECTION_RAW_BYTES)
@@ -264,10 +291,6 @@ def _check_entry(i: int, name: str, e: Any, expected_offset: int, room: int) -> 
                           f"the zstd bound for {e['raw_length']} raw bytes")
     if e["length"] > room:
         raise BundleError(f"{where}: length {e['length']} takes the bundle past its limit of {MAX_BUNDLE_BYTES} bytes")
-    if not isinstance(e["xxh64"], str) or not _XXH64.fullmatch(e["xxh64"]):
-        raise BundleError(f"{where}: xxh64 {e['xxh64']!r:.40} must be 16 lowercase hex digits")
-    return SectionInfo(name, enc, e["offset"], e["length"], e["raw_length"], e["xxh64"],
-                       e.get("numel"), e.get("count"), e.get("num_buckets"))
 
 
 def _check_table(m: dict[str, Any], manifest_len: int) -> list[SectionInfo]:
@@ -355,7 +378,7 @@ def _decode_delta(info: SectionInfo, raw: bytearray, keep: bool = True) -> Tenso
         view = memoryview(raw)  # slices without copies: a section's raw bytes are held once
         positions, values = decode_sparse(info.encoding, view[:len(raw) - count], view[len(raw) - count:], count,
                                           numel, keep=keep)
-    except ValueError as exc:
+    except SparseCodingError as exc:
         raise BundleError(f"{where}: {exc}") from None
     return SparseDelta(positions, values.copy())
 
@@ -490,7 +513,7 @@ def _open(path_or_stream: str | Path | BinaryIO) -> tuple[BinaryIO, bool]:
         try:
             return open(path_or_stream, "rb"), True
         except OSError as exc:
-            raise BundleError(f"cannot open bundle {path_or_stream}: {exc.strerror or exc}") from None
+            raise os_error(exc, f"opening bundle {path_or_stream}") from None
     return path_or_stream, False
 
 
@@ -507,7 +530,8 @@ def read_bundle_manifest(path_or_stream: str | Path | BinaryIO) -> BundleManifes
 
 # --- checks against a model, applying, inspecting ------------------------------------
 def verify_bundle_for_model(bundle: BundleManifest, model: DeviceModel | None) -> None:
-    """Does the bundle install on `model` (None: no model installed)? BundleError if not."""
+    """Does the bundle install on `model` (None: no model installed)? BundleError if not
+    (WrongBaseError: a diff made for another base model)."""
     if model is not None and bundle.model_id != model.model_id:
         raise BundleError(f"bundle is for model {bundle.model_id!r}, this device runs {model.model_id!r}")
     if bundle.kind == "full":
@@ -516,7 +540,7 @@ def verify_bundle_for_model(bundle: BundleManifest, model: DeviceModel | None) -
         raise BundleError("a diff bundle needs an installed base model; install a full bundle first")
     actual = model.content_hash()
     if actual != bundle.base_hash:
-        raise BundleError(f"bundle expects base model {bundle.base_hash} (version {bundle.base_version}), "
+        raise WrongBaseError(f"bundle expects base model {bundle.base_hash} (version {bundle.base_version}), "
                           f"this model is {actual} (version {model.version})")
     for s in bundle.sections:
         if s.encoding == CHANNELS:

@@ -5,7 +5,8 @@ one channel (stable, beta, ...): the current version, the rollout percentage,
 and the graph of available updates. Each edge is one bundle: a diff from one
 version to another, or a full bundle (`from_version=None`) that installs on
 anything. The file is published as a TUF target, so devices verify it like
-any bundle.
+any bundle. Versions are integers (device_agent.version); format 1 files
+wrote them as decimal strings and still read.
 
 `plan_update` is pure: the cheapest chain of bundles by bytes (Dijkstra),
 e.g. two small diffs rather than one full bundle.
@@ -20,32 +21,30 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
-from device_agent.errors import ConfigError, DataError, StoreNotFoundError
+from device_agent.errors import ConfigError, StoreNotFoundError, NoUpdatePathError
+from device_agent.version import Version, parse_version
 
 if TYPE_CHECKING:
     from device_agent.trust_client import TrustedUpdater
 
-FORMAT_VERSION = 1
-
-
-class NoUpdatePathError(DataError):
-    """No chain of published bundles leads from the device's version to the target."""
+FORMAT_VERSION = 2  # 2: versions are JSON integers (1: decimal strings)
+READABLE_FORMATS = (1, 2)
+NO_MODEL = -1  # the planner's start node when no model is installed (versions are >= 0)
 
 
 @dataclass(frozen=True)
 class UpdateEdge:
     """One bundle: applies to `from_version` (None: a full bundle) and yields `to_version`."""
 
-    from_version: str | None
-    to_version: str
+    from_version: Version | None
+    to_version: Version
     target: str
     size: int
 
     def __post_init__(self) -> None:
-        if not self.to_version or not isinstance(self.to_version, str):
-            raise ConfigError(f"update edge {self.target!r}: expected a non-empty to_version")
-        if self.from_version is not None and (not self.from_version or not isinstance(self.from_version, str)):
-            raise ConfigError(f"update edge {self.target!r}: expected from_version to be None or a non-empty string")
+        parse_version(self.to_version, f"update edge {self.target!r}: to_version", ConfigError)
+        if self.from_version is not None:
+            parse_version(self.from_version, f"update edge {self.target!r}: from_version", ConfigError)
         if self.from_version == self.to_version:
             raise ConfigError(f"update edge {self.target!r}: from and to are both {self.to_version!r}")
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
@@ -60,7 +59,7 @@ class ChannelState:
 
     model_id: str
     channel: str
-    current_version: str
+    current_version: Version
     rollout_percent: float = 100.0
     edges: tuple[UpdateEdge, ...] = field(default_factory=tuple)
 
@@ -69,6 +68,7 @@ class ChannelState:
             value = getattr(self, name)
             if not value or "/" in value or value in (".", ".."):
                 raise ConfigError(f"channel {name} {value!r}: expected a non-empty name without '/'")
+        parse_version(self.current_version, "channel current_version", ConfigError)
         if not 0.0 <= float(self.rollout_percent) <= 100.0:
             raise ConfigError(f"rollout_percent {self.rollout_percent}: expected 0..100")
         object.__setattr__(self, "edges", tuple(self.edges))
@@ -86,14 +86,23 @@ class ChannelState:
     def from_json(cls, data: bytes) -> ChannelState:
         try:
             doc = json.loads(data)
-            if doc.pop("format") != FORMAT_VERSION:
-                raise ConfigError(f"channel file format: expected {FORMAT_VERSION}")
-            edges = tuple(UpdateEdge(**e) for e in doc.pop("edges"))
-            return cls(edges=edges, **doc)
+            form = doc.pop("format")
+            if form not in READABLE_FORMATS:
+                raise ConfigError(f"channel file format {form!r:.20}: expected one of {READABLE_FORMATS}")
+            edges = tuple(UpdateEdge(**_versions(e, form)) for e in doc.pop("edges"))
+            return cls(edges=edges, **_versions(doc, form))
         except ConfigError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"channel file is malformed: {exc}") from None
+
+
+def _versions(doc: dict, form: int) -> dict:
+    """A format 1 document's decimal-string versions as integers (format 2 is checked as is)."""
+    if form != 1:
+        return doc
+    keys = [k for k in ("from_version", "to_version", "current_version") if doc.get(k) is not None]
+    return {**doc, **{k: parse_version(doc[k], f"channel file {k}", ConfigError, legacy_text=True) for k in keys}}
 
 
 def channel_target_name(model_id: str, channel: str) -> str:
@@ -113,7 +122,7 @@ def in_rollout(state: ChannelState, device_id: str) -> bool:
 
 
 def plan_update(
-    graph: ChannelState | Iterable[UpdateEdge], current_version: str | None, target_version: str
+    graph: ChannelState | Iterable[UpdateEdge], current_version: Version | None, target_version: Version
 ) -> list[UpdateEdge]:
     """The cheapest list of bundles (by total bytes) from `current_version` to
     `target_version`; [] if already there. Full bundles apply from any version
@@ -123,7 +132,7 @@ def plan_update(
     edges: Sequence[UpdateEdge] = graph.edges if isinstance(graph, ChannelState) else tuple(graph)
     if current_version == target_version:
         return []
-    diffs: dict[str, list[UpdateEdge]] = {}
+    diffs: dict[int, list[UpdateEdge]] = {}
     fulls: list[UpdateEdge] = []
     for edge in edges:
         if edge.from_version is None:
@@ -131,12 +140,12 @@ def plan_update(
         else:
             diffs.setdefault(edge.from_version, []).append(edge)
 
-    # 1) Dijkstra over versions; "" stands for "no model installed" (versions are non-empty).
-    start = current_version or ""
-    best: dict[str, tuple[int, int, tuple[str, ...]]] = {start: (0, 0, ())}
-    plan: dict[str, list[UpdateEdge]] = {start: []}
-    heap: list[tuple[int, int, tuple[str, ...], str]] = [(0, 0, (), start)]
-    done: set[str] = set()
+    # 1) Dijkstra over versions, from NO_MODEL if nothing is installed.
+    start = NO_MODEL if current_version is None else current_version
+    best: dict[int, tuple[int, int, tuple[str, ...]]] = {start: (0, 0, ())}
+    plan: dict[int, list[UpdateEdge]] = {start: []}
+    heap: list[tuple[int, int, tuple[str, ...], int]] = [(0, 0, (), start)]
+    done: set[int] = set()
     while heap:
         cost, hops, names, node = heapq.heappop(heap)
         if node in done:
@@ -152,10 +161,10 @@ def plan_update(
                 best[nxt] = key
                 plan[nxt] = [*plan[node], edge]
                 heapq.heappush(heap, (*key, nxt))
-    known = sorted({e.to_version for e in edges} | {e.from_version for e in edges if e.from_version})
+    known = sorted({e.to_version for e in edges} | {e.from_version for e in edges if e.from_version is not None})
     raise NoUpdatePathError(
-        f"no published bundle chain leads from {current_version or 'no installed model'} to "
-        f"{target_version}; versions in the graph: {', '.join(known) or 'none'}"
+        f"no published bundle chain leads from {'no installed model' if current_version is None else current_version}"
+        f" to {target_version}; versions in the graph: {', '.join(map(str, known)) or 'none'}"
     )
 
 

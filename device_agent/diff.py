@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from device_agent.device_model import QMAX, DeviceModel, QuantizedWeight
-from device_agent.errors import DiffError
+from device_agent.errors import DiffError, WrongBaseError
 from device_agent.hashing import buckets_and_signs
 from device_agent.model_config import tensor_layout
 
@@ -224,7 +224,7 @@ def apply_diff(base: DeviceModel, diff: Diff, *, check_hashes: bool = True, in_p
     if check_hashes:
         actual = base.content_hash()
         if actual != diff.base_hash:
-            raise DiffError(f"diff expects base model {diff.base_hash} (version {diff.base_version}), "
+            raise WrongBaseError(f"diff expects base model {diff.base_hash} (version {diff.base_version}), "
                             f"this model is {actual} (version {base.version})")
     unknown = set(diff.deltas) - set(base.weights)
     if unknown:

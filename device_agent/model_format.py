@@ -21,11 +21,13 @@ import zstandard
 
 from device_agent.atomic import write_atomic
 from device_agent.device_model import QMAX, DeviceModel, QuantizedWeight, canonical_json
-from device_agent.errors import ConfigError, ContentHashMismatchError, ModelFormatError
+from device_agent.errors import (ConfigError, ContentHashMismatchError, ModelFormatError, SparseCodingError,
+                                 TokenizerError, os_error)
 from device_agent.model_config import LEVEL_KEYS, ModelConfig, tensor_layout
 from device_agent.sparse_coding import decode_sparse, pick_sparse_coding, varint_len
-from device_agent.strict_header import (MAX_VERSION, check_content_hash, check_exact_keys, check_int, check_name,
+from device_agent.strict_header import (check_content_hash, check_exact_keys, check_int, check_name,
                                         check_string_map, check_xxh64, is_int, parse_canonical_json)
+from device_agent.version import parse_version
 from device_agent.zstd_frames import decompress_exact
 from device_agent.tokenizer import CharTokenizer
 
@@ -129,7 +131,7 @@ def parse_header(buf: bytes) -> dict[str, Any]:
                                   floats=True)  # FeatureConfig may hold floats; NaN/Infinity never parse
     check_exact_keys(header, HEADER_KEYS, "header", ModelFormatError)
     check_name(header["model_id"], "model_id", ModelFormatError)
-    check_int(header["version"], 0, MAX_VERSION, "version", ModelFormatError)
+    parse_version(header["version"], "version", ModelFormatError)
     check_content_hash(header["content_hash"], "content_hash", ModelFormatError)
     check_string_map(header["metadata"], MAX_METADATA_ENTRIES, "metadata", ModelFormatError)
     return header
@@ -217,7 +219,7 @@ def _decode_weight(entry: dict[str, Any], raw: bytes, shape: tuple[int, ...]) ->
     try:
         positions, values = decode_sparse(entry["coding"], raw[4 * n_out: len(raw) - nnz], raw[len(raw) - nnz:],
                                           nnz, numel)
-    except ValueError as exc:
+    except SparseCodingError as exc:
         raise ModelFormatError(f"{entry['name']}: {exc}") from exc
     q = np.zeros(numel, dtype=np.int8)
     q[positions] = values
@@ -241,7 +243,7 @@ def decode_model(buf: bytes, *, max_decoded_bytes: int | None = None) -> DeviceM
     try:
         cfg = ModelConfig.from_json(header["config"])
         tokenizer = CharTokenizer.from_json(header["tokenizer"])
-    except (ConfigError, ValueError, TypeError) as exc:
+    except (ConfigError, TokenizerError, ValueError, TypeError) as exc:
         raise ModelFormatError(f"header config/tokenizer invalid: {exc}") from exc
     limit = MAX_DECODED_BYTES if max_decoded_bytes is None else min(max_decoded_bytes, MAX_DECODED_BYTES)
     need = decoded_bytes(cfg)
@@ -288,6 +290,5 @@ def read_header(path: str | Path) -> dict[str, Any]:
             if len(pre) == PREAMBLE.size:
                 pre += f.read(min(PREAMBLE.unpack_from(pre)[3], MAX_HEADER_BYTES))
     except OSError as exc:
-        raise ModelFormatError(f"cannot read model file {path}: {exc.strerror or exc} (expected an .otam device model)") \
-            from None
+        raise os_error(exc, f"reading model file {path}") from None
     return parse_header(pre)

@@ -8,7 +8,7 @@
 compressed section; ties go to bitmask). Decoders are strict: any
 non-canonical input (padding bits set, overlong varints, a varint longer than
 the tensor's largest gap needs or overflowing 64 bits, positions out of range)
-raises ValueError with the reason, which callers wrap in their own error class.
+raises SparseCodingError with the reason, which callers wrap in their own error class.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from device_agent.device_model import QMAX
+from device_agent.errors import SparseCodingError
 
 BITMASK_CHUNK_BYTES = 1 << 17  # decode bitmasks 1 Mi positions at a time: ~8-24 MiB of temporaries
 
@@ -37,10 +38,10 @@ def bitmask_decode(buf: bytes, numel: int) -> np.ndarray:
     """-> bool (numel,) mask."""
     expected = (numel + 7) // 8
     if len(buf) != expected:
-        raise ValueError(f"bitmask is {len(buf)} bytes, expected {expected} for {numel} positions")
+        raise SparseCodingError(f"bitmask is {len(buf)} bytes, expected {expected} for {numel} positions")
     bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), bitorder="little")
     if bits[numel:].any():
-        raise ValueError("bitmask padding bits are not zero")
+        raise SparseCodingError("bitmask padding bits are not zero")
     return bits[:numel].astype(bool)
 
 
@@ -67,7 +68,7 @@ def varint_decode(buf: bytes, count: int, max_bytes: int = MAX_VARINT_BYTES) -> 
 
 def _varint_chunks(buf: bytes, count: int, max_bytes: int) -> Iterator[np.ndarray]:
     """The varints of `buf` as uint64 arrays, VARINT_CHUNK_BYTES of input at a time (whole
-    varints per chunk), so temporaries stay bounded whatever `count` is; ValueError unless
+    varints per chunk), so temporaries stay bounded whatever `count` is; SparseCodingError unless
     there are exactly `count` canonical varints."""
     arr = np.frombuffer(buf, dtype=np.uint8)
     max_bytes = min(max_bytes, MAX_VARINT_BYTES)
@@ -77,27 +78,27 @@ def _varint_chunks(buf: bytes, count: int, max_bytes: int) -> Iterator[np.ndarra
         chunk = arr[start:stop]
         ends = np.flatnonzero((chunk & 0x80) == 0)
         if ends.size == 0:
-            raise ValueError("unterminated varint at the end" if stop == arr.size
+            raise SparseCodingError("unterminated varint at the end" if stop == arr.size
                              else f"varint longer than {max_bytes} bytes")
         chunk = chunk[:ends[-1] + 1]  # whole varints only; the rest starts the next chunk
         if done + ends.size > count:
-            raise ValueError(f"expected {count} varints filling {arr.size} bytes, found more")
+            raise SparseCodingError(f"expected {count} varints filling {arr.size} bytes, found more")
         yield _decode_whole_varints(chunk, ends, max_bytes)
         done += ends.size
         start += chunk.size
     if done != count:
-        raise ValueError(f"expected {count} varints filling {arr.size} bytes, found {done} terminators")
+        raise SparseCodingError(f"expected {count} varints filling {arr.size} bytes, found {done} terminators")
 
 
 def _decode_whole_varints(arr: np.ndarray, ends: np.ndarray, max_bytes: int) -> np.ndarray:
     starts = np.concatenate([[0], ends[:-1] + 1])
     lengths = ends - starts + 1
     if lengths.max() > max_bytes:
-        raise ValueError(f"varint of {int(lengths.max())} bytes; at most {max_bytes} are canonical here")
+        raise SparseCodingError(f"varint of {int(lengths.max())} bytes; at most {max_bytes} are canonical here")
     if np.any((lengths > 1) & (arr[ends] == 0)):
-        raise ValueError("overlong (non-canonical) varint")
+        raise SparseCodingError("overlong (non-canonical) varint")
     if max_bytes == MAX_VARINT_BYTES and np.any((lengths == MAX_VARINT_BYTES) & (arr[ends] > 1)):
-        raise ValueError("varint overflows 64 bits")
+        raise SparseCodingError("varint overflows 64 bits")
     pos_in = np.arange(arr.size) - np.repeat(starts, lengths)
     parts = (arr & 0x7F).astype(np.uint64) << (7 * pos_in).astype(np.uint64)
     return np.add.reduceat(parts, starts)
@@ -112,7 +113,7 @@ def index_encode(positions: np.ndarray) -> bytes:
     gaps[0] = p[0]
     gaps[1:] = p[1:] - p[:-1] - 1
     if np.any(gaps < 0):
-        raise ValueError("positions must be strictly increasing")
+        raise SparseCodingError("positions must be strictly increasing")
     return varint_encode(gaps.astype(np.uint64))
 
 
@@ -122,11 +123,11 @@ def index_decode(buf: bytes, count: int, numel: int, *, keep: bool = True) -> np
     parts, last = [], -1
     for gaps in _varint_chunks(buf, count, varint_len(max(numel - 1, 0))):  # no gap can need more bytes
         if gaps.max() >= numel:  # also keeps the cumulative sum far from overflow
-            raise ValueError(f"position gap {int(gaps.max())} exceeds the tensor size {numel}")
+            raise SparseCodingError(f"position gap {int(gaps.max())} exceeds the tensor size {numel}")
         positions = last + np.cumsum(gaps.astype(np.int64) + 1)
         last = int(positions[-1])
         if last >= numel:
-            raise ValueError(f"position {last} is outside a tensor of {numel} entries")
+            raise SparseCodingError(f"position {last} is outside a tensor of {numel} entries")
         if keep:
             parts.append(positions)
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
@@ -142,14 +143,14 @@ def _bitmask_scan(buf: bytes, numel: int, count: int | None, keep: bool) -> tupl
     chunk that takes the total past it, so a lying mask never allocates more than `count` positions."""
     expected = (numel + 7) // 8
     if len(buf) != expected:
-        raise ValueError(f"bitmask is {len(buf)} bytes, expected {expected} for {numel} positions")
+        raise SparseCodingError(f"bitmask is {len(buf)} bytes, expected {expected} for {numel} positions")
     parts, total = [], 0
     for start in range(0, len(buf), BITMASK_CHUNK_BYTES):
         chunk = buf[start:start + BITMASK_CHUNK_BYTES]
         found = np.flatnonzero(bitmask_decode(chunk, min(8 * len(chunk), numel - 8 * start))) + 8 * start
         total += found.size
         if count is not None and total > count:
-            raise ValueError(f"bitmask marks more than the {count} positions the table says")
+            raise SparseCodingError(f"bitmask marks more than the {count} positions the table says")
         if keep:
             parts.append(found)
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)), total
@@ -159,22 +160,22 @@ def decode_sparse(coding: str, body: bytes, values: bytes, count: int, numel: in
                   *, keep: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Positions (`bitmask` or `index` coded) plus their int8 values -> (int64 positions, int8 values).
 
-    Shared by the model format and the bundle format; ValueError says what is wrong.
+    Shared by the model format and the bundle format; SparseCodingError says what is wrong.
     `keep=False` validates everything but returns empty arrays (bitmask positions are then
     never materialised: `bundle verify` of a section costs its raw bytes, not 8 bytes a position)."""
     try:
         if coding == "bitmask":
             positions, found = _bitmask_scan(body, numel, count, keep)
         else:
-            positions = index_decode(body, count, numel, keep=keep)  # ValueError unless exactly `count`
+            positions = index_decode(body, count, numel, keep=keep)  # SparseCodingError unless exactly `count`
             found = count
-    except ValueError as exc:
-        raise ValueError(f"bad {coding} coding: {exc}") from None
+    except SparseCodingError as exc:
+        raise SparseCodingError(f"bad {coding} coding: {exc}") from None
     if found != count:
-        raise ValueError(f"{coding} marks {found} positions, the table says {count}")
+        raise SparseCodingError(f"{coding} marks {found} positions, the table says {count}")
     vals = np.frombuffer(values, dtype=np.int8)
     if vals.size != count or np.any(vals == 0) or np.any(vals < -QMAX):
-        raise ValueError(f"{count} stored values must be nonzero and within [-{QMAX}, {QMAX}]")
+        raise SparseCodingError(f"{count} stored values must be nonzero and within [-{QMAX}, {QMAX}]")
     if not keep:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8)
     return positions.astype(np.int64, copy=False), vals

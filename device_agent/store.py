@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import errno
 import fcntl
 import hashlib
 import os
@@ -48,13 +47,13 @@ from urllib.parse import parse_qs, unquote, urlparse
 from device_agent.atomic import fsync_dir
 from device_agent.errors import (
     ConfigError,
-    DiskFullError,
     OtaError,
     StoreAuthError,
     StoreConflictError,
     StoreNotFoundError,
     StoreUnreachableError,
     TransportError,
+    os_error,
 )
 
 Progress = Callable[[int, int], None]
@@ -140,14 +139,9 @@ def _check_preconditions(if_match: str | None, if_none_match: bool) -> None:
 
 
 def _os_error(exc: OSError, what: str) -> OtaError:
-    """Map an OSError from `what` (e.g. "writing /x") to a project error."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"{what}: no space left on device; free space and retry")
-    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
-        return StoreAuthError(f"{what}: permission denied ({exc.strerror}); expected a writable directory")
-    if isinstance(exc, FileNotFoundError):
-        return StoreNotFoundError(f"{what}: not found")
-    return TransportError(f"{what}: {exc.strerror or exc}")
+    """The project's mapping (errors.os_error), where a missing file is an absent object and
+    a forbidden one a store that refuses us."""
+    return os_error(exc, what, missing=StoreNotFoundError, denied=StoreAuthError)
 
 
 # --- local directory ------------------------------------------------------------

@@ -20,7 +20,6 @@ NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")  # model ids and tensor/section nam
 CONTENT_HASH = re.compile(r"[0-9a-f]{32}")  # xxh3-128 hex (DeviceModel.content_hash)
 XXH64 = re.compile(r"[0-9a-f]{16}")  # section checksums
 MAX_NAME_CHARS = 128
-MAX_VERSION = 2**53  # exact in every JSON reader
 
 
 def is_int(value: Any, low: int, high: int) -> bool:

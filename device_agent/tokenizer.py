@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from device_agent.errors import TokenizerError
+
 DEFAULT_SYMBOLS = " '" + "abcdefghijklmnopqrstuvwxyz"
 BLANK = 0
 
@@ -18,7 +20,7 @@ class CharTokenizer:
 
     def __post_init__(self) -> None:
         if len(set(self.symbols)) != len(self.symbols) or not self.symbols:
-            raise ValueError(f"tokenizer symbols must be unique and non-empty, got {self.symbols!r}")
+            raise TokenizerError(f"tokenizer symbols must be unique and non-empty, got {self.symbols!r}")
 
     @property
     def vocab_size(self) -> int:
@@ -32,7 +34,7 @@ class CharTokenizer:
         text = normalize_text(text)
         bad = self.unknown_chars(text)
         if bad:
-            raise ValueError(f"characters {sorted(bad)} are not in the tokenizer alphabet {self.symbols!r}")
+            raise TokenizerError(f"characters {sorted(bad)} are not in the tokenizer alphabet {self.symbols!r}")
         return [self.symbols.index(c) + 1 for c in text]
 
     def decode(self, ids: list[int]) -> str:
@@ -44,5 +46,5 @@ class CharTokenizer:
     @classmethod
     def from_json(cls, obj: dict) -> "CharTokenizer":
         if not isinstance(obj, dict) or obj.get("kind") != "char" or not isinstance(obj.get("symbols"), str):
-            raise ValueError(f"expected tokenizer {{'kind': 'char', 'symbols': str}}, got {obj!r:.200}")
+            raise TokenizerError(f"expected tokenizer {{'kind': 'char', 'symbols': str}}, got {obj!r:.200}")
         return cls(obj["symbols"])

@@ -21,7 +21,6 @@ Delegated targets roles are not supported (the repository never makes them).
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import tempfile
@@ -37,8 +36,8 @@ from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
 from device_agent.atomic import fsync_dir, write_atomic
-from device_agent.errors import (DiskFullError, MetadataExpiredError, OtaError, StoreNotFoundError,
-                                 StoreUnreachableError, TransportError, TrustError)
+from device_agent.errors import (MetadataExpiredError, OtaError, StoreNotFoundError,
+                                 StoreUnreachableError, TransportError, TrustError, os_error)
 from device_agent.store import Store
 
 _URL_SCHEME = "store:"
@@ -137,9 +136,7 @@ def _project_errors(what: str, fetcher: StoreFetcher | None = None) -> Iterator[
             raise cause from None
         raise StoreUnreachableError(f"{what}: {exc} ({cause})") from None
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"{what}: no space left on device: {exc.filename}") from None
-        raise TransportError(f"{what}: local file error: {exc}") from None
+        raise os_error(exc, f"{what}: {exc.filename}" if exc.filename else what) from None
 
 
 def _tree(root: Path) -> dict[str, Path]:

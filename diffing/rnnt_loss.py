@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from device_agent.errors import TensorInputError
+
 __all__ = ["rnnt_loss", "LOG_PROB_FLOOR"]
 
 # Finite stand-in for log(0). Large enough in magnitude to make a transition impossible
@@ -48,64 +50,79 @@ def _validate(
     blank: int,
     reduction: str,
 ) -> int:
-    """Check shapes, dtypes and value ranges; return the normalised (non-negative) blank index."""
+    """Check shapes, dtypes and value ranges (TensorInputError says which); return the
+    normalised (non-negative) blank index."""
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        raise TensorInputError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    B, T, U1, V = _check_logits(logits)
+    _check_index_tensors(logits, targets, logit_lengths, target_lengths)
+    if not isinstance(blank, int) or isinstance(blank, bool) or not -V <= blank < V:
+        raise TensorInputError(f"blank must be an int in [-{V}, {V}) for V={V}, got {blank!r}")
+    blank = blank % V
+    _check_range("logit_lengths", logit_lengths, 1, T, f"[1, T={T}]")
+    _check_range("target_lengths", target_lengths, 0, U1 - 1, f"[0, U={U1 - 1}]")
+    if U1 > 1:
+        _check_labels(targets, target_lengths, blank, V)
+    return blank
+
+
+def _check_logits(logits: torch.Tensor) -> tuple[int, int, int, int]:
+    """(B, T, U+1, V) of a non-empty floating point 4-D tensor."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
-        raise ValueError(
+        raise TensorInputError(
             f"logits must be a 4-D tensor (B, T, U+1, V), got shape "
             f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}"
         )
     if not logits.is_floating_point():
-        raise ValueError(f"logits must be a floating point tensor, got dtype {logits.dtype}")
+        raise TensorInputError(f"logits must be a floating point tensor, got dtype {logits.dtype}")
     B, T, U1, V = logits.shape
     if B == 0 or T == 0 or U1 == 0 or V == 0:
-        raise ValueError(f"logits must have non-empty dimensions, got shape {tuple(logits.shape)}")
+        raise TensorInputError(f"logits must have non-empty dimensions, got shape {tuple(logits.shape)}")
+    return B, T, U1, V
+
+
+def _check_index_tensors(logits: torch.Tensor, targets: torch.Tensor, logit_lengths: torch.Tensor,
+                         target_lengths: torch.Tensor) -> None:
+    """Shapes, integer dtypes and devices of targets (B, U) and the two length vectors (B,)."""
+    B, _, U1, _ = logits.shape
     if targets.dim() != 2 or targets.shape != (B, U1 - 1):
-        raise ValueError(
+        raise TensorInputError(
             f"targets must have shape (B, U) = ({B}, {U1 - 1}) to match logits (B, T, U+1, V) = "
             f"{tuple(logits.shape)}, got {tuple(targets.shape)}"
         )
     for name, lens in (("logit_lengths", logit_lengths), ("target_lengths", target_lengths)):
         if lens.dim() != 1 or lens.shape[0] != B:
-            raise ValueError(f"{name} must have shape (B,) = ({B},), got {tuple(lens.shape)}")
+            raise TensorInputError(f"{name} must have shape (B,) = ({B},), got {tuple(lens.shape)}")
         if lens.dtype not in _INT_DTYPES:
-            raise ValueError(f"{name} must be int64 (or int32), got dtype {lens.dtype}")
+            raise TensorInputError(f"{name} must be int64 (or int32), got dtype {lens.dtype}")
     if targets.dtype not in _INT_DTYPES:
-        raise ValueError(f"targets must be int64 (or int32), got dtype {targets.dtype}")
+        raise TensorInputError(f"targets must be int64 (or int32), got dtype {targets.dtype}")
     for name, t in (("targets", targets), ("logit_lengths", logit_lengths), ("target_lengths", target_lengths)):
         if t.device != logits.device:
-            raise ValueError(f"{name} is on {t.device} but logits is on {logits.device}")
-    if not isinstance(blank, int) or isinstance(blank, bool) or not -V <= blank < V:
-        raise ValueError(f"blank must be an int in [-{V}, {V}) for V={V}, got {blank!r}")
-    blank = blank % V
+            raise TensorInputError(f"{name} is on {t.device} but logits is on {logits.device}")
 
-    if int(logit_lengths.min()) < 1 or int(logit_lengths.max()) > T:
-        raise ValueError(
-            f"logit_lengths must lie in [1, T={T}], got min {int(logit_lengths.min())}, "
-            f"max {int(logit_lengths.max())}"
+
+def _check_range(name: str, values: torch.Tensor, low: int, high: int, rule: str) -> None:
+    if int(values.min()) < low or int(values.max()) > high:
+        raise TensorInputError(f"{name} must lie in {rule}, got min {int(values.min())}, max {int(values.max())}")
+
+
+def _check_labels(targets: torch.Tensor, target_lengths: torch.Tensor, blank: int, V: int) -> None:
+    """Labels within target_lengths are in [0, V) and never the blank (padding may hold anything finite)."""
+    U = targets.shape[1]
+    valid = torch.arange(U, device=targets.device) < target_lengths[:, None]  # (B, U)
+    vt = targets[valid]
+    if not vt.numel():
+        return
+    if int(vt.min()) < 0 or int(vt.max()) >= V:
+        raise TensorInputError(
+            f"targets (within target_lengths) must lie in [0, V={V}), got min {int(vt.min())}, max {int(vt.max())}"
         )
-    if int(target_lengths.min()) < 0 or int(target_lengths.max()) > U1 - 1:
-        raise ValueError(
-            f"target_lengths must lie in [0, U={U1 - 1}], got min {int(target_lengths.min())}, "
-            f"max {int(target_lengths.max())}"
+    if bool((vt == blank).any()):
+        b_idx, u_idx = torch.nonzero(valid & (targets == blank))[0].tolist()
+        raise TensorInputError(
+            f"targets contain the blank label {blank} within target_lengths (first at batch {b_idx}, position {u_idx})"
         )
-    if U1 > 1:
-        valid = torch.arange(U1 - 1, device=targets.device) < target_lengths[:, None]  # (B, U)
-        vt = targets[valid]
-        if vt.numel():
-            if int(vt.min()) < 0 or int(vt.max()) >= V:
-                raise ValueError(
-                    f"targets (within target_lengths) must lie in [0, V={V}), got min {int(vt.min())}, "
-                    f"max {int(vt.max())}"
-                )
-            if bool((vt == blank).any()):
-                b_idx, u_idx = torch.nonzero(valid & (targets == blank))[0].tolist()
-                raise ValueError(
-                    f"targets contain the blank label {blank} within target_lengths "
-                    f"(first at batch {b_idx}, position {u_idx})"
-                )
-    return blank
 
 
 def rnnt_loss(logits: torch.Tensor, targets: torch.Tensor, logit_lengths: torch.Tensor,

@@ -24,6 +24,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from device_agent.errors import ConfigError
 from device_agent.features import FeatureConfig, log_eps, log_mel, mel_filterbank
 
 BANK_SEED = 1234  # the room and noise banks are fixed: augmentation randomness comes from the draw
@@ -43,13 +44,13 @@ class RoomAugmentConfig:
     def __post_init__(self) -> None:
         for name in ("p_reverb", "p_noise", "p_babble", "p_mic"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         for name in ("rt60", "snr_db", "gain_db"):
             low, high = getattr(self, name)
             if low > high:
-                raise ValueError(f"{name} must be (low, high), got {(low, high)}")
+                raise ConfigError(f"{name} must be (low, high), got {(low, high)}")
         if self.rt60[0] <= 0.05:
-            raise ValueError(f"rt60 must be above 0.05 s, got {self.rt60}")
+            raise ConfigError(f"rt60 must be above 0.05 s, got {self.rt60}")
 
 
 def room_impulse_response(rng: np.random.Generator, rt60: float, sample_rate: int) -> np.ndarray:

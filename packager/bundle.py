@@ -5,7 +5,6 @@ device runs); this module only produces bytes that reader accepts.
 """
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from device_agent.bundle import (CHANNELS, FORMAT_VERSION, MAGIC, MAX_BUNDLE_BYT
                                  MAX_SECTION_RAW_BYTES, MAX_SECTIONS, PREAMBLE, check_identity, model_header)
 from device_agent.device_model import DeviceModel, canonical_json
 from device_agent.diff import ChannelDeltas, Diff, SparseDelta, check_delta
-from device_agent.errors import BundleError, DiskFullError
+from device_agent.errors import BundleError, WrongBaseError, os_error
 from device_agent.sparse_coding import pick_sparse_coding
 
 ZSTD_LEVEL = 19
@@ -64,9 +63,12 @@ def encode_diff_bundle(diff: Diff, base: DeviceModel) -> bytes:
     diff that does not fit its base rather than ship it.
     """
     # 1) the diff must fit the base it claims (same rules as apply_diff)
-    if diff.model_id != base.model_id or diff.base_hash != base.content_hash():
-        raise BundleError(f"diff is for {diff.model_id!r} {diff.base_hash}, the base given is "
-                          f"{base.model_id!r} {base.content_hash()}: pass the model the diff was learned against")
+    if diff.model_id != base.model_id:
+        raise BundleError(f"diff is for model {diff.model_id!r}, the base given is {base.model_id!r}: pass the "
+                          "model the diff was learned against")
+    if diff.base_hash != base.content_hash():
+        raise WrongBaseError(f"diff expects base model {diff.base_hash}, the base given is {base.content_hash()}: "
+                             "pass the model the diff was learned against")
     check_identity(_diff_manifest(diff, {}))
     if len(diff.deltas) > MAX_SECTIONS:
         raise BundleError(f"diff changes {len(diff.deltas)} tensors; a bundle holds at most {MAX_SECTIONS}")
@@ -137,6 +139,4 @@ def save_bundle(data: bytes, path: str | Path) -> None:
     try:
         write_atomic(Path(path), data)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"writing bundle {path}: no space left on device; free space and retry") from None
-        raise BundleError(f"cannot write bundle {path}: {exc.strerror or exc}") from exc
+        raise os_error(exc, f"writing bundle {path}") from None

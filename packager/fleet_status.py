@@ -19,7 +19,8 @@ from typing import Any
 
 from device_agent.agent.heartbeat import HEARTBEATS_PREFIX, MAX_HEARTBEAT_BYTES, parse_heartbeat
 from device_agent.agent.telemetry import OUTCOMES, REPORT_FORMAT, REPORTS_PREFIX
-from device_agent.errors import OtaError
+from device_agent.errors import DataError, OtaError
+from device_agent.version import parse_version
 
 MAX_REPORT_BYTES = 16 * 1024  # a report is ~1 KB; anything far larger is not one of ours
 _FETCH_THREADS = 16  # parallel GETs: the store's latency, not our CPU, bounds a full read
@@ -52,8 +53,11 @@ def parse_report(data: bytes) -> dict[str, Any] | None:
         if not isinstance(doc.get(name), str):
             return None
     for name in ("from_version", "to_version"):
-        if doc.get(name) is not None and not isinstance(doc.get(name), (str, int)):
-            return None
+        if doc.get(name) is not None:
+            try:  # earlier releases sent versions as decimal strings
+                doc[name] = parse_version(doc[name], name, DataError, legacy_text=True)
+            except DataError:
+                return None
     for name in ("wer_before", "wer_after"):
         value = doc.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -129,15 +133,20 @@ def distribution(values: Iterable[float]) -> dict[str, float] | None:
             "max": round(xs[-1], 4)}
 
 
+def _release_order(group: tuple[tuple[str, str, int | None], Any]) -> tuple[str, str, int]:
+    mid, channel, version = group[0]
+    return mid, channel, -1 if version is None else version
+
+
 def release_rows(reports: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (model, channel, version): attempts by outcome, devices, WER before/after."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, int | None], list[dict[str, Any]]] = {}
     for r in reports:
         # an operator rollback counts against the version it left
         version = r.get("from_version") if r.get("kind") == "rollback" else r.get("to_version")
-        groups.setdefault((r["model_id"], r["channel"], str(version)), []).append(r)
+        groups.setdefault((r["model_id"], r["channel"], version), []).append(r)
     rows = []
-    for (mid, channel, version), rs in sorted(groups.items()):
+    for (mid, channel, version), rs in sorted(groups.items(), key=_release_order):
         counts = {o: sum(r["outcome"] == o for r in rs) for o in OUTCOMES}
         after = [r["wer_after"] for r in rs if r.get("wer_after") is not None]
         before = [r["wer_before"] for r in rs if r.get("wer_before") is not None]

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from device_agent.bundle import BundleManifest, read_bundle_manifest
 from device_agent.channels import ChannelState, UpdateEdge, channel_target_name
-from device_agent.errors import ConfigError, DiffError, StoreNotFoundError
+from device_agent.errors import ConfigError, StoreNotFoundError, WrongBaseError
 from device_agent.store import Store
 from packager.trust import Published, current_target_bytes, publish_target, publish_targets
 
@@ -62,7 +62,7 @@ def _check_base_hash(read: Callable[[str], bytes | None], manifest: BundleManife
                      channel: str) -> None:
     """A diff must start from the exact model the channel's signed version is: same version number
     is not enough (a diff trained on another base fails on every device of the channel)."""
-    version = str(manifest.base_version)
+    version = manifest.base_version
     shipped = set()
     for edge in state.edges:
         if edge.to_version == version:
@@ -70,7 +70,7 @@ def _check_base_hash(read: Callable[[str], bytes | None], manifest: BundleManife
             if data is not None:
                 shipped.add(read_bundle_manifest(io.BytesIO(data)).target_hash)
     if shipped and manifest.base_hash not in shipped:
-        raise DiffError(f"diff starts from model hash {manifest.base_hash[:16]}, but version {version} on channel "
+        raise WrongBaseError(f"diff starts from model hash {manifest.base_hash[:16]}, but version {version} on channel "
                         f"{channel} is hash {', '.join(sorted(h[:16] for h in shipped))}; expected a diff trained "
                         "against the model the channel ships")
 
@@ -94,7 +94,7 @@ def publish_bundle(store: Store, keys_dir: str | os.PathLike[str], bundle: bytes
     """
     manifest = read_bundle_manifest(io.BytesIO(bundle))
     name = bundle_target_name(manifest)
-    edge = UpdateEdge(None if manifest.kind == "full" else str(manifest.base_version), str(manifest.target_version),
+    edge = UpdateEdge(None if manifest.kind == "full" else manifest.base_version, manifest.target_version,
                       name, len(bundle))
     result: dict[str, ChannelState] = {}
 
@@ -102,15 +102,15 @@ def publish_bundle(store: Store, keys_dir: str | os.PathLike[str], bundle: bytes
         state = _load_state(read, manifest.model_id, channel)
         if manifest.kind == "diff":
             known = {e.to_version for e in state.edges} if state else set()
-            if str(manifest.base_version) not in known:
+            if manifest.base_version not in known:
                 raise ConfigError(f"channel {channel} has no version {manifest.base_version} for this diff to start "
                                   f"from (published: {sorted(known) or 'none'}); publish that version first")
             _check_base_hash(read, manifest, state, channel)
         edges = tuple(e for e in (state.edges if state else ()) if e.target != name) + (edge,)
         if state is None:
-            state = ChannelState(manifest.model_id, channel, str(manifest.target_version), 100.0, edges)
+            state = ChannelState(manifest.model_id, channel, manifest.target_version, 100.0, edges)
         else:
-            current = str(manifest.target_version) if make_current else state.current_version
+            current = manifest.target_version if make_current else state.current_version
             state = replace(state, current_version=current, edges=edges)
         if rollout_percent is not None:
             state = replace(state, rollout_percent=rollout_percent)
@@ -132,10 +132,10 @@ def set_rollout(store: Store, keys_dir: str | os.PathLike[str], model_id: str, c
         if state is None:
             raise StoreNotFoundError(f"channel {channel_target_name(model_id, channel)} does not exist; publish first")
         if version is not None:
-            if not any(e.to_version == str(version) for e in state.edges):
+            if not any(e.to_version == version for e in state.edges):
                 raise ConfigError(f"version {version} is not published on {channel}; known: "
                                   f"{sorted({e.to_version for e in state.edges})}")
-            state = replace(state, current_version=str(version))
+            state = replace(state, current_version=version)
         state = replace(state, rollout_percent=percent)
         result["state"] = state
         return [(state.target_name, state.to_json(), _channel_custom(state))]

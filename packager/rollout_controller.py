@@ -36,6 +36,7 @@ from typing import Any, Callable
 from device_agent import errors
 from device_agent.agent.heartbeat import HEARTBEATS_PREFIX
 from device_agent.errors import ConfigError, DataError, StoreConflictError, StoreNotFoundError
+from device_agent.version import parse_version
 from packager.fleet_status import ReportReader
 
 ROLLOUTS_PREFIX = "rollouts/"
@@ -48,8 +49,8 @@ _TRANSPORT_ERRORS = {name for name, cls in vars(errors).items()
 class RolloutPlan:
     model_id: str
     channel: str
-    version: str  # the release being rolled out
-    previous_version: str | None  # where a revert goes back to
+    version: int  # the release being rolled out
+    previous_version: int | None  # where a revert goes back to
     cohorts: tuple[float, ...] = (1.0, 10.0, 50.0, 100.0)  # rollout percentages, increasing, ending at 100
     min_reports: int = 20  # reports needed from a cohort before it may advance ...
     cohort_report_share: float = 0.5  # ... and at least this share of its expected devices
@@ -64,6 +65,9 @@ class RolloutPlan:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cohorts", tuple(float(c) for c in self.cohorts))
+        parse_version(self.version, "rollout version", ConfigError)
+        if self.previous_version is not None:
+            parse_version(self.previous_version, "rollout previous_version", ConfigError)
         c = self.cohorts
         if not c or any(not 0 < x <= 100 for x in c) or list(c) != sorted(set(c)) or c[-1] != 100.0:
             raise ConfigError(f"cohorts {list(c)}: expected increasing percentages in (0, 100] ending at 100")
@@ -74,7 +78,7 @@ class RolloutPlan:
                      "halt_rolled_back_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"rollout {name} {getattr(self, name)!r}: expected a share in [0, 1]")
-        if self.revert and not self.previous_version:
+        if self.revert and self.previous_version is None:
             raise ConfigError("rollout revert needs the previous version to go back to")
         if self.previous_version == self.version:
             raise ConfigError(f"rollout of version {self.version}: the previous version must differ")
@@ -98,12 +102,18 @@ class RolloutState:
             doc = json.loads(data)
             if doc["format"] != STATE_FORMAT:
                 raise ConfigError(f"rollout state format {doc['format']}: expected {STATE_FORMAT}")
-            plan = RolloutPlan(**{**doc["plan"], "cohorts": tuple(doc["plan"]["cohorts"])})
+            plan = RolloutPlan(**{**doc["plan"], "cohorts": tuple(doc["plan"]["cohorts"]), **_plan_versions(doc["plan"])})
             return cls(plan, int(doc["cohort"]), str(doc["status"]), list(doc["decisions"]))
         except ConfigError:
             raise
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"rollout state is malformed ({exc}); expected a file written by ota rollout plan") from None
+
+
+def _plan_versions(plan: dict[str, Any]) -> dict[str, Any]:
+    """A stored plan's versions as integers (earlier releases stored decimal strings)."""
+    return {k: parse_version(plan[k], f"rollout state {k}", ConfigError, legacy_text=True)
+            for k in ("version", "previous_version") if plan.get(k) is not None}
 
 
 def state_key(model_id: str, channel: str) -> str:
@@ -133,7 +143,7 @@ def measure(reports: list[dict[str, Any]], plan: RolloutPlan, fleet: int, ignore
     latest: dict[str, dict[str, Any]] = {}
     for r in reports:
         version = r.get("from_version") if r.get("kind") == "rollback" else r.get("to_version")
-        if r["channel"] != plan.channel or str(version) != plan.version:
+        if r["channel"] != plan.channel or version != plan.version:
             continue
         key = r["device_id"]
         if key not in latest or (r.get("finished_at") or 0) >= (latest[key].get("finished_at") or 0):
@@ -232,7 +242,7 @@ class RolloutController:
         state = RolloutState(plan)
         self._log(state, "plan", f"cohorts {', '.join(f'{c:g}%' for c in plan.cohorts)}", None)
         self._save(state, etag)
-        set_rollout(self.store, self.keys_dir, plan.model_id, plan.channel, plan.cohorts[0], int(plan.version),
+        set_rollout(self.store, self.keys_dir, plan.model_id, plan.channel, plan.cohorts[0], plan.version,
                     now=self._now())
         return state
 
@@ -280,7 +290,7 @@ class RolloutController:
         current = read_channel(self.store, self.keys_dir, plan.model_id, plan.channel)
         if current is not None and (current.current_version, current.rollout_percent) == (want_version, want_percent):
             return  # already applied: steps are idempotent
-        set_rollout(self.store, self.keys_dir, plan.model_id, plan.channel, want_percent, int(want_version),
+        set_rollout(self.store, self.keys_dir, plan.model_id, plan.channel, want_percent, want_version,
                     now=self._now())
 
     def _now(self) -> datetime:

@@ -23,15 +23,16 @@ from device_agent.agent.state import load_state
 from device_agent.agent.validate import Validator
 from device_agent.device_model import DeviceModel
 from device_agent.diff import Diff, SparseDelta, apply_diff
-from device_agent.errors import (BundleError, DiskFullError, ModelFormatError, OtaError, StoreUnreachableError,
-                                 TrustError)
+from device_agent.channels import channel_target_name
+from device_agent.errors import (ConfigError, DiskFullError, ModelFormatError, OtaError,
+                                 StoreUnreachableError, TrustError, WrongBaseError)
 from device_agent.model_config import ModelConfig
 from device_agent.model_format import encode_model, load_model
 from packager.bundle import encode_diff_bundle, encode_full_bundle
 from packager.fleet_status import fleet_summary
-from packager.publish import publish_bundle, set_rollout
+from packager.publish import publish_bundle, read_channel, set_rollout
 from device_agent.store import FileStore, S3Store, Store
-from packager.trust import init_repository
+from packager.trust import init_repository, publish_target
 from tests.tiny import tiny_device_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,15 +158,15 @@ def test_install_base_update_through_diff_and_transcribe(s3_store: S3Store, tmp_
     agent = Agent(agent_config(tmp_path, s3_url(s3_store), models), store=s3_store, log=null_log)
 
     out = agent.check_once()  # full bundle, then the diff: two gated, committed hops
-    assert out["outcome"] == "committed" and out["to_version"] == str(v2.version)
-    assert active(agent.data) == (str(v2.version), v2.content_hash())
+    assert out["outcome"] == "committed" and out["to_version"] == v2.version
+    assert active(agent.data) == (v2.version, v2.content_hash())
     status = agent.status()
-    assert status["previous"]["version"] == str(base.version) and status["state"] == "idle"
+    assert status["previous"]["version"] == base.version and status["state"] == "idle"
     path, _ = active_model_file(agent.data)
     utt = Validator(models.manifest, tmp_path / "c.json").utterances()[0]
     assert isinstance(Int8Runtime.from_file(path).transcribe(load_audio(utt.audio_path)), str)
     done = [r for r in reports(s3_store) if r["outcome"] == "committed"]
-    assert sorted(r["to_version"] for r in done) == sorted([str(base.version), str(v2.version)])
+    assert sorted(r["to_version"] for r in done) == sorted([base.version, v2.version])
     assert all(r["device_id"] == "dev-1" and r["durations"].get("validating", 0) > 0 for r in done)
     assert agent.check_once()["outcome"] == "no_update"
 
@@ -210,13 +211,13 @@ def test_bad_update_is_refused_reported_and_never_retried(s3_store: S3Store, tmp
     assert active(agent.data) == good  # the good version stays active
     assert not list((agent.data / "downloads").iterdir())  # candidate bundle discarded
     refused = [r for r in reports(s3_store) if r["outcome"] == "refused"]
-    assert len(refused) == 1 and refused[0]["to_version"] == str(v3.version) and refused[0]["gate_reasons"]
+    assert len(refused) == 1 and refused[0]["to_version"] == v3.version and refused[0]["gate_reasons"]
 
     again = agent.check_once()  # next poll: the refused version is not downloaded again
     assert again["outcome"] == "no_update" and "refused" in again["reason"]
     assert len(reports(s3_store)) == 3 and active(agent.data) == good
     rows = {r["version"]: r for r in fleet_summary(s3_store, base.model_id)["releases"]}
-    assert rows[str(v3.version)]["refused"] == 1 and rows[str(v2.version)]["committed"] == 1
+    assert rows[v3.version]["refused"] == 1 and rows[v2.version]["committed"] == 1
 
 
 def test_self_test_failure_rolls_back_and_cli_rollback(tmp_path: Path, models: Models, monkeypatch) -> None:
@@ -238,7 +239,7 @@ def test_self_test_failure_rolls_back_and_cli_rollback(tmp_path: Path, models: M
     monkeypatch.setattr(Validator, "self_test", broken)
     out = agent.check_once()
     assert out["outcome"] == "rolled_back" and active(agent.data) == v1
-    assert str(v2.version) in agent.status()["refused"]
+    assert v2.version in agent.status()["refused"]
     monkeypatch.undo()
 
     v3 = repo.diff(make_diff(base, 3, version=base.version + 2), base)
@@ -247,12 +248,12 @@ def test_self_test_failure_rolls_back_and_cli_rollback(tmp_path: Path, models: M
     runner = CliRunner()
     result = runner.invoke(cli, ["agent", "check-once", "--config", str(toml)])
     assert result.exit_code == 0 and json.loads(result.stdout)["outcome"] == "committed", result.output
-    assert active(agent.data)[0] == str(v3.version)
+    assert active(agent.data)[0] == v3.version
     result = runner.invoke(cli, ["agent", "rollback", "--config", str(toml)])
     assert result.exit_code == 0, result.output
     assert active(agent.data) == v1
     status = json.loads(runner.invoke(cli, ["agent", "status", "--config", str(toml)]).stdout)
-    assert status["refused"] == [str(v2.version), str(v3.version)] and status["previous"] is None
+    assert status["refused"] == [v2.version, v3.version] and status["previous"] is None
     result = runner.invoke(cli, ["agent", "rollback", "--config", str(toml)])  # nothing left to go back to
     assert result.exit_code == 11 and result.output.startswith("Error: LifecycleError")
     result = runner.invoke(cli, ["fleet", "status", "--store", f"file://{tmp_path / 'store'}", "--json"])
@@ -282,12 +283,32 @@ def test_diff_for_another_base_fails_before_download(tmp_path: Path, models: Mod
     # from either; the device must still refuse the one that does not start from its own model.
     repo.full(other)
     repo.diff(make_diff(other, 6), other)
-    with pytest.raises(BundleError, match="the active model is"):
+    with pytest.raises(WrongBaseError, match="the active model is"):
         agent.check_once()
     assert active(agent.data) == before
     st = load_state(agent.data)
-    assert st.state.value == "idle" and st.last_error["class"] == "BundleError"
+    assert st.state.value == "idle" and st.last_error["class"] == "WrongBaseError"
     assert not (agent.data / "downloads").exists() or not list((agent.data / "downloads").iterdir())
+
+
+def test_a_signed_channel_with_a_dotted_version_is_refused_and_the_model_kept(tmp_path: Path,
+                                                                             models: Models) -> None:
+    """Versions are integers on every path: a channel saying "1.3" is the project's one-line error."""
+    store = FileStore(_mkdir(tmp_path / "store"))
+    repo = make_repo(store, tmp_path)
+    repo.full(models.base)
+    agent = Agent(agent_config(tmp_path, f"file://{tmp_path / 'store'}", models), log=null_log)
+    assert agent.check_once()["outcome"] == "committed"
+    before = active(agent.data)
+    name = channel_target_name(models.base.model_id, "stable")
+    doc = json.loads(read_channel(store, repo.keys, models.base.model_id, "stable").to_json())
+    publish_target(store, repo.keys, name, json.dumps({**doc, "current_version": "1.3"}).encode(),
+                   {"kind": "channel", "model_id": models.base.model_id, "channel": "stable", "version": "1.3"})
+    with pytest.raises(ConfigError, match=r"^channel current_version '1.3' must be an integer in \[0, 2\^53\]"):
+        agent.check_once()
+    assert active(agent.data) == before
+    st = load_state(agent.data)
+    assert st.state.value == "idle" and st.last_error["class"] == "ConfigError"
 
 
 # --- hostile store -------------------------------------------------------------------------------
@@ -379,7 +400,7 @@ def test_store_outage_mid_download_resumes_with_at_most_one_chunk_again(tmp_path
         server.start()
         out = agent.check_once()
         assert out["outcome"] == "committed"
-        assert active(agent.data) == (str(big_model.version), big_model.content_hash())
+        assert active(agent.data) == (big_model.version, big_model.content_hash())
         report = next(r for r in reports(s3) if r["outcome"] == "committed")
         length = report["length"]
         assert report["resumed_from"] == 5 * chunk
@@ -467,7 +488,7 @@ def test_disk_full_is_a_clear_error_and_the_active_model_survives(stage: str, tm
     assert st.last_error["state"] == ("downloading" if stage == "download" else "applying")
     filler.unlink()
     assert agent.check_once()["outcome"] == "committed"  # with space back, the update goes through
-    assert active(agent.data) == (str(v2.version), v2.content_hash())
+    assert active(agent.data) == (v2.version, v2.content_hash())
 
 
 def _mkdir(path: Path) -> Path:
@@ -493,6 +514,6 @@ def test_daemon_loop_holds_the_lock_and_stops_on_request(tmp_path: Path, models:
 
     agent.observer = busy_then_stop
     agent.run(install_signals=False, max_cycles=5)
-    assert active(agent.data)[0] == str(models.base.version)
+    assert active(agent.data)[0] == models.base.version
     assert [line["event"] for line in lines][0] == "agent_started" and lines[-1]["event"] == "agent_stopped"
     assert other.check_once()["outcome"] == "no_update"  # lock released on exit

@@ -12,8 +12,8 @@ from device_agent.agent.download import RetryPolicy, Throttle
 from device_agent.agent.lifecycle import LIFECYCLE, Effect, Event, State, Transition
 from device_agent.agent.policy import GateConfig, choose_update, gate_decision, parse_expected_wer
 from device_agent.agent.state import AgentState, SlotRef, UpdateRecord, load_state, save_state
-from device_agent.errors import ConfigError, DataError, LifecycleError
-from device_agent.channels import ChannelState, NoUpdatePathError, UpdateEdge
+from device_agent.errors import ConfigError, DataError, LifecycleError, NoUpdatePathError
+from device_agent.channels import ChannelState, UpdateEdge
 
 S, E, X = State, Event, Effect
 
@@ -158,39 +158,39 @@ def test_expected_wer_from_custom_metadata() -> None:
 
 
 # --- update choice (pure) ------------------------------------------------------------
-def _channel(current: str, percent: float = 100.0) -> ChannelState:
-    edges = (UpdateEdge(None, "1", "bundles/m/full-1.otab", 1000), UpdateEdge("1", "2", "bundles/m/1-2.otab", 50),
-             UpdateEdge(None, "2", "bundles/m/full-2.otab", 1000), UpdateEdge("2", "3", "bundles/m/2-3.otab", 60))
+def _channel(current: int, percent: float = 100.0) -> ChannelState:
+    edges = (UpdateEdge(None, 1, "bundles/m/full-1.otab", 1000), UpdateEdge(1, 2, "bundles/m/1-2.otab", 50),
+             UpdateEdge(None, 2, "bundles/m/full-2.otab", 1000), UpdateEdge(2, 3, "bundles/m/2-3.otab", 60))
     return ChannelState("m", "stable", current, percent, edges)
 
 
 def test_choose_update_takes_one_cheapest_hop() -> None:
-    c = choose_update(_channel("3"), "1", set(), "dev")
+    c = choose_update(_channel(3), 1, set(), "dev")
     assert c.edge.target == "bundles/m/1-2.otab" and [e.target for e in c.plan] == ["bundles/m/1-2.otab",
                                                                                     "bundles/m/2-3.otab"]
-    assert choose_update(_channel("3"), None, set(), "dev").edge.target in ("bundles/m/full-1.otab",
+    assert choose_update(_channel(3), None, set(), "dev").edge.target in ("bundles/m/full-1.otab",
                                                                              "bundles/m/full-2.otab")
-    assert choose_update(_channel("3"), "3", set(), "dev").edge is None
+    assert choose_update(_channel(3), 3, set(), "dev").edge is None
 
 
 def test_refused_versions_are_never_chosen() -> None:
-    c = choose_update(_channel("2"), "1", {"2"}, "dev")
+    c = choose_update(_channel(2), 1, {2}, "dev")
     assert c.edge is None and "refused" in c.reason
-    c = choose_update(_channel("3"), "1", {"2"}, "dev")  # the plan goes through a refused version
+    c = choose_update(_channel(3), 1, {2}, "dev")  # the plan goes through a refused version
     assert c.edge is None
 
 
 def test_rollout_membership_is_per_device_and_roughly_the_percentage() -> None:
-    inside = sum(choose_update(_channel("2", 30.0), "1", set(), f"dev-{i}").edge is not None for i in range(2000))
+    inside = sum(choose_update(_channel(2, 30.0), 1, set(), f"dev-{i}").edge is not None for i in range(2000))
     assert 450 < inside < 750
-    assert choose_update(_channel("2", 0.0), "1", set(), "dev-1").edge is None
+    assert choose_update(_channel(2, 0.0), 1, set(), "dev-1").edge is None
     # stable for one device and release
-    assert len({choose_update(_channel("2", 50.0), "1", set(), "dev-7").edge is None for _ in range(5)}) == 1
+    assert len({choose_update(_channel(2, 50.0), 1, set(), "dev-7").edge is None for _ in range(5)}) == 1
 
 
 def test_no_path_is_an_error() -> None:
     with pytest.raises(NoUpdatePathError):
-        choose_update(ChannelState("m", "stable", "5", 100.0, ()), "1", set(), "dev")
+        choose_update(ChannelState("m", "stable", 5, 100.0, ()), 1, set(), "dev")
 
 
 # --- config -------------------------------------------------------------------------
@@ -242,13 +242,22 @@ def test_config_missing_unknown_and_bad_env(tmp_path: Path) -> None:
 # --- persisted state ----------------------------------------------------------------
 def test_state_round_trip_is_atomic_json(tmp_path: Path) -> None:
     st = AgentState(State.VALIDATING, UpdateRecord(
-        "abc", "bundles/m/1-2.otab", 10, {"sha256": "00"}, "targets/bundles/m/00.1-2.otab", "diff", "1", "2",
-        "b" * 32, "t" * 32, 0.1, 1.0, SlotRef("a", "1", "b" * 32), "b", durations={"downloading": 0.5}),
-        refused=["7"], rollback={"to": SlotRef("a", "1", "h"), "from": None})
+        "abc", "bundles/m/1-2.otab", 10, {"sha256": "00"}, "targets/bundles/m/00.1-2.otab", "diff", 1, 2,
+        "b" * 32, "t" * 32, 0.1, 1.0, SlotRef("a", 1, "b" * 32), "b", durations={"downloading": 0.5}),
+        refused=[7], rollback={"to": SlotRef("a", 1, "h"), "from": None})
     save_state(tmp_path, st)
     assert load_state(tmp_path) == st
     assert not [p for p in tmp_path.iterdir() if p.name != "state.json"]  # no temp files left
     assert load_state(tmp_path / "fresh") == AgentState()
+    # earlier releases wrote versions as decimal strings: read as integers; anything else is refused
+    doc = json.loads((tmp_path / "state.json").read_text())
+    doc["refused"], doc["update"]["to_version"], doc["update"]["previous"]["version"] = ["7"], "2", "1"
+    (tmp_path / "state.json").write_text(json.dumps(doc))
+    assert load_state(tmp_path) == st
+    doc["update"]["to_version"] = "1.3"
+    (tmp_path / "state.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"state.update.to_version '1.3' must be an integer in \[0, 2\^53\]"):
+        load_state(tmp_path)
     (tmp_path / "state.json").write_text("{broken")
     with pytest.raises(DataError, match="unreadable"):
         load_state(tmp_path)

@@ -17,7 +17,7 @@ import zstandard
 from bench.fuzz_bundle import pack, split
 from device_agent.device_model import DeviceModel, QuantizedWeight, canonical_json
 from device_agent.diff import Diff, HashedDelta, SparseDelta, apply_diff
-from device_agent.errors import BundleError, DiffError, DiskFullError
+from device_agent.errors import BundleError, DiffError, DiskFullError, FileMissingError, WrongBaseError
 from device_agent.model_config import ModelConfig, tensor_layout
 from device_agent.model_format import encode_model
 from device_agent.tokenizer import CharTokenizer
@@ -162,7 +162,7 @@ def test_full_bundle_carries_the_model_file_as_is(full_bytes: bytes, target: Dev
 
 
 def test_encoder_refuses_a_diff_that_does_not_fit_its_base(sparse_diff: Diff, base: DeviceModel) -> None:
-    with pytest.raises(BundleError, match="pass the model the diff was learned against"):
+    with pytest.raises(WrongBaseError, match="pass the model the diff was learned against"):
         encode_diff_bundle(sparse_diff, tiny_device_model(3))
     bad = Diff("sparse", base.model_id, 1, 2, base.content_hash(), "0" * 32,
                {"joint.out.weight": SparseDelta([5, 5], [1, 1])})
@@ -232,7 +232,7 @@ def test_manifest_only_reads_are_bounded(sparse_bytes: bytes, tmp_path) -> None:
     path.write_bytes(sparse_bytes[:-3])
     with pytest.raises(BundleError, match="3 bytes missing"):  # caught before any section is read
         read_bundle_manifest(path)
-    with pytest.raises(BundleError, match="cannot open"):
+    with pytest.raises(FileMissingError, match="absent.otab: not found"):
         read_bundle_manifest(tmp_path / "absent.otab")
 
 
@@ -248,7 +248,7 @@ def test_save_bundle_maps_enospc_to_disk_full(monkeypatch: pytest.MonkeyPatch, t
 def test_verify_bundle_for_model(sparse_bytes: bytes, base: DeviceModel, full_bytes: bytes) -> None:
     bundle = decode_bundle(sparse_bytes)
     verify_bundle_for_model(bundle, base)
-    with pytest.raises(BundleError, match="expects base model"):
+    with pytest.raises(WrongBaseError, match="expects base model"):
         verify_bundle_for_model(bundle, tiny_device_model(2))
     other = tiny_device_model()
     other.model_id = "other"

@@ -6,7 +6,7 @@ import pytest
 import xxhash
 
 from device_agent.diff import Diff, HashedDelta, SparseDelta, apply_diff, dense_delta
-from device_agent.errors import DiffError
+from device_agent.errors import DiffError, WrongBaseError
 from device_agent.hashing import buckets_and_signs, tensor_seed, xxh64_u64
 from tests.tiny import tiny_device_model
 
@@ -67,7 +67,7 @@ def test_hash_checks_protect_both_ends() -> None:
     with pytest.raises(DiffError, match="expected target"):
         apply_diff(base, _sparse_diff(base, "f" * 32))
     other = tiny_device_model(seed=1)
-    with pytest.raises(DiffError, match="diff expects base model"):
+    with pytest.raises(WrongBaseError, match="diff expects base model"):
         apply_diff(other, _sparse_diff(base, good_target))
 
 

@@ -51,7 +51,7 @@ def test_heartbeats_report_expired_metadata_until_refresh_runs(s3_store: S3Store
     first = agent.check_once()
     assert first["outcome"] == "committed", first
     beat = _beat(s3_store, agent)
-    assert (beat["version"], beat["state"], beat["consecutive_failures"]) == ("1", "committed", 0)
+    assert (beat["version"], beat["state"], beat["consecutive_failures"]) == (1, "committed", 0)
     assert beat["metadata_expires"] is not None
 
     clock.now += 3 * HOUR  # nobody publishes or refreshes for three timestamp lifetimes
@@ -59,7 +59,7 @@ def test_heartbeats_report_expired_metadata_until_refresh_runs(s3_store: S3Store
         assert agent.check_once(raise_errors=False)["outcome"] == "failed"
         beat = _beat(s3_store, agent)
         assert (beat["reason"], beat["consecutive_failures"]) == ("metadata expired", expected)
-        assert beat["error_class"] == "MetadataExpiredError" and beat["version"] == "1"
+        assert beat["error_class"] == "MetadataExpiredError" and beat["version"] == 1
     summary = fleet_summary(s3_store, now=clock.now)
     assert summary["failing"]["by_reason"] == {"metadata expired": 1}
     assert summary["versions"] == {"tiny/stable": {"1": 1}}
@@ -76,7 +76,7 @@ def test_heartbeats_report_expired_metadata_until_refresh_runs(s3_store: S3Store
 
 def test_heartbeats_are_rate_limited_and_bounded(file_store: FileStore, tmp_path: Path) -> None:
     sender = HeartbeatSender(tmp_path / "hb.json", min_interval=600)
-    beat = Heartbeat("d1", "m", "stable", 1000.0, "3", "no_update", metadata_expires="2030-01-01T00:00:00Z")
+    beat = Heartbeat("d1", "m", "stable", 1000.0, 3, "no_update", metadata_expires="2030-01-01T00:00:00Z")
     assert sender.send(file_store, "heartbeats/m/stable/d1.json", beat)
     beat.at = 1300.0  # same content, 5 minutes later: not sent
     assert not sender.send(file_store, "heartbeats/m/stable/d1.json", beat)
@@ -84,23 +84,28 @@ def test_heartbeats_are_rate_limited_and_bounded(file_store: FileStore, tmp_path
     assert sender.send(file_store, "heartbeats/m/stable/d1.json", beat)
     beat.at = 2000.0  # unchanged, but the interval passed
     assert sender.send(file_store, "heartbeats/m/stable/d1.json", beat)
-    huge = Heartbeat("d1", "m", "stable", 1.0, "3", "failed", "TrustError", "metadata refused", "x" * 100_000,
-                     refused=[str(v) for v in range(1000)])
+    huge = Heartbeat("d1", "m", "stable", 1.0, 3, "failed", "TrustError", "metadata refused", "x" * 100_000,
+                     refused=list(range(1000)))
     data = huge.to_json()
     assert len(data) <= MAX_HEARTBEAT_BYTES and len(json.loads(data)["refused"]) == 8
 
 
 def test_hostile_heartbeats_and_reports_are_counted_not_fatal(file_store: FileStore, tmp_path: Path) -> None:
-    good = Heartbeat("ok-1", "m", "stable", 1.0, "2", "no_update").to_json()
+    good = Heartbeat("ok-1", "m", "stable", 1.0, 2, "no_update").to_json()
     file_store.put("heartbeats/m/stable/ok-1.json", good)
     file_store.put("heartbeats/m/stable/junk.json", b"\x00not json")
     file_store.put("heartbeats/m/stable/huge.json", b"{" + b" " * (MAX_HEARTBEAT_BYTES + 10) + b"}")
     file_store.put("heartbeats/m/stable/types.json", json.dumps(
         {"format": 1, "device_id": 5, "model_id": "m", "channel": "stable", "at": 1, "state": "x",
          "consecutive_failures": "many"}).encode())
+    file_store.put("heartbeats/m/stable/point-3.json", json.dumps(
+        {**json.loads(good), "device_id": "point-3", "version": "1.3"}).encode())
     report = {"format": 1, "device_id": "ok-1", "model_id": "m", "channel": "stable", "outcome": "committed",
-              "from_version": "1", "to_version": "2", "wer_before": 0.2, "wer_after": 0.18}
+              "from_version": 1, "to_version": 2, "wer_before": 0.2, "wer_after": 0.18}
     file_store.put("reports/m/stable/ok-1/a.json", json.dumps(report).encode())
+    # earlier releases sent decimal strings: still counted, as the same release
+    file_store.put("reports/m/stable/ok-1/a0.json", json.dumps({**report, "to_version": "2"}).encode())
+    file_store.put("reports/m/stable/x/f.json", json.dumps({**report, "to_version": "1.3"}).encode())
     file_store.put("reports/m/stable/ok-1/b.json", json.dumps({**report, "wer_after": "NaN"}).encode())
     file_store.put("reports/m/stable/x/c.json", b"[1, 2")
     file_store.put("reports/m/stable/x/d.json", json.dumps({**report, "outcome": "pwned"}).encode())
@@ -108,10 +113,10 @@ def test_hostile_heartbeats_and_reports_are_counted_not_fatal(file_store: FileSt
 
     summary = fleet_summary(file_store)
     assert summary["devices"] == 1
-    assert summary["ignored"] == {"malformed report": 2, "oversized report": 1,
-                                  "malformed heartbeat": 2, "oversized heartbeat": 1}
+    assert summary["ignored"] == {"malformed report": 3, "oversized report": 1,
+                                  "malformed heartbeat": 3, "oversized heartbeat": 1}
     (row,) = summary["releases"]
-    assert row["committed"] == 2 and row["wer_after"]["n"] == 1  # the "NaN" WER is dropped, the outcome kept
+    assert row["version"] == 2 and row["committed"] == 3 and row["wer_after"]["n"] == 2  # the "NaN" WER is dropped, the outcome kept
     out = CliRunner().invoke(cli, ["fleet", "status", "--store", file_store.url, "--json"])
     assert out.exit_code == 0
     assert "warning: ignored" in out.output and "1 oversized heartbeat" in out.output

@@ -17,7 +17,7 @@ from device_agent.agent.slots import read_pointer
 from device_agent.agent.state import AgentState, load_state, save_state
 from device_agent.audio import load_audio
 from device_agent.errors import (AudioError, ConfigError, DataError, DecodeBoundError, ModelFormatError, OtaError,
-                                 TransportError)
+                                 SparseCodingError, TransportError)
 from device_agent.model_format import MAGIC, PREAMBLE, decode_model, encode_model
 from device_agent.runtime import MAX_SYMBOLS_PER_FRAME, Int8Runtime
 from device_agent.sparse_coding import index_decode, varint_decode, varint_encode
@@ -119,16 +119,16 @@ def test_config_that_declares_a_huge_model_is_refused_before_decoding(tiny_bytes
 def test_varint_that_overflows_64_bits_is_refused() -> None:
     # 10 bytes whose last carries more than the 64th bit: wraps to a small, valid-looking gap
     overflow = bytes([0x81] + [0x80] * 8 + [0x7F])
-    with pytest.raises(ValueError, match="overflows 64 bits"):
+    with pytest.raises(SparseCodingError, match="overflows 64 bits"):
         varint_decode(overflow, 1)
-    with pytest.raises(ValueError, match="at most 2 are canonical"):  # numel 1000: gaps need <= 2 bytes
+    with pytest.raises(SparseCodingError, match="at most 2 are canonical"):  # numel 1000: gaps need <= 2 bytes
         index_decode(overflow, 1, 1000)
 
 
 def test_varint_longer_than_the_tensor_needs_is_refused() -> None:
     three = varint_encode(np.array([20000], dtype=np.uint64))
     assert len(three) == 3
-    with pytest.raises(ValueError, match="at most 2"):
+    with pytest.raises(SparseCodingError, match="at most 2"):
         index_decode(three, 1, 1000)
 
 
@@ -139,9 +139,9 @@ def test_varints_decode_in_chunks_like_one_piece(monkeypatch) -> None:
     buf = varint_encode(values)
     monkeypatch.setattr(sc, "VARINT_CHUNK_BYTES", 7)  # chunk edges fall inside varints
     assert np.array_equal(sc.varint_decode(buf, values.size), values)
-    with pytest.raises(ValueError, match="unterminated"):
+    with pytest.raises(SparseCodingError, match="unterminated"):
         sc.varint_decode(buf + b"\x80", values.size)
-    with pytest.raises(ValueError, match="found more"):
+    with pytest.raises(SparseCodingError, match="found more"):
         sc.varint_decode(buf + b"\x01", values.size)
 
 
@@ -225,7 +225,7 @@ def test_endpoint_that_is_not_a_url_is_a_config_error(endpoint: str) -> None:
         open_store(f"s3://bucket/p?endpoint={endpoint}")
 
 
-@pytest.mark.parametrize("field, value", [("refused", 5), ("steps", "7"), ("refused", [1]),
+@pytest.mark.parametrize("field, value", [("refused", 5), ("steps", "7"), ("refused", ["1.3"]),
                                           ("last_error", {"class": 3}), ("state", "exploded"),
                                           ("rollback", {"to": {"slot": "a"}}), ("surprise", 1)])
 def test_state_field_of_the_wrong_type_is_a_data_error(tmp_path: Path, field: str, value) -> None:
@@ -240,10 +240,10 @@ def test_state_field_of_the_wrong_type_is_a_data_error(tmp_path: Path, field: st
 def test_state_the_agent_writes_reads_back_with_every_field(tmp_path: Path) -> None:
     from device_agent.agent.state import SlotRef, UpdateRecord
 
-    ref = SlotRef("a", "1", "0" * 32)
-    st = AgentState(update=UpdateRecord("id", "t", 10, {"sha256": "x"}, "k", "diff", "1", "2", "0" * 32, "1" * 32,
+    ref = SlotRef("a", 1, "0" * 32)
+    st = AgentState(update=UpdateRecord("id", "t", 10, {"sha256": "x"}, "k", "diff", 1, 2, "0" * 32, "1" * 32,
                                         0.25, 1.0, ref, "b", durations={"checking": 0.5}, gate_reasons=["r"]),
-                    refused=["3"], last_error={"class": "E", "message": "m", "state": "applying"},
+                    refused=[3], last_error={"class": "E", "message": "m", "state": "applying"},
                     rollback={"to": ref, "from": None}, steps=4)
     save_state(tmp_path, st)
     assert load_state(tmp_path) == st

@@ -185,7 +185,7 @@ def test_device_install_runs_transcribe_and_the_agent(s3_store: S3Store, seaweed
     assert installed.returncode == 0, installed.stderr[-2000:]
     outcome = json.loads(installed.stdout)
     # downloaded, verified, applied, gated (the blank-only model: WER 1.0), activated and self-tested
-    assert (outcome["outcome"], outcome["to_version"], outcome["wer_after"]) == ("committed", str(model.version),
+    assert (outcome["outcome"], outcome["to_version"], outcome["wer_after"]) == ("committed", model.version,
                                                                                    1.0), installed.stderr[-3000:]
 
     heard = device_ota("transcribe", str(audio), "--model", str(SHIPPED_MODEL), "--json")

@@ -55,10 +55,10 @@ def _device(tmp_path: Path, update):
                       max_wer_regression=5.0, poll_interval=0.0, poll_jitter=0.0)
     assert Agent(cfg, log=null_log).check_once()["outcome"] == "committed"
     publish_bundle(store, tmp_path / "keys", encode_full_bundle(encode_model(update), update))
-    return cfg, (str(v1.version), v1.content_hash())
+    return cfg, (v1.version, v1.content_hash())
 
 
-def _active(data_dir: Path) -> tuple[str, str]:
+def _active(data_dir: Path) -> tuple[int, str]:
     path, ref = active_model_file(data_dir)
     assert load_model(path).content_hash() == ref.hash
     return ref.version, ref.hash
@@ -70,11 +70,11 @@ def test_never_blank_update_is_refused_like_a_failed_gate_and_never_retried(tmp_
     out = agent.check_once()
     assert out["outcome"] == "refused", out
     st = load_state(cfg.data_dir)
-    assert "2" in st.refused and st.state.value == "idle"
+    assert 2 in st.refused and st.state.value == "idle"
     assert _active(cfg.data_dir) == v1
     assert agent.check_once()["outcome"] == "no_update"  # never retried
     reports = [json.loads(p.read_text()) for p in (tmp_path / "store" / "reports").rglob("*.json")]
-    report = next(r for r in reports if r.get("to_version") == "2")
+    report = next(r for r in reports if r.get("to_version") == 2)
     assert report["outcome"] == "refused" and "symbols" in report["gate_reasons"][0]
 
 

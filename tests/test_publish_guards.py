@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from device_agent.diff import Diff, SparseDelta, apply_diff
-from device_agent.errors import ConfigError, DiffError, StoreNotFoundError
+from device_agent.errors import ConfigError, StoreNotFoundError, WrongBaseError
 from device_agent.model_format import encode_model
 from packager.bundle import encode_diff_bundle, encode_full_bundle
 from packager.publish import publish_bundle, read_channel
@@ -32,13 +32,13 @@ def test_diff_trained_on_another_base_with_the_same_version_is_refused(tmp_path:
     shipped, other = tiny_device_model(seed=0), tiny_device_model(seed=1)  # both version 1
     assert shipped.version == other.version and shipped.content_hash() != other.content_hash()
     publish_bundle(store, keys, encode_full_bundle(encode_model(shipped), shipped))
-    with pytest.raises(DiffError) as refused:
+    with pytest.raises(WrongBaseError) as refused:
         publish_bundle(store, keys, encode_diff_bundle(_diff_v2(other), other))
     message = str(refused.value)
     assert other.content_hash()[:16] in message and shipped.content_hash()[:16] in message
-    assert read_channel(store, keys, shipped.model_id, "stable").current_version == "1"  # nothing published
+    assert read_channel(store, keys, shipped.model_id, "stable").current_version == 1  # nothing published
     publish_bundle(store, keys, encode_diff_bundle(_diff_v2(shipped), shipped))  # the right base is accepted
-    assert read_channel(store, keys, shipped.model_id, "stable").current_version == "2"
+    assert read_channel(store, keys, shipped.model_id, "stable").current_version == 2
 
 
 def test_init_on_a_missing_bucket_leaves_no_keys_and_a_retry_works(seaweed, bucket, tmp_path: Path,

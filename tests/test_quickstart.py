@@ -91,7 +91,7 @@ def test_quickstart_runs_in_order_on_tiny_sizes(tmp_path: Path) -> None:
     assert (work / "models" / "base-v1.otam").is_file()  # the recipe exports under work/
     status = subprocess.run([sys.executable, "-m", "cli.main", "agent", "status", "--config", "samples/agent.toml"],
                             cwd=clone, env=env, capture_output=True, text=True, check=True)
-    assert json.loads(status.stdout)["active"]["version"] in ("1", "2"), status.stdout  # installed, maybe updated
+    assert json.loads(status.stdout)["active"]["version"] in (1, 2), status.stdout  # installed, maybe updated
     # --expected-wer follows the README's rule: at least what the shipped model scores on the sample
     # validation set, at most that plus the devices' default slack
     expected = float(re.search(r"--expected-wer ([0-9.]+)", "\n".join(blocks)).group(1))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from device_agent.errors import TensorInputError
 from diffing.rnnt_loss import rnnt_loss
 
 
@@ -250,12 +251,12 @@ def _good():
         (lambda a: a.update(reduction="avg"), "reduction"),
     ],
 )
-def test_bad_input_raises_value_error(mutate, match):
+def test_bad_input_raises_the_project_error(mutate, match):
     logits, targets, ll, tl = _good()
     tl[:] = 3
     args = dict(logits=logits, targets=targets, logit_lengths=ll, target_lengths=tl, blank=0, reduction="mean")
     mutate(args)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(TensorInputError, match=match):
         rnnt_loss(**args)
 
 

@@ -24,7 +24,7 @@ from packager.trust import init_repository
 from tests.tiny import tiny_device_model
 
 MODEL = "tiny"
-PLAN = RolloutPlan(MODEL, "stable", "2", "1", (10.0, 50.0, 100.0), min_reports=3, min_halt_reports=3, revert=True)
+PLAN = RolloutPlan(MODEL, "stable", 2, 1, (10.0, 50.0, 100.0), min_reports=3, min_halt_reports=3, revert=True)
 
 
 def numbers(**kw) -> CohortNumbers:
@@ -47,7 +47,9 @@ def test_decisions() -> None:
     with pytest.raises(ConfigError, match="ending at 100"):
         replace(PLAN, cohorts=(10.0, 50.0))
     with pytest.raises(ConfigError, match="previous version"):
-        RolloutPlan(MODEL, "stable", "2", None, revert=True)
+        RolloutPlan(MODEL, "stable", 2, None, revert=True)
+    with pytest.raises(ConfigError, match=r"rollout version '2' must be an integer"):
+        RolloutPlan(MODEL, "stable", "2", 1)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -68,13 +70,13 @@ def repo(file_store: FileStore, tmp_path: Path) -> tuple[FileStore, Path]:
     publish_bundle(file_store, keys, encode_diff_bundle(back, v2), make_current=False)
     for i in range(20):  # a fleet of 20 devices
         file_store.put(heartbeat_key(MODEL, "stable", f"d{i}"),
-                       Heartbeat(f"d{i}", MODEL, "stable", 1.0, "1", "no_update").to_json())
+                       Heartbeat(f"d{i}", MODEL, "stable", 1.0, 1, "no_update").to_json())
     return file_store, keys
 
 
 def report(store: FileStore, device: str, outcome: str, before: float, after: float, t: float) -> None:
     doc = {"format": 1, "device_id": device, "model_id": MODEL, "channel": "stable", "outcome": outcome,
-           "from_version": "1", "to_version": "2", "wer_before": before, "wer_after": after, "finished_at": t}
+           "from_version": 1, "to_version": 2, "wer_before": before, "wer_after": after, "finished_at": t}
     store.put(report_key(MODEL, "stable", device, t), json.dumps(doc).encode())
 
 
@@ -96,7 +98,7 @@ def test_restart_resumes_and_a_bad_cohort_halts_and_reverts(repo) -> None:
     decision = restarted.step()
     assert decision["action"] == "halt" and decision["numbers"]["ignored"] == 1
     channel = read_channel(store, keys, MODEL, "stable")
-    assert (channel.current_version, channel.rollout_percent) == ("1", 100.0)  # back to version 1 for everyone
+    assert (channel.current_version, channel.rollout_percent) == (1, 100.0)  # back to version 1 for everyone
     state = restarted.load()[0]
     assert [d["action"] for d in state.decisions] == ["plan", "advance", "halt"]
     assert state.decisions[-1]["numbers"]["refused"] == 3

@@ -51,7 +51,7 @@ def test_one_diff_per_channel_learned_in_parallel_and_published_together(s3_stor
     failed = CliRunner().invoke(cli, ["diff", "train-many", str(_plan(tmp_path, "missing.jsonl")), *args], env=env)
     assert failed.exit_code == 8 and "1 of 2 diffs failed: beta-from-v1" in failed.output, failed.output
     assert (tmp_path / "release" / "stable-from-v1.otab").exists()
-    assert all(read_channel(s3_store, keys, "tiny", c).current_version == "1" for c in bases)
+    assert all(read_channel(s3_store, keys, "tiny", c).current_version == 1 for c in bases)
 
     # 2) fixed plan: stable is not learned again, beta is, and both channels move to version 2
     done = CliRunner().invoke(cli, ["diff", "train-many", str(_plan(tmp_path, "adapt.jsonl")), *args], env=env)
@@ -59,7 +59,7 @@ def test_one_diff_per_channel_learned_in_parallel_and_published_together(s3_stor
     assert "stable-from-v1: " in done.output and "already learned from this base" in done.output
     for channel, model in bases.items():
         state = read_channel(s3_store, keys, "tiny", channel)
-        assert state.current_version == "2" and any(e.from_version == "1" for e in state.edges)
+        assert state.current_version == 2 and any(e.from_version == 1 for e in state.edges)
         bundle = decode_bundle((tmp_path / "release" / f"{channel}-from-v1.otab").read_bytes())
         assert apply_bundle(bundle, model).version == 2  # each diff applies to its own channel's model only
     assert decode_bundle((tmp_path / "release" / "beta-from-v1.otab").read_bytes()).method == "hashed"

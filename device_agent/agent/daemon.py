@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from device_agent.errors import (AgentBusyError, BundleError, ConfigError, ContentHashMismatchError, DataError,
-                                 DecodeBoundError, DiskFullError, LifecycleError, OtaError, TrustError)
+                                 DecodeBoundError, DiskFullError, LifecycleError, OtaError, TrustError,
+                                 WrongBaseError)
 from device_agent.atomic import fsync_dir
 from device_agent.agent.config import AgentConfig
 from device_agent.agent.download import RangeDownloader, RetryPolicy, Stopped, download_signed
@@ -176,7 +177,7 @@ class Agent:
             self._flush_reports()
             st = load_state(self.data)
             outcome: dict[str, Any] = {"outcome": "no_update"}
-            installed: list[str] = []  # versions committed by this call, in order
+            installed: list[int] = []  # versions committed by this call, in order
             for _ in range(self.cfg.max_hops + 1):
                 if st.state == State.IDLE:
                     self._transition(st, Event.CHECK)
@@ -304,9 +305,9 @@ class Agent:
         st.update = self._new_record(st.resume, info, choice.edge.to_version, active)
         return Event.UPDATE_FOUND
 
-    def _new_record(self, old: UpdateRecord | None, info, to_version: str, active: SlotRef | None) -> UpdateRecord:
+    def _new_record(self, old: UpdateRecord | None, info, to_version: int, active: SlotRef | None) -> UpdateRecord:
         c = info.custom
-        expected = {"model_id": self.cfg.model_id, "target_version": int(to_version)}
+        expected = {"model_id": self.cfg.model_id, "target_version": to_version}
         for key, value in expected.items():
             if c.get(key) != value:
                 raise TrustError(f"bundle {info.name}: signed {key} is {c.get(key)!r}, expected {value!r}")
@@ -315,8 +316,8 @@ class Agent:
             raise TrustError(f"bundle {info.name}: signed custom metadata lacks kind/target_hash")
         if kind == "diff" and (active is None or c.get("base_hash") != active.hash):
             have = "no model" if active is None else f"{active.hash} (version {active.version})"
-            raise BundleError(f"bundle {info.name} is a diff against {c.get('base_hash')} (version "
-                              f"{c.get('base_version')}); the active model is {have}")
+            raise WrongBaseError(f"bundle {info.name} is a diff against {c.get('base_hash')} (version "
+                                 f"{c.get('base_version')}); the active model is {have}")
         rec = UpdateRecord(
             attempt_id=uuid.uuid4().hex[:12], target=info.name, length=info.length, hashes=dict(info.hashes),
             store_key=info.store_key, kind=kind, from_version=active.version if active else None,
@@ -385,7 +386,7 @@ class Agent:
         except OSError as exc:
             raise os_error(exc, f"reading {final}") from None
         # The bundle's own manifest must say what the signed metadata said (no mix-and-match).
-        promised = (self.cfg.model_id, rec.kind, int(rec.to_version), rec.target_hash, rec.base_hash)
+        promised = (self.cfg.model_id, rec.kind, rec.to_version, rec.target_hash, rec.base_hash)
         found = (m.model_id, m.kind, m.target_version, m.target_hash, m.base_hash)
         if found != promised:
             final.unlink(missing_ok=True)
@@ -409,7 +410,7 @@ class Agent:
         # streamed from the file and sized against the model it changes before any section is read
         bundle = read_bundle(final, base)
         # in place: `base` was loaded from the slot file just for this, so extra memory stays O(diff)
-        model = apply_bundle(bundle, base, in_place=True)  # BundleError on a base mismatch; checks the target hash
+        model = apply_bundle(bundle, base, in_place=True)  # WrongBaseError on a base mismatch; checks the target hash
         if model.content_hash() != rec.target_hash:
             raise ContentHashMismatchError(f"applying {rec.target} produced {model.content_hash()}, the signed "
                                            f"target hash is {rec.target_hash}")

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device_agent.atomic import fsync_dir
-from device_agent.errors import (StoreAuthError, StoreNotFoundError, TransportError, TrustError)
-from device_agent.agent.state import os_error
+from device_agent.errors import Stopped, StoreAuthError, StoreNotFoundError, TransportError, TrustError, os_error
 
 Progress = Callable[[int, int], None]  # (bytes on disk, total)
 
@@ -40,10 +39,6 @@ class DownloadStats:
     refetched: int  # bytes of chunk ranges that had to be requested again
     failed_requests: int
     hashes: dict[str, str]  # streaming hashes of the whole file
-
-
-class Stopped(Exception):
-    """The daemon was asked to stop; the partial file stays for the next run."""
 
 
 class Throttle:

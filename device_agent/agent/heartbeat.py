@@ -22,13 +22,16 @@ from typing import Any
 from device_agent.atomic import write_atomic
 from device_agent.errors import (
     BundleError,
+    DataError,
     DiskFullError,
     MetadataExpiredError,
     StoreAuthError,
     StoreNotFoundError,
     StoreUnreachableError,
     TrustError,
+    WrongBaseError,
 )
+from device_agent.version import parse_version
 
 HEARTBEAT_FORMAT = 1
 HEARTBEATS_PREFIX = "heartbeats/"
@@ -45,6 +48,7 @@ _REASONS: tuple[tuple[type[BaseException], str], ...] = (
     (StoreNotFoundError, "not found in store"),
     (DiskFullError, "disk full"),
     (BundleError, "bad bundle"),
+    (WrongBaseError, "diff for another base"),
 )
 
 
@@ -70,14 +74,14 @@ class Heartbeat:
     model_id: str
     channel: str
     at: float  # unix time of the check
-    version: str | None  # active model version
+    version: int | None  # active model version
     state: str  # how the last check ended: no_update, committed, refused, failed, rolled_back
     error_class: str | None = None
     reason: str | None = None  # failure_reason() of the last failed check
     error: str | None = None  # its message, truncated
     consecutive_failures: int = 0
     metadata_expires: str | None = None  # expiry of the newest timestamp the device verified (ISO 8601)
-    refused: list[str] = field(default_factory=list)  # versions the device refused (newest last)
+    refused: list[int] = field(default_factory=list)  # versions the device refused (newest last)
 
     def to_json(self) -> bytes:
         doc = {"format": HEARTBEAT_FORMAT, **asdict(self)}
@@ -171,10 +175,17 @@ def parse_heartbeat(data: bytes) -> dict[str, Any] | None:
     for name, kind in checks.items():
         if not isinstance(doc.get(name), kind) or isinstance(doc.get(name), bool):
             return None
-    for name in ("version", "error_class", "reason", "error", "metadata_expires"):
+    for name in ("error_class", "reason", "error", "metadata_expires"):
         if doc.get(name) is not None and not isinstance(doc.get(name), str):
             return None
-    if not isinstance(doc.get("refused", []), list):
+    try:  # earlier releases sent versions as decimal strings
+        if doc.get("version") is not None:
+            doc["version"] = parse_version(doc["version"], "heartbeat version", DataError, legacy_text=True)
+        refused = doc.get("refused", [])
+        if not isinstance(refused, list):
+            return None
+        doc["refused"] = [parse_version(v, "heartbeat refused version", DataError, legacy_text=True) for v in refused]
+    except DataError:
         return None
     return doc
 

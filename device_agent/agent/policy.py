@@ -44,7 +44,7 @@ class Choice:
     plan: tuple[UpdateEdge, ...] = ()
 
 
-def choose_update(channel: ChannelState, active_version: str | None, refused: set[str], device_id: str) -> Choice:
+def choose_update(channel: ChannelState, active_version: int | None, refused: set[int], device_id: str) -> Choice:
     """The first bundle of the cheapest plan from the active version to the channel's
     current version, unless the device is outside the rollout or refused that version.
     One bundle per attempt: each hop is verified, gated and committed on its own."""
@@ -59,7 +59,7 @@ def choose_update(channel: ChannelState, active_version: str | None, refused: se
     hop = plan[0]
     if hop.to_version in refused:
         return Choice(None, f"the plan passes through refused version {hop.to_version}")
-    return Choice(hop, f"update {active_version or 'none'} -> {target} via {len(plan)} bundle(s)", tuple(plan))
+    return Choice(hop, f"update {'none' if active_version is None else active_version} -> {target} via {len(plan)} bundle(s)", tuple(plan))
 
 
 def parse_expected_wer(value: object) -> float | None:

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from device_agent.atomic import temp_files, write_atomic
-from device_agent.errors import DataError, ModelFormatError
-from device_agent.agent.state import SlotRef, os_error, typed_record
+from device_agent.errors import DataError, ModelFormatError, os_error
+from device_agent.agent.state import SlotRef, typed_record
 
 SLOTS = ("a", "b")
 MODEL_FILE = "model.otam"

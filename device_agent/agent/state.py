@@ -6,7 +6,6 @@ restarted daemon finds the last completed step and re-runs the next one.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import types
 import typing
@@ -15,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.atomic import write_atomic
-from device_agent.errors import DataError, DiskFullError, TransportError
+from device_agent.errors import DataError, os_error
 from device_agent.agent.lifecycle import State
+from device_agent.version import Version, VersionField, parse_version
 
 STATE_FORMAT = 1
 
@@ -26,7 +26,7 @@ class SlotRef:
     """A model in a slot: which slot, and what must be in it."""
 
     slot: str
-    version: str
+    version: Version
     hash: str
 
 
@@ -40,8 +40,8 @@ class UpdateRecord:
     hashes: dict[str, str]  # signed hashes
     store_key: str
     kind: str  # "full" | "diff"
-    from_version: str | None
-    to_version: str
+    from_version: Version | None
+    to_version: Version
     base_hash: str | None
     target_hash: str  # signed custom metadata: what the applied model must hash to
     expected_wer: float | None
@@ -66,7 +66,7 @@ class UpdateRecord:
 class AgentState:
     state: State = State.IDLE
     update: UpdateRecord | None = None
-    refused: list[str] = field(default_factory=list)  # versions never retried automatically
+    refused: list[Version] = field(default_factory=list)  # versions never retried automatically
     last_error: dict[str, str] | None = None  # {"class", "message"} of the last failed attempt
     last_outcome: dict[str, Any] | None = None  # summary of the last finished attempt
     last_check: dict[str, Any] | None = None  # when the store was last asked, and what it said
@@ -103,7 +103,7 @@ def typed_record(cls: type, obj: Any, where: str) -> Any:
     names the first field of the wrong type. Unknown or missing fields are errors too."""
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     required = {f.name for f in dataclasses.fields(cls)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
@@ -113,18 +113,42 @@ def typed_record(cls: type, obj: Any, where: str) -> Any:
 
 
 def _typed(value: Any, tp: Any, where: str) -> Any:
+    """`value` checked (and, for floats and versions, converted) against the annotation `tp`."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        return _typed_annotated(value, args, where)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _typed(value, inner[0], where) if len(inner) == 1 else _fail(value, tp, where)
+        return _typed_optional(value, tp, args, where)
     if dataclasses.is_dataclass(tp):
         return typed_record(tp, value, where)
+    if origin in (list, dict):
+        return _typed_container(value, tp, origin, args, where)
+    return _typed_plain(value, tp, where)
+
+
+def _typed_annotated(value: Any, args: tuple[Any, ...], where: str) -> Any:
+    if VersionField in args[1:]:
+        # files of earlier releases hold versions as decimal strings
+        return parse_version(value, where, DataError, legacy_text=True)
+    return _typed(value, args[0], where)
+
+
+def _typed_optional(value: Any, tp: Any, args: tuple[Any, ...], where: str) -> Any:
+    if value is None and type(None) in args:
+        return None
+    inner = [a for a in args if a is not type(None)]
+    return _typed(value, inner[0], where) if len(inner) == 1 else _fail(value, tp, where)
+
+
+def _typed_container(value: Any, tp: Any, origin: type, args: tuple[Any, ...], where: str) -> Any:
     if origin is list and isinstance(value, list):
         return [_typed(v, args[0], f"{where}[]") for v in value]
     if origin is dict and isinstance(value, dict):
         return {_typed(k, args[0], where): _typed(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    return _fail(value, tp, where)
+
+
+def _typed_plain(value: Any, tp: Any, where: str) -> Any:
     if tp is Any or (isinstance(tp, type) and issubclass(tp, State) and isinstance(value, State)):
         return value
     if tp is float and type(value) in (int, float):
@@ -169,10 +193,3 @@ def write_json_atomic(path: Path, doc: Any) -> None:
         write_atomic(path, json.dumps(doc, indent=1, sort_keys=True).encode())
     except OSError as exc:
         raise os_error(exc, f"writing {path}") from None
-
-
-def os_error(exc: OSError, what: str) -> TransportError:
-    """Local file errors as the project's transport errors (disk full is its own leaf)."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"{what}: no space left on device; free space in the agent's data_dir and retry")
-    return TransportError(f"{what}: {exc.strerror or exc}")

@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 from scipy.signal import resample_poly
 
+from device_agent.errors import ConfigError
+
 PEAK = 0.99  # keep headroom so 16-bit WAV writing never clips
 
 
@@ -25,9 +27,9 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.speed[0] <= self.speed[1] <= 2.0:
-            raise ValueError(f"speed range must lie in [0.5, 2.0] and be ordered, got {self.speed}")
+            raise ConfigError(f"speed range must lie in [0.5, 2.0] and be ordered, got {self.speed}")
         if self.snr_db[0] > self.snr_db[1] or self.gain_db[0] > self.gain_db[1]:
-            raise ValueError(f"ranges must be (low, high), got snr {self.snr_db}, gain {self.gain_db}")
+            raise ConfigError(f"ranges must be (low, high), got snr {self.snr_db}, gain {self.gain_db}")
 
 
 def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:

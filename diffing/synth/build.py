@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from device_agent.atomic import write_atomic
 from device_agent.audio import SAMPLE_RATE, save_wav
+from device_agent.errors import ConfigError
 from device_agent.manifest import Utterance, write_manifest
 from diffing.synth.augment import PEAK, augment
 from diffing.synth.grammar import SPLITS, sample_commands
@@ -80,7 +81,7 @@ def build_update_set(
     spoken by the held-out accents.
     """
     if kind not in UPDATE_KINDS:
-        raise ValueError(f"unknown update kind {kind!r}; expected one of {UPDATE_KINDS}")
+        raise ConfigError(f"unknown update kind {kind!r}; expected one of {UPDATE_KINDS}")
     adapt_voices, test_voices = (
         ("novel_accent_adapt", "novel_accent_test") if kind == "novel_accent" else ("train", "test")
     )
@@ -122,10 +123,10 @@ def render_job(job: Job) -> Utterance:
 
 def _build(out_dir: Path, parts: list[Part], split: str, seed: int, workers: int, progress: bool) -> dict[str, Path]:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
     for part in parts:
         if part.n < 0 or part.voices not in VOICE_SETS:
-            raise ValueError(f"bad part {part}: n must be >= 0 and voices one of {VOICE_SETS}")
+            raise ConfigError(f"bad part {part}: n must be >= 0 and voices one of {VOICE_SETS}")
     start = time.perf_counter()
     plans = {p.name: plan(out_dir, p, split, seed) for p in parts}
     for p in parts:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from device_agent.errors import ConfigError
+
 # --- numbers ----------------------------------------------------------------
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
@@ -19,7 +21,7 @@ _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 def spell(n: int) -> str:
     """0..99 as words ("forty two")."""
     if not 0 <= n < 100:
-        raise ValueError(f"spell() takes 0..99, got {n}")
+        raise ConfigError(f"spell() takes 0..99, got {n}")
     if n < 20:
         return _ONES[n]
     tens, ones = divmod(n, 10)
@@ -321,4 +323,4 @@ def _get(split: str) -> Split:
     try:
         return SPLITS[split]
     except KeyError:
-        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}") from None
+        raise ConfigError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}") from None

@@ -126,7 +126,7 @@ def is_test_variant(variant: str) -> bool:
 def voice_set(name: str) -> list[Voice]:
     """Voices of one set, in a fixed order."""
     if name not in VOICE_SETS:
-        raise ValueError(f"unknown voice set {name!r}; expected one of {VOICE_SETS}")
+        raise ConfigError(f"unknown voice set {name!r}; expected one of {VOICE_SETS}")
     if name == "train_wide":
         return voice_set("train") + [Voice("festival", v, f"festival-{v}")
                                      for v, (split, _) in FESTIVAL_VOICES.items() if split == name]
