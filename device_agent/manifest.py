@@ -55,7 +55,20 @@ def read_manifest(
 def _parse_line(
     line: str, where: str, folder: Path, tokenizer: CharTokenizer | None, check_audio: bool
 ) -> Utterance:
-    # 1) syntax and shape
+    obj = _parse_object(line, where)  # 1) syntax and shape
+    audio, text, duration, speaker = obj["audio_filepath"], obj["text"], obj["duration"], obj.get("speaker")
+    text = _check_text(text, where, tokenizer)  # 2) values
+    # bool is an int subclass; `true` is never a duration
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration):
+        raise ManifestError(f"{where}: 'duration' must be a number of seconds, got {duration!r:.80}")
+    if duration <= 0:
+        raise ManifestError(f"{where}: non-positive duration {duration}; expected seconds > 0")
+    audio_path = _check_audio(audio, where, folder, check_audio)  # 3) the audio it points at
+    return Utterance(audio_path=audio_path, text=text, duration=float(duration), speaker=speaker)
+
+
+def _parse_object(line: str, where: str) -> dict:
+    """One JSON object with the required keys, a non-empty audio path, a text and an optional speaker."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -65,15 +78,18 @@ def _parse_line(
     for key in REQUIRED_KEYS:
         if key not in obj:
             raise ManifestError(f"{where}: missing key {key!r}; expected keys {list(REQUIRED_KEYS)}")
-    audio, text, duration, speaker = obj["audio_filepath"], obj["text"], obj["duration"], obj.get("speaker")
+    audio, text, speaker = obj["audio_filepath"], obj["text"], obj.get("speaker")
     if not isinstance(audio, str) or not audio:
         raise ManifestError(f"{where}: 'audio_filepath' must be a non-empty string, got {audio!r:.80}")
     if not isinstance(text, str):
         raise ManifestError(f"{where}: 'text' must be a string, got {type(text).__name__}")
     if speaker is not None and not isinstance(speaker, str):
         raise ManifestError(f"{where}: 'speaker' must be a string or absent, got {speaker!r:.80}")
+    return obj
 
-    # 2) values
+
+def _check_text(text: str, where: str, tokenizer: CharTokenizer | None) -> str:
+    """The normalised transcript: non-empty, and within the tokenizer's alphabet if one is given."""
     text = normalize_text(text)
     if not text:
         raise ManifestError(f"{where}: empty text; expected a non-empty transcript")
@@ -84,13 +100,11 @@ def _parse_line(
                 f"{where}: text {text!r:.80} has characters {sorted(bad)} outside the tokenizer "
                 f"alphabet {tokenizer.symbols!r}"
             )
-    # bool is an int subclass; `true` is never a duration
-    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration):
-        raise ManifestError(f"{where}: 'duration' must be a number of seconds, got {duration!r:.80}")
-    if duration <= 0:
-        raise ManifestError(f"{where}: non-positive duration {duration}; expected seconds > 0")
+    return text
 
-    # 3) the audio it points at
+
+def _check_audio(audio: str, where: str, folder: Path, check_audio: bool) -> Path:
+    """The audio file (relative paths from the manifest's folder); with `check_audio`, readable too."""
     audio_path = Path(audio)
     if not audio_path.is_absolute():
         audio_path = folder / audio_path
@@ -103,7 +117,7 @@ def _parse_line(
             raise ManifestError(
                 f"{where}: unreadable audio {audio_path}: {exc} (expected WAV, FLAC or OGG)"
             ) from None
-    return Utterance(audio_path=audio_path, text=text, duration=float(duration), speaker=speaker)
+    return audio_path
 
 
 def write_manifest(path: str | Path, utterances: Iterable[Utterance]) -> Path:

@@ -243,10 +243,24 @@ def _augmentation(cfg: TrainConfig, train_set: list, rng: random.Random) -> Call
     return transform
 
 
+@dataclass
+class _Run:
+    """What the epochs update: the model and its CTC head, the optimiser, the pruning state, the position."""
+
+    model: RNNT
+    ctc_head: torch.nn.Linear
+    optimizer: torch.optim.Optimizer
+    compression: CompressionState
+    weights: dict[str, torch.Tensor]  # the prunable weight matrices, by name
+    total_steps: int
+    step: int = 0
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> Path:
     """Train (or resume) and export; returns the path of the device model."""
     world = distributed.init(cfg.device)
-    dev = world.device
     if not world.is_writer:  # one writer: logs, checkpoints and the export come from rank 0
         log, progress = (lambda _: None), False
     set_threads(cfg.threads)
@@ -262,6 +276,29 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
     distributed.require_same("training settings or data", {**_recipe(cfg.to_json()), "data": identity})
 
     # 1) data: cached log-mel features (rank 0 fills the cache first), normalisation statistics from training data
+    train_set, dev_set = _load_data(cfg, world, tokenizer, out, progress)
+
+    # 2) model, optimiser, compression state; resume if a checkpoint exists
+    run, stats = _build(cfg, train_set, world.device)
+    ckpt_path = out / "last.pt"
+    _resume_or_init(run, cfg, ckpt_path, identity, stats, log)
+
+    # 3) epochs: prune on the cubic schedule, fake-quantize late, checkpoint every epoch
+    _train_epochs(run, cfg, world, train_set, dev_set, tokenizer, identity, ckpt_path, log)
+
+    # 4) export (rank 0): masked weights -> per-channel int8 device model
+    if not world.is_writer:
+        return out / "model.otam"
+    device = export_checkpoint(ckpt_path, out / "model.otam")
+    write_atomic(out / "summary.json", json.dumps({"train_config": cfg.to_json(), "data_identity": identity,
+                                                   "history": run.history, "content_hash": device,
+                                                   "model": str(out / "model.otam")}, indent=2).encode())
+    return out / "model.otam"
+
+
+def _load_data(cfg: TrainConfig, world: distributed.World, tokenizer: CharTokenizer, out: Path,
+               progress: bool) -> tuple[list, list]:
+    """Training examples on every rank, the dev subset on rank 0 (features cached under out/cache)."""
     feats_cfg = cfg.model.features
     if not world.is_writer:
         distributed.barrier("feature extraction")
@@ -271,11 +308,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
     if world.is_writer:
         distributed.barrier("feature extraction")
     dev_set = dev_set[:: max(1, len(dev_set) // cfg.dev_utterances)][: cfg.dev_utterances]
+    return train_set, dev_set
 
-    # 2) model, optimiser, compression state; resume if a checkpoint exists
+
+def _build(cfg: TrainConfig, train_set: list, dev: torch.device) -> tuple[_Run, tuple[torch.Tensor, torch.Tensor]]:
+    """A fresh model (seeded), CTC head, AdamW and compression state on `dev`; also the feature statistics."""
     torch.manual_seed(cfg.seed)
     model = RNNT(cfg.model)
-    mean, inv_std = feature_stats(train_set, feats_cfg)
+    mean, inv_std = feature_stats(train_set, cfg.model.features)
     model.frontend.mean.copy_(mean)
     model.frontend.inv_std.copy_(inv_std)
     model.pred_dropout = cfg.pred_dropout
@@ -291,106 +331,119 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool =
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay + [ctc_head.weight], "weight_decay": cfg.weight_decay},
                                    {"params": no_decay + [ctc_head.bias], "weight_decay": 0.0}], lr=cfg.lr)
-    n_batches = len(distributed.global_groups(train_set, cfg.max_frames, feats_cfg.stack))
-    total_steps = n_batches * cfg.epochs
-    step, epoch, history = 0, 0, []
-    ckpt_path = out / "last.pt"
+    n_batches = len(distributed.global_groups(train_set, cfg.max_frames, cfg.model.features.stack))
+    run = _Run(model, ctc_head, optimizer, compression, weights, n_batches * cfg.epochs)
+    return run, (mean, inv_std)
+
+
+def _resume_or_init(run: _Run, cfg: TrainConfig, ckpt_path: Path, identity: dict,
+                    stats: tuple[torch.Tensor, torch.Tensor], log: Callable[[str], None]) -> None:
+    """Continue from `ckpt_path` if rank 0 has one (same data and recipe only), else start from
+    `cfg.init_from` if given."""
     ckpt = distributed.from_writer(lambda: torch.load(ckpt_path, map_location="cpu", weights_only=False)
                                    if ckpt_path.exists() else None)
     if ckpt is not None:
         if ckpt["data_identity"] != identity or _recipe(ckpt["train_config"]) != _recipe(cfg.to_json()):
             raise ConfigError(f"{ckpt_path} was trained with different data or settings; "
                               "use a new --out directory or delete the checkpoint")
-        model.load_state_dict(ckpt["model"])
-        ctc_head.load_state_dict(ckpt["ctc_head"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        compression.load_state_dict(ckpt["compression"])
-        step, epoch, history = ckpt["step"], ckpt["epoch"], ckpt["history"]
-        log(f"resumed from {ckpt_path} at epoch {epoch}, step {step}")
+        run.model.load_state_dict(ckpt["model"])
+        run.ctc_head.load_state_dict(ckpt["ctc_head"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.compression.load_state_dict(ckpt["compression"])
+        run.step, run.epoch, run.history = ckpt["step"], ckpt["epoch"], ckpt["history"]
+        log(f"resumed from {ckpt_path} at epoch {run.epoch}, step {run.step}")
     elif cfg.init_from:
         init = _initial_state(cfg.init_from)
         if not same_but_front_end(ModelConfig.from_json(init["model_config"]), cfg.model):
             raise ConfigError(f"{cfg.init_from} has a different model config than this run")
-        model.load_state_dict(init["model"])
+        run.model.load_state_dict(init["model"])
         if "ctc_head" in init:
-            ctc_head.load_state_dict(init["ctc_head"])
-        compression.load_state_dict(init["compression"])
-        if ModelConfig.from_json(init["model_config"]).features != feats_cfg:
+            run.ctc_head.load_state_dict(init["ctc_head"])
+        run.compression.load_state_dict(init["compression"])
+        if ModelConfig.from_json(init["model_config"]).features != cfg.model.features:
             # a new front end: the encoder reads differently distributed features, so normalise with this
             # front end's statistics and let the fine-tune adapt the first layer
-            model.frontend.mean.copy_(mean)
-            model.frontend.inv_std.copy_(inv_std)
-        log(f"initialised from {cfg.init_from} (epoch {init['epoch']}, {compression.sparsity():.1%} zeros)")
+            run.model.frontend.mean.copy_(stats[0])
+            run.model.frontend.inv_std.copy_(stats[1])
+        log(f"initialised from {cfg.init_from} (epoch {init['epoch']}, {run.compression.sparsity():.1%} zeros)")
 
-    # 3) epochs: prune on the cubic schedule, fake-quantize late, checkpoint every epoch
-    rng = random.Random(cfg.seed + epoch)
+
+def _train_epochs(run: _Run, cfg: TrainConfig, world: distributed.World, train_set: list, dev_set: list,
+                  tokenizer: CharTokenizer, identity: dict, ckpt_path: Path, log: Callable[[str], None]) -> None:
+    """From `run.epoch` to `cfg.epochs`; rank 0 logs, scores the dev set and checkpoints after each epoch."""
+    rng = random.Random(cfg.seed + run.epoch)
     augment_rng = distributed.augmentation_rng(rng)  # rng itself in one process; rng orders the batches
-    step_loss = distributed.wrap(TrainLoss(model, ctc_head, cfg.ctc_weight))
+    step_loss = distributed.wrap(TrainLoss(run.model, run.ctc_head, cfg.ctc_weight))
     augment = _augmentation(cfg, train_set, augment_rng)
-    model.train()
+    run.model.train()
     report = step_reporter()
-    report.start("train", total_steps, step)
-    while epoch < cfg.epochs:
-        report.epoch(epoch + 1, cfg.epochs)
+    report.start("train", run.total_steps, run.step)
+    while run.epoch < cfg.epochs:
+        report.epoch(run.epoch + 1, cfg.epochs)
         started, total_loss, n = time.time(), 0.0, 0
-        for batch, weight in distributed.local_batches(train_set, cfg.max_frames, feats_cfg, rng, augment):
-            progress_frac = step / total_steps
-            target = cubic_schedule((progress_frac - cfg.prune_start) / max(1e-9, cfg.prune_end - cfg.prune_start),
-                                    cfg.target_sparsity) if progress_frac >= cfg.prune_start else 0.0
-            if target > 0 and (step % 50 == 0 or target == cfg.target_sparsity) and \
-                    target - compression.sparsity() > 1e-3:  # never un-prune (fine-tunes start sparse)
-                compression.prune_to(weights, target)
-            compression.quantize = progress_frac >= cfg.qat_start
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, cfg)
-
-            feats = model.normalize(vtlp(batch.feats, feats_cfg, augment_rng, cfg.vtlp).to(dev))
-            if cfg.spec_augment:
-                feats = torch.stack([spec_augment(f, feats_cfg.n_mels, augment_rng) for f in feats])
-            # weight: this rank's share of the global batch, so averaged gradients are the global mean's
-            loss = distributed.collective("a training step", step_loss, feats, batch.targets.to(dev),
-                                          batch.feat_lens.to(dev), batch.target_lens.to(dev))
-            optimizer.zero_grad(set_to_none=True)
-            distributed.collective("a gradient all-reduce", (loss * weight).backward)
-            torch.nn.utils.clip_grad_norm_([*model.parameters(), *ctc_head.parameters()], cfg.grad_clip)
-            optimizer.step()
-            with torch.no_grad():  # keep pruned weights exactly zero after the update
-                for name, w in weights.items():
-                    w.mul_(compression.masks[name])
-            total_loss += loss.item() * weight  # summed over ranks: the global batch's mean loss
+        for batch, weight in distributed.local_batches(train_set, cfg.max_frames, cfg.model.features, rng, augment):
+            loss = _train_step(run, cfg, world.device, step_loss, batch, weight, augment_rng)
+            total_loss += loss * weight  # summed over ranks: the global batch's mean loss
             n += 1
-            step += 1
-            report.advance(loss.item())
-            if step % 100 == 0:
-                log(json.dumps({"step": step, "loss": round(total_loss / n, 3), "lr": round(lr_at(step, total_steps, cfg), 6),
-                                "sparsity": round(compression.sparsity(), 3), "qat": compression.quantize}))
-        epoch += 1
+            run.step += 1
+            report.advance(loss)
+            if run.step % 100 == 0:
+                log(json.dumps({"step": run.step, "loss": round(total_loss / n, 3),
+                                "lr": round(lr_at(run.step, run.total_steps, cfg), 6),
+                                "sparsity": round(run.compression.sparsity(), 3), "qat": run.compression.quantize}))
+        run.epoch += 1
         total_loss = distributed.mean_over_ranks(total_loss)
-        wer = dev_wer(model, dev_set, tokenizer) if dev_set else float("nan")
+        wer = dev_wer(run.model, dev_set, tokenizer) if dev_set else float("nan")
         if not world.is_writer:
-            distributed.barrier(f"epoch {epoch}'s checkpoint")  # wait until rank 0 has written it
+            distributed.barrier(f"epoch {run.epoch}'s checkpoint")  # wait until rank 0 has written it
             continue
-        record = {"epoch": epoch, "step": step, "loss": round(total_loss / max(n, 1), 4), "dev_wer": round(wer, 4),
-                  "sparsity": round(compression.sparsity(), 4), "qat": compression.quantize,
-                  "seconds": round(time.time() - started, 1)}
-        history.append(record)
+        record = {"epoch": run.epoch, "step": run.step, "loss": round(total_loss / max(n, 1), 4),
+                  "dev_wer": round(wer, 4), "sparsity": round(run.compression.sparsity(), 4),
+                  "qat": run.compression.quantize, "seconds": round(time.time() - started, 1)}
+        run.history.append(record)
         log(json.dumps(record))
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "ctc_head": ctc_head.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "compression": compression.state_dict(), "step": step, "epoch": epoch,
-                                    "history": history, "train_config": cfg.to_json(),
+        save_checkpoint(ckpt_path, {"model": run.model.state_dict(), "ctc_head": run.ctc_head.state_dict(),
+                                    "optimizer": run.optimizer.state_dict(),
+                                    "compression": run.compression.state_dict(), "step": run.step,
+                                    "epoch": run.epoch, "history": run.history, "train_config": cfg.to_json(),
                                     "model_config": cfg.model.to_json(), "tokenizer": tokenizer.to_json(),
                                     "data_identity": identity})
-        distributed.barrier(f"epoch {epoch}'s checkpoint")
+        distributed.barrier(f"epoch {run.epoch}'s checkpoint")
     report.finish()
 
-    # 4) export (rank 0): masked weights -> per-channel int8 device model
-    if not world.is_writer:
-        return out / "model.otam"
-    device = export_checkpoint(ckpt_path, out / "model.otam")
-    write_atomic(out / "summary.json", json.dumps({"train_config": cfg.to_json(), "data_identity": identity,
-                                                   "history": history, "content_hash": device,
-                                                   "model": str(out / "model.otam")}, indent=2).encode())
-    return out / "model.otam"
+
+def _compress_for_step(run: _Run, cfg: TrainConfig) -> None:
+    """Prune towards the cubic schedule's sparsity, switch fake quantization on late, set the learning rate."""
+    progress_frac = run.step / run.total_steps
+    target = cubic_schedule((progress_frac - cfg.prune_start) / max(1e-9, cfg.prune_end - cfg.prune_start),
+                            cfg.target_sparsity) if progress_frac >= cfg.prune_start else 0.0
+    if target > 0 and (run.step % 50 == 0 or target == cfg.target_sparsity) and \
+            target - run.compression.sparsity() > 1e-3:  # never un-prune (fine-tunes start sparse)
+        run.compression.prune_to(run.weights, target)
+    run.compression.quantize = progress_frac >= cfg.qat_start
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_at(run.step, run.total_steps, cfg)
+
+
+def _train_step(run: _Run, cfg: TrainConfig, dev: torch.device, step_loss: Callable[..., torch.Tensor], batch,
+                weight: float, augment_rng: random.Random) -> float:
+    """One optimiser step on this rank's part of a global batch; returns its loss."""
+    _compress_for_step(run, cfg)
+    feats_cfg = cfg.model.features
+    feats = run.model.normalize(vtlp(batch.feats, feats_cfg, augment_rng, cfg.vtlp).to(dev))
+    if cfg.spec_augment:
+        feats = torch.stack([spec_augment(f, feats_cfg.n_mels, augment_rng) for f in feats])
+    # weight: this rank's share of the global batch, so averaged gradients are the global mean's
+    loss = distributed.collective("a training step", step_loss, feats, batch.targets.to(dev),
+                                  batch.feat_lens.to(dev), batch.target_lens.to(dev))
+    run.optimizer.zero_grad(set_to_none=True)
+    distributed.collective("a gradient all-reduce", (loss * weight).backward)
+    torch.nn.utils.clip_grad_norm_([*run.model.parameters(), *run.ctc_head.parameters()], cfg.grad_clip)
+    run.optimizer.step()
+    with torch.no_grad():  # keep pruned weights exactly zero after the update
+        for name, w in run.weights.items():
+            w.mul_(run.compression.masks[name])
+    return loss.item()
 
 
 def model_from_checkpoint(ckpt_path: str | Path) -> tuple[RNNT, CharTokenizer, dict]:
