@@ -51,12 +51,12 @@ SLOT_PIECE_SECONDS = 0.02  # the throttle per piece of a slot write aimed at (sl
 class CrashSetup:
     tmp: Path
     configs: dict[str, AgentConfig]
-    old: tuple[str, str]  # (version, content hash) of v1
-    new: tuple[str, str]  # of v2
+    old: tuple[int, str]  # (version, content hash) of v1
+    new: tuple[int, str]  # of v2
     bundle_bytes: int
 
     @property
-    def allowed(self) -> set[tuple[str, str]]:
+    def allowed(self) -> set[tuple[int, str]]:
         return {self.old, self.new}
 
 
@@ -133,7 +133,7 @@ def build(tmp: Path) -> CrashSetup:
         "rollback": template,
         "fail": load_config(None, store_url=f"file://{tmp / 'tampered'}", data_dir=tmp / "template", **common),
     }
-    return CrashSetup(tmp, configs, ("1", base.content_hash()), ("2", new.content_hash()), len(bundle))
+    return CrashSetup(tmp, configs, (1, base.content_hash()), (2, new.content_hash()), len(bundle))
 
 
 def device(setup: CrashSetup, scenario: str, name: str) -> tuple[Path, Path]:
@@ -233,7 +233,7 @@ def durations(entered: list[tuple[str, float]]) -> dict[str, float]:
     return out
 
 
-def active_version(data: Path, allowed: set[tuple[str, str]]) -> tuple[str, str] | None:
+def active_version(data: Path, allowed: set[tuple[int, str]]) -> tuple[int, str] | None:
     """(version, hash) if the active model loads, hashes to what the pointer says and is one of
     `allowed`; None = corrupt (or no active model)."""
     try:
@@ -260,7 +260,7 @@ def converged(setup: CrashSetup, scenario: str, data: Path) -> bool:
     if active_version(data, setup.allowed) != want or st.state.value != "idle" or slot_write_interrupted(data):
         return False
     if scenario in ("refuse", "rollback"):
-        return "2" in st.refused
+        return 2 in st.refused
     if scenario == "fail":
         return st.last_error is not None
     return True
