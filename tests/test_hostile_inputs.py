@@ -369,6 +369,6 @@ def test_agent_refuses_a_signed_full_bundle_with_a_float_offset(tmp_path: Path) 
     assert state.last_error["class"] == "ModelFormatError" and "section offset 0.0" in state.last_error["message"]
     assert "\n" not in state.last_error["message"]
     path, ref = active_model_file(cfg.data_dir)
-    assert (ref.version, ref.hash) == ("1", v1.content_hash()) == ("1", load_model(path).content_hash())
+    assert (ref.version, ref.hash) == (1, v1.content_hash()) == (1, load_model(path).content_hash())
     again = Agent(cfg, log=null_log).check_once(raise_errors=False)  # a restarted agent checks again, no crash
     assert again["outcome"] in ("failed", "no_update") and active_model_file(cfg.data_dir)[1] == ref

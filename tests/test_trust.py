@@ -20,15 +20,15 @@ def test_publish_then_fetch_verifies_hashes(store: Store, tmp_path: Path) -> Non
     keys = tmp_path / "keys"
     root = trust.init_repository(store, keys)
     bundle = os.urandom(300_000)
-    custom = {"model_id": "kws-en", "base_version": "1.0.0", "target_version": "1.1.0",
+    custom = {"model_id": "kws-en", "base_version": 10, "target_version": 11,
               "method": "int8-sparse-delta", "expected_wer": "0.0712", "content_sha256": "ab" * 32}
-    published = trust.publish_target(store, keys, "bundles/kws-en/1.0.0-1.1.0.otab", bundle, custom)
+    published = trust.publish_target(store, keys, "bundles/kws-en/10-11.otab", bundle, custom)
     # the blob is stored under its hash (consistent snapshots)
-    assert store.head(f"targets/bundles/kws-en/{hashlib.sha256(bundle).hexdigest()}.1.0.0-1.1.0.otab") is not None
+    assert store.head(f"targets/bundles/kws-en/{hashlib.sha256(bundle).hexdigest()}.10-11.otab") is not None
 
     client = TrustedUpdater(store, tmp_path / "device" / "metadata", root)
     client.refresh()
-    info = client.get_target("bundles/kws-en/1.0.0-1.1.0.otab")
+    info = client.get_target("bundles/kws-en/10-11.otab")
     assert info is not None
     assert info.length == len(bundle) == published.length
     assert info.hashes == {"sha256": hashlib.sha256(bundle).hexdigest()}
@@ -36,7 +36,7 @@ def test_publish_then_fetch_verifies_hashes(store: Store, tmp_path: Path) -> Non
     dest = agent_download(store, info, tmp_path / "device")
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == info.hashes["sha256"]
     assert client.read_target(info) == bundle
-    assert [t.name for t in client.list_targets()] == ["bundles/kws-en/1.0.0-1.1.0.otab"]
+    assert [t.name for t in client.list_targets()] == ["bundles/kws-en/10-11.otab"]
     assert client.get_target("bundles/absent") is None
 
 

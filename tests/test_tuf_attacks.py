@@ -69,8 +69,8 @@ def repo(s3_store: S3Store, tmp_path: Path) -> Repo:
     keys = tmp_path / "keys"
     root = trust.init_repository(s3_store, keys, threshold=2, num_root_keys=3)
     r = Repo(s3_store, keys, root, tmp_path / "device")
-    r.publish("bundles/kws/v1.otab", V1, model_id="kws", target_version="1")
-    r.publish("bundles/kws/v2.otab", V2, model_id="kws", target_version="2")
+    r.publish("bundles/kws/v1.otab", V1, model_id="kws", target_version=1)
+    r.publish("bundles/kws/v2.otab", V2, model_id="kws", target_version=2)
     client = r.client()
     client.refresh()
     agent_download(s3_store, client.get_target("bundles/kws/v1.otab"), r.device / "downloads")
@@ -119,7 +119,7 @@ def test_endless_data(repo: Repo) -> None:
 def test_extraneous_dependencies(repo: Repo) -> None:
     """After a real release, the attacker edits its targets metadata to make the
     bundle depend on software of their choosing (they have no signing key)."""
-    published = repo.publish("bundles/kws/v3.otab", b"v3", model_id="kws", target_version="3")
+    published = repo.publish("bundles/kws/v3.otab", b"v3", model_id="kws", target_version=3)
     key = f"metadata/{published.targets_version}.targets.json"
     targets = repo.meta(f"{published.targets_version}.targets.json")
     targets.signed.targets["bundles/kws/v3.otab"].unrecognized_fields["custom"]["depends_on"] = ["bundles/evil.otab"]
