@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
-from device_agent.errors import ConfigError, StoreNotFoundError, NoUpdatePathError
+from device_agent.errors import ConfigError, NoUpdatePathError, StoreNotFoundError
 from device_agent.version import Version, parse_version
 
 if TYPE_CHECKING:
