@@ -219,8 +219,9 @@ def rollout_plan(store_url: str, keys_dir: str, model_id: str, channel: str, ver
                        percents, revert=revert_bundle is not None,
                        **{k: v for k, v in limits.items() if v is not None})
     RolloutController(store, keys_dir, model_id, channel).plan(plan)
+    back = "nothing" if previous_version is None else previous_version
     click.echo(f"{model_id}/{channel}: rolling out version {version} from {percents[0]:g}% "
-               f"(back to {'nothing' if previous_version is None else previous_version} on halt{'' if revert_bundle else ': rollout 0 only'})")
+               f"(back to {back} on halt{'' if revert_bundle else ': rollout 0 only'})")
 
 
 def _previous(state, version: int) -> int | None:  # type: ignore[no-untyped-def]

@@ -155,6 +155,6 @@ def test_a_halt_without_revert_stops_new_installs_even_when_killed_before_the_ch
     restarted = RolloutController(store, keys, MODEL, "stable")  # `ota rollout watch` resumes first
     assert restarted.resume().status == "halted"
     channel = read_channel(store, keys, MODEL, "stable")
-    assert (channel.current_version, channel.rollout_percent) == ("2", 0.0)  # nobody new installs version 2
+    assert (channel.current_version, channel.rollout_percent) == (2, 0.0)  # nobody new installs version 2
     assert [d["action"] for d in restarted.load()[0].decisions] == ["plan", "halt"]
     assert restarted.step()["action"] == "none"
