@@ -276,19 +276,22 @@ def rollout_show(store_url: str, model_id: str, channel: str, as_json: bool) -> 
     Example:
       ota rollout show --channel stable
     """
-    from packager.rollout_controller import state_key
+    from packager.rollout_controller import RolloutState, state_key
     from device_agent.store import open_store
 
-    data = open_store(store_url).get(state_key(model_id, channel))
-    doc = json.loads(data)
+    state = RolloutState.from_json(open_store(store_url).get(state_key(model_id, channel)))  # checked: DataError
     if as_json:
-        _echo_json(doc)
+        _echo_json(json.loads(state.to_json()))
         return
-    plan = doc["plan"]
-    click.echo(f"version {plan['version']} on {model_id}/{channel}: {doc['status']} at cohort "
-               f"{plan['cohorts'][doc['cohort']]:g}%")
-    for d in doc["decisions"]:
-        n = d.get("numbers") or {}
+    click.echo(f"version {state.plan.version} on {model_id}/{channel}: {state.status} at cohort "
+               f"{state.plan.cohorts[state.cohort]:g}%")
+    for d in state.decisions:
+        n = d.get("numbers") if isinstance(d.get("numbers"), dict) else {}
         numbers = f" [{n.get('reports')} reports, {n.get('refused')} refused, {n.get('failed')} failed, " \
                   f"WER change {n.get('median_wer_change')}]" if n else ""
-        click.echo(f"  {d['at']:.0f} {d['action']:<8} {d['cohort_percent']:g}%: {d['reason']}{numbers}")
+        click.echo(f"  {_number(d.get('at'), '.0f')} {d['action']:<8} {_number(d.get('cohort_percent'), 'g')}%: "
+                   f"{d.get('reason')}{numbers}")
+
+
+def _number(value: object, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "?"

@@ -63,6 +63,12 @@ def parse_report(data: bytes) -> dict[str, Any] | None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not 0.0 <= value < 100.0):
             doc[name] = None  # a nonsense WER is dropped, the outcome still counts
+    # fields the readers compare or look up (the controller orders by finished_at and looks error_class up
+    # in a set): a wrong type skips the report instead of stopping `ota fleet status` or the controller
+    for name, kinds in (("finished_at", (int, float)), ("error_class", (str,)), ("kind", (str,))):
+        value = doc.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            return None
     return doc
 
 

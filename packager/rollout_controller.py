@@ -41,6 +41,7 @@ from packager.fleet_status import ReportReader
 
 ROLLOUTS_PREFIX = "rollouts/"
 STATE_FORMAT = 1
+STATUSES = ("running", "halted", "completed")
 _TRANSPORT_ERRORS = {name for name, cls in vars(errors).items()
                      if isinstance(cls, type) and issubclass(cls, errors.TransportError)}
 
@@ -103,10 +104,19 @@ class RolloutState:
             if doc["format"] != STATE_FORMAT:
                 raise ConfigError(f"rollout state format {doc['format']}: expected {STATE_FORMAT}")
             plan = RolloutPlan(**{**doc["plan"], "cohorts": tuple(doc["plan"]["cohorts"]), **_plan_versions(doc["plan"])})
-            return cls(plan, int(doc["cohort"]), str(doc["status"]), list(doc["decisions"]))
+            cohort, status, decisions = doc["cohort"], doc["status"], doc["decisions"]
+            # the controller indexes the cohorts and reads every decision: check them here, once
+            if type(cohort) is not int or not 0 <= cohort < len(plan.cohorts):
+                raise ValueError(f"cohort {cohort!r:.20} is not an index into {len(plan.cohorts)} cohorts")
+            if status not in STATUSES:
+                raise ValueError(f"status {status!r:.20} is not one of {STATUSES}")
+            if not isinstance(decisions, list) or not all(isinstance(d, dict) and isinstance(d.get("action"), str)
+                                                          for d in decisions):
+                raise ValueError("decisions must be a list of objects with an action")
+            return cls(plan, cohort, status, decisions)
         except ConfigError:
             raise
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DataError(f"rollout state is malformed ({exc}); expected a file written by ota rollout plan") from None
 
 

@@ -14,7 +14,8 @@ from cli.main import cli
 from device_agent.agent.heartbeat import Heartbeat, heartbeat_key
 from device_agent.agent.telemetry import report_key
 from device_agent.diff import Diff, SparseDelta, apply_diff
-from device_agent.errors import ConfigError, StoreConflictError
+from cli.exit_codes import code_for_error
+from device_agent.errors import ConfigError, DataError, StoreConflictError
 from device_agent.model_format import encode_model
 from packager.bundle import encode_diff_bundle, encode_full_bundle
 from packager.publish import publish_bundle, read_channel
@@ -158,3 +159,25 @@ def test_a_halt_without_revert_stops_new_installs_even_when_killed_before_the_ch
     assert (channel.current_version, channel.rollout_percent) == (2, 0.0)  # nobody new installs version 2
     assert [d["action"] for d in restarted.load()[0].decisions] == ["plan", "halt"]
     assert restarted.step()["action"] == "none"
+
+
+def test_reports_and_a_rollout_state_of_the_wrong_types_never_stop_the_controller(repo) -> None:
+    store, keys = repo
+    controller = RolloutController(store, keys, MODEL, "stable")
+    controller.plan(PLAN)
+    report(store, "d0", "committed", 0.2, 0.2, 10.0)
+    doc = {"format": 1, "device_id": "d0", "model_id": MODEL, "channel": "stable", "outcome": "failed",
+           "from_version": 1, "to_version": 2}
+    store.put("reports/tiny/stable/d0/late.json", json.dumps({**doc, "finished_at": "late"}).encode())
+    store.put("reports/tiny/stable/d1/x.json", json.dumps({**doc, "device_id": "d1", "error_class": ["x"]}).encode())
+    decision = controller.step()  # the string time and the list class used to raise TypeError here
+    assert decision["action"] == "wait" and decision["numbers"]["ignored"] == 2
+    assert decision["numbers"]["reports"] == 1
+
+    state = json.loads(store.get("rollouts/tiny/stable.json"))
+    for field, value in (("cohort", 7), ("cohort", "0"), ("status", "paused"), ("decisions", [{"at": 1}])):
+        store.put("rollouts/tiny/stable.json", json.dumps({**state, field: value}).encode())
+        with pytest.raises(DataError, match="rollout state is malformed"):
+            RolloutController(store, keys, MODEL, "stable").step()
+        shown = CliRunner().invoke(cli, ["rollout", "show", "--store", store.url, "--model-id", MODEL])
+        assert shown.exit_code == code_for_error(DataError("")) and "rollout state is malformed" in shown.output
