@@ -16,6 +16,7 @@ import xxhash
 from device_agent.errors import ModelFormatError
 from device_agent.model_config import ModelConfig, tensor_layout
 from device_agent.tokenizer import CharTokenizer
+from device_agent.version import parse_version
 
 QMAX = 127  # symmetric int8: -128 is never used
 
@@ -46,7 +47,8 @@ class DeviceModel:
     metadata: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Tensors must match the config's layout exactly (names, kinds, shapes, dtypes)."""
+        """Tensors must match the config's layout exactly (names, kinds, shapes, dtypes); the version is one."""
+        parse_version(self.version, "model version", ModelFormatError)
         if self.tokenizer.vocab_size != self.config.vocab_size:
             raise ModelFormatError(
                 f"tokenizer has {self.tokenizer.vocab_size} classes, config expects {self.config.vocab_size}")

@@ -173,3 +173,11 @@ def test_unknown_config_key_is_refused(tiny_bytes: bytes) -> None:
 def test_missing_file_names_the_path(tmp_path) -> None:
     with pytest.raises(ModelFormatError, match="model file not found: .*nope.otam"):
         load_model(tmp_path / "nope.otam")
+
+
+@pytest.mark.parametrize("version", ["1.3", -1, 2.0, True, 2**53 + 1])
+def test_a_model_that_is_not_one_version_is_not_written(version: object) -> None:
+    model = tiny_device_model()
+    model.version = version  # type: ignore[assignment]
+    with pytest.raises(ModelFormatError, match=r"model version .* must be an integer in \[0, 2\^53\]"):
+        encode_model(model)
