@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import click
 
@@ -165,7 +166,8 @@ def _plan_default(name: str):  # type: ignore[no-untyped-def]
 @click.option("--previous", "previous_version", type=int,
               help="Version to go back to on halt (default: the channel's current version, or the version "
                    "the release's diff starts from).")
-@click.option("--cohorts", default="1,10,50,100", show_default=True, help="Rollout percentages, ending at 100.")
+@click.option("--cohorts", cls=LibraryDefault, default_of=lambda: ",".join(f"{c:g}" for c in _plan_default("cohorts")()),
+              help="Rollout percentages, ending at 100.")
 @click.option("--min-reports", type=int, cls=LibraryDefault, default_of=_plan_default("min_reports"),
               help="Reports a cohort needs before it advances.")
 @click.option("--min-success", type=click.FloatRange(0, 1), cls=LibraryDefault, default_of=_plan_default("min_success"),
@@ -186,7 +188,7 @@ def _plan_default(name: str):  # type: ignore[no-untyped-def]
               help="Bundle from VERSION back to the previous version (ota bundle build --from new --to old): "
                    "published now, used on halt.")
 def rollout_plan(store_url: str, keys_dir: str, model_id: str, channel: str, version: int,
-                 previous_version: int | None, cohorts: str, revert_bundle: str | None, **limits) -> None:
+                 previous_version: int | None, cohorts: str | None, revert_bundle: Path | None, **limits) -> None:
     """Start a staged rollout of a published version (opens the first cohort).
 
     With --revert-bundle, a halt moves the channel back to the previous version
@@ -199,40 +201,16 @@ def rollout_plan(store_url: str, keys_dir: str, model_id: str, channel: str, ver
       ota rollout plan --version 2 --revert-bundle work/2-1.otab
       ota rollout watch --interval 60
     """
-    from pathlib import Path
-
-    from device_agent.errors import ConfigError
-    from packager.publish import publish_bundle, read_channel
-    from packager.rollout_controller import RolloutController, RolloutPlan
+    from packager.rollout_controller import RolloutController, parse_cohorts
     from device_agent.store import open_store
 
-    store = open_store(store_url)
-    try:
-        percents = tuple(float(c) for c in cohorts.split(","))
-    except ValueError:
-        raise ConfigError(f"--cohorts {cohorts!r}: expected comma-separated percentages, e.g. 1,10,50,100") from None
-    if previous_version is None:
-        previous_version = _previous(read_channel(store, keys_dir, model_id, channel), version)
-    if revert_bundle:
-        publish_bundle(store, keys_dir, Path(revert_bundle).read_bytes(), channel=channel, make_current=False)
-    plan = RolloutPlan(model_id, channel, version, previous_version,
-                       percents, revert=revert_bundle is not None,
-                       **{k: v for k, v in limits.items() if v is not None})
-    RolloutController(store, keys_dir, model_id, channel).plan(plan)
-    back = "nothing" if previous_version is None else previous_version
-    click.echo(f"{model_id}/{channel}: rolling out version {version} from {percents[0]:g}% "
-               f"(back to {back} on halt{'' if revert_bundle else ': rollout 0 only'})")
-
-
-def _previous(state, version: int) -> int | None:  # type: ignore[no-untyped-def]
-    """The version a halt goes back to: the channel's current one if it is not the release,
-    else the one version the release's diffs start from."""
-    if state is None:
-        return None
-    if state.current_version != version:
-        return state.current_version
-    bases = {e.from_version for e in state.edges if e.to_version == version and e.from_version is not None}
-    return bases.pop() if len(bases) == 1 else None
+    controller = RolloutController(open_store(store_url), keys_dir, model_id, channel)
+    plan = controller.plan_release(version, previous_version=previous_version,
+                                   revert_bundle=revert_bundle.read_bytes() if revert_bundle else None,
+                                   **given(cohorts=cohorts and parse_cohorts(cohorts), **limits))
+    back = "nothing" if plan.previous_version is None else plan.previous_version
+    click.echo(f"{model_id}/{channel}: rolling out version {version} from {plan.cohorts[0]:g}% "
+               f"(back to {back} on halt{'' if plan.revert else ': rollout 0 only'})")
 
 
 @rollout.command("watch")

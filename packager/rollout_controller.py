@@ -126,6 +126,25 @@ def _plan_versions(plan: dict[str, Any]) -> dict[str, Any]:
             for k in ("version", "previous_version") if plan.get(k) is not None}
 
 
+def parse_cohorts(text: str) -> tuple[float, ...]:
+    """'1,10,50,100' -> (1.0, 10.0, 50.0, 100.0); RolloutPlan checks the order and the final 100."""
+    try:
+        return tuple(float(c) for c in text.split(","))
+    except ValueError:
+        raise ConfigError(f"cohorts {text!r}: expected comma-separated percentages, e.g. 1,10,50,100") from None
+
+
+def halt_target(channel: Any, version: int) -> int | None:
+    """The version a halted rollout of `version` goes back to: the channel's current version if it is
+    not the release, else the one version the release's diffs start from (None if that is not one)."""
+    if channel is None:
+        return None
+    if channel.current_version != version:
+        return channel.current_version
+    bases = {e.from_version for e in channel.edges if e.to_version == version and e.from_version is not None}
+    return bases.pop() if len(bases) == 1 else None
+
+
 def state_key(model_id: str, channel: str) -> str:
     return f"{ROLLOUTS_PREFIX}{model_id}/{channel}.json"
 
@@ -229,6 +248,26 @@ class RolloutController:
                                      "applied twice, re-run to continue from the stored state") from None
 
     # --- operations -------------------------------------------------------------------
+    def plan_release(self, version: int, *, previous_version: int | None = None, revert_bundle: bytes | None = None,
+                     **settings: Any) -> RolloutPlan:
+        """Plan a staged rollout of published `version` (what `ota rollout plan` does).
+
+        A halt goes back to `previous_version`, by default the channel's current version (or, when
+        the release is already current, the one version its diffs start from). With `revert_bundle`
+        (a bundle from `version` back to it) a halt makes that version current again; the bundle is
+        published, listed but not current, once the plan itself is known to be valid."""
+        from packager.publish import publish_bundle, read_channel
+
+        if previous_version is None:
+            previous_version = halt_target(read_channel(self.store, self.keys_dir, self.model_id, self.channel),
+                                           version)
+        plan = RolloutPlan(self.model_id, self.channel, version, previous_version, revert=revert_bundle is not None,
+                           **settings)  # ConfigError before anything is written
+        if revert_bundle is not None:
+            publish_bundle(self.store, self.keys_dir, revert_bundle, channel=self.channel, make_current=False)
+        self.plan(plan)
+        return plan
+
     def plan(self, plan: RolloutPlan, *, replace_finished: bool = True) -> RolloutState:
         """Start a rollout: persist the plan, then open the first cohort."""
         from packager.publish import read_channel, set_rollout

@@ -181,3 +181,16 @@ def test_reports_and_a_rollout_state_of_the_wrong_types_never_stop_the_controlle
             RolloutController(store, keys, MODEL, "stable").step()
         shown = CliRunner().invoke(cli, ["rollout", "show", "--store", store.url, "--model-id", MODEL])
         assert shown.exit_code == code_for_error(DataError("")) and "rollout state is malformed" in shown.output
+
+
+def test_plan_release_goes_back_to_the_current_version_and_writes_nothing_for_a_bad_plan(repo) -> None:
+    store, keys = repo
+    controller = RolloutController(store, keys, MODEL, "stable")
+    revert = encode_full_bundle(encode_model(tiny_device_model(0)), tiny_device_model(0))  # any way back to 1
+    before = sorted(store.list(""))
+    with pytest.raises(ConfigError, match="ending at 100"):
+        controller.plan_release(2, revert_bundle=revert, cohorts=(5.0, 50.0))
+    assert sorted(store.list("")) == before  # the revert bundle was not published for a plan that cannot run
+    plan = controller.plan_release(2, cohorts=(25.0, 100.0))
+    assert (plan.previous_version, plan.revert) == (1, False)  # version 1 is current on the channel
+    assert read_channel(store, keys, MODEL, "stable").rollout_percent == 25.0
