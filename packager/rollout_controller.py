@@ -107,17 +107,21 @@ class RolloutState:
             cohort, status, decisions = doc["cohort"], doc["status"], doc["decisions"]
             # the controller indexes the cohorts and reads every decision: check them here, once
             if type(cohort) is not int or not 0 <= cohort < len(plan.cohorts):
-                raise ValueError(f"cohort {cohort!r:.20} is not an index into {len(plan.cohorts)} cohorts")
+                raise _malformed(f"cohort {cohort!r:.20} is not an index into {len(plan.cohorts)} cohorts")
             if status not in STATUSES:
-                raise ValueError(f"status {status!r:.20} is not one of {STATUSES}")
+                raise _malformed(f"status {status!r:.20} is not one of {STATUSES}")
             if not isinstance(decisions, list) or not all(isinstance(d, dict) and isinstance(d.get("action"), str)
                                                           for d in decisions):
-                raise ValueError("decisions must be a list of objects with an action")
+                raise _malformed("decisions must be a list of objects with an action")
             return cls(plan, cohort, status, decisions)
-        except ConfigError:
+        except DataError:  # already the project's error (ConfigError too)
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise DataError(f"rollout state is malformed ({exc}); expected a file written by ota rollout plan") from None
+            raise _malformed(str(exc)) from None
+
+
+def _malformed(reason: str) -> DataError:
+    return DataError(f"rollout state is malformed ({reason}); expected a file written by ota rollout plan")
 
 
 def _plan_versions(plan: dict[str, Any]) -> dict[str, Any]:
