@@ -52,12 +52,10 @@ def parse_report(data: bytes) -> dict[str, Any] | None:
     for name in ("device_id", "model_id", "channel"):
         if not isinstance(doc.get(name), str):
             return None
-    for name in ("from_version", "to_version"):
-        if doc.get(name) is not None:
-            try:  # earlier releases sent versions as decimal strings
-                doc[name] = parse_version(doc[name], name, DataError, legacy_text=True)
-            except DataError:
-                return None
+    try:
+        doc.update(_report_versions(doc))
+    except DataError:
+        return None
     for name in ("wer_before", "wer_after"):
         value = doc.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -70,6 +68,12 @@ def parse_report(data: bytes) -> dict[str, Any] | None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
             return None
     return doc
+
+
+def _report_versions(doc: dict[str, Any]) -> dict[str, int]:
+    """A report's versions as integers (earlier releases sent decimal strings); DataError if one is not."""
+    return {name: parse_version(doc[name], name, DataError, legacy_text=True)
+            for name in ("from_version", "to_version") if doc.get(name) is not None}
 
 
 def _fetch_all(store, keys: list[str]) -> list[tuple[str, bytes | None]]:
