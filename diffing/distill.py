@@ -174,8 +174,11 @@ def distill(cfg: DistillConfig, log: Callable[[str], None] = print, progress: bo
         epoch += 1
         history.append({"epoch": epoch, "step": step, "encoder_gap": round(total_gap / len(groups), 5)})
         log(json.dumps(history[-1]))
+        # the keys of a training checkpoint too (diffing.train.model_from_checkpoint reads it as one)
         save_checkpoint(ckpt_path, {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                                    "epoch": epoch, "history": history, "distill_config": cfg.to_json()})
+                                    "epoch": epoch, "history": history, "distill_config": cfg.to_json(),
+                                    "model_config": student.cfg.to_json(), "compression": compression.state_dict(),
+                                    "tokenizer": deployed.tokenizer.to_json()})
     report.finish()
 
     student.eval()

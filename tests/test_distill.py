@@ -17,7 +17,8 @@ from device_agent.model_config import LEVEL_KEYS
 from device_agent.model_format import load_model, save_model
 from diffing.data import batch_groups, load_examples
 from diffing.distill import DistillConfig, distill, encoder_gap, student_hearing, student_of
-from diffing.export import float_model_from_device
+from diffing.export import export_model, float_model_from_device
+from diffing.train import model_from_checkpoint
 from tests.tiny import TINY_CONFIG, TINY_LEVEL_CONFIG, tiny_device_model
 
 FSDD = Path(__file__).resolve().parent / "data" / "fsdd" / "recordings"  # shipped: see its README
@@ -57,6 +58,10 @@ def test_student_nears_the_teacher_keeps_its_zeros_and_decoder(setup, tmp_path) 
     assert any(not np.array_equal(student.weights[n].q, w.q) for n, w in teacher.weights.items()
                if n.startswith("encoder."))
     assert student.metadata["distilled_from"] == teacher.content_hash()
+    # the checkpoint reads as a training checkpoint: its float model is what was exported
+    float_model, _, _ = model_from_checkpoint(Path(cfg.out_dir) / "last.pt")
+    assert export_model(float_model, teacher.tokenizer, teacher.model_id, teacher.version,
+                        metadata=student.metadata).content_hash() == student.content_hash()
 
     # on the same clean batch, the trained student reproduces the teacher's encoder better than its start
     examples = load_examples(cfg.train_manifest, load_model(cfg.teacher).tokenizer, TINY_CONFIG.features,
