@@ -102,11 +102,14 @@ def train(train_manifest: Path, dev_manifest: Path | None, out_dir: Path | None,
 @click.option("--rooms", type=click.FloatRange(0.0, 1.0), cls=LibraryDefault, default_of=_distill_default("rooms"),
               help="Share of utterances the student hears through rooms, noise and microphones "
               "(the rest at a random level, -30..+10 dB).")
+@click.option("--speed", type=click.FloatRange(0.0, 0.5, max_open=True), cls=LibraryDefault,
+              default_of=_distill_default("speed"),
+              help="Speed perturbation heard by teacher and student alike: up to this factor, frequencies and duration.")
 @click.option("--seed", type=int, cls=LibraryDefault, default_of=_distill_default("seed"), help="Random seed.")
 @click.option("--threads", type=click.IntRange(min=1), cls=LibraryDefault, default_of=_distill_default("threads"),
               help="torch threads.")
 def distill(teacher: Path, train_manifest: Path, out_dir: Path | None, epochs: int | None, lr: float | None,
-            rooms: float | None, seed: int | None, threads: int | None) -> None:
+            rooms: float | None, speed: float | None, seed: int | None, threads: int | None) -> None:
     """Give a trained model the level-normalising front end, taught by the model itself.
 
     A copy with the new front end learns to reproduce the deployed model's
@@ -122,8 +125,8 @@ def distill(teacher: Path, train_manifest: Path, out_dir: Path | None, epochs: i
     from diffing.distill import DistillConfig, distill as run
 
     cfg = DistillConfig(teacher=str(teacher), train_manifest=str(train_manifest),
-                        **given(out_dir=out_dir and str(out_dir), epochs=epochs, lr=lr, rooms=rooms, seed=seed,
-                                threads=threads))
+                        **given(out_dir=out_dir and str(out_dir), epochs=epochs, lr=lr, rooms=rooms, speed=speed,
+                                seed=seed, threads=threads))
     with training_progress() as progress:
         path = run(cfg, log=progress.log)
     click.echo(f"exported {path}")

@@ -31,7 +31,7 @@ from device_agent.model_config import LEVEL_KEYS
 from device_agent.model_format import load_model, save_model
 from device_agent.tokenizer import CharTokenizer
 from diffing.compression import CompressionState
-from diffing.data import Example, batch_groups, collate, feature_stats, load_examples
+from diffing.data import Example, batch_groups, collate, feature_stats, load_examples, speed_perturb
 from diffing.export import export_model, float_model_from_device
 from diffing.model import RNNT
 from diffing.progress import step_reporter
@@ -56,6 +56,10 @@ class DistillConfig:
     # Share of utterances the student hears through rooms, noise and microphones; the rest at a random
     # level in -30..+10 dB. The teacher always hears the recording as it is.
     rooms: float = 0.3
+    # Speed perturbation (diffing.data.speed_perturb) applied to the audio both hear: alpha from
+    # [1 - speed, 1 + speed] per utterance, so the student also learns the teacher's mapping for slower,
+    # lower and faster, higher voices than the corpus holds (0: off).
+    speed: float = 0.0
     seed: int = 0
     threads: int = 1
 
@@ -66,6 +70,8 @@ class DistillConfig:
             raise ConfigError("epochs >= 1, lr > 0 and max_frames >= 16 are required")
         if not 0.0 <= self.rooms <= 1.0:
             raise ConfigError(f"rooms (share of utterances heard through rooms) must be in [0, 1], got {self.rooms}")
+        if not 0.0 <= self.speed < 0.5:
+            raise ConfigError(f"speed (max speed perturbation) must be in [0, 0.5), got {self.speed}")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -100,6 +106,15 @@ def student_hearing(cfg: DistillConfig, teacher_features: FeatureConfig, example
             return rooms(feats)
         return feats + rng.uniform(-30.0, 10.0) / 10 * math.log(10)  # a gain in dB of power, on log power
     return transform
+
+
+def spoken_faster_or_slower(batch: list[Example], cfg: DistillConfig, features: FeatureConfig,
+                            rng: random.Random) -> list[Example]:
+    """The batch with each utterance speed-perturbed (the same copy for teacher and student)."""
+    if not cfg.speed:
+        return batch
+    return [Example(speed_perturb(e.feats, features, rng.uniform(1 - cfg.speed, 1 + cfg.speed)), e.tokens, e.text)
+            for e in batch]
 
 
 def encoder_gap(student: RNNT, teacher: RNNT, batch: list[Example], teacher_features: FeatureConfig,
@@ -164,7 +179,8 @@ def distill(cfg: DistillConfig, log: Callable[[str], None] = print, progress: bo
         for g in order:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / total))
-            gap = encoder_gap(student, teacher, [examples[i] for i in groups[g]], teacher.cfg.features, hearing)
+            batch = spoken_faster_or_slower([examples[i] for i in groups[g]], cfg, teacher.cfg.features, rng)
+            gap = encoder_gap(student, teacher, batch, teacher.cfg.features, hearing)
             optimizer.zero_grad(set_to_none=True)
             gap.backward()
             optimizer.step()

@@ -16,7 +16,8 @@ from device_agent.manifest import Utterance, write_manifest
 from device_agent.model_config import LEVEL_KEYS
 from device_agent.model_format import load_model, save_model
 from diffing.data import batch_groups, load_examples
-from diffing.distill import DistillConfig, distill, encoder_gap, student_hearing, student_of
+from diffing.distill import (DistillConfig, distill, encoder_gap, spoken_faster_or_slower, student_hearing,
+                             student_of)
 from diffing.export import export_model, float_model_from_device
 from diffing.train import model_from_checkpoint
 from tests.tiny import TINY_CONFIG, TINY_LEVEL_CONFIG, tiny_device_model
@@ -95,6 +96,21 @@ def test_hearing_is_seeded_and_changes_the_level(setup) -> None:
     assert all(np.array_equal(x.numpy(), b(e.feats).numpy()) for x, e in zip(heard, examples))
     assert all(x.shape == e.feats.shape and not np.allclose(x.numpy(), e.feats.float().numpy())
                for x, e in zip(heard, examples))
+
+
+def test_speed_perturbation_is_seeded_and_shared(setup) -> None:
+    cfg = settings(setup, Path("unused"), speed=0.2)
+    examples = load_examples(cfg.train_manifest, load_model(cfg.teacher).tokenizer, TINY_CONFIG.features,
+                             progress=False)[:6]
+    a = spoken_faster_or_slower(examples, cfg, TINY_CONFIG.features, random.Random(1))
+    b = spoken_faster_or_slower(examples, cfg, TINY_CONFIG.features, random.Random(1))
+    assert [x.feats.shape for x in a] == [x.feats.shape for x in b]
+    assert any(x.feats.shape[0] != e.feats.shape[0] for x, e in zip(a, examples))
+    assert [x.text for x in a] == [e.text for e in examples]
+    assert spoken_faster_or_slower(examples, settings(setup, Path("unused")), TINY_CONFIG.features,
+                                   random.Random(1)) is examples
+    with pytest.raises(ConfigError, match="speed"):
+        settings(setup, Path("unused"), speed=0.5)
 
 
 def test_cli_distills_and_a_student_of_another_shape_is_refused(setup, tmp_path) -> None:
