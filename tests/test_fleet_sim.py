@@ -52,7 +52,7 @@ def test_store_outage_mid_rollout_delays_but_does_not_stop_a_good_release(sim: d
 def test_three_timestamp_lifetimes_without_publishes(sim: dict) -> None:
     quiet = sim["quiet_with_refresh"]
     assert set(quiet["poll_results"]) == {"no_update"}  # refresh on schedule: no check failed
-    assert quiet["versions_after"] == {"5": SMALL.devices}  # and the next release still reaches everyone
+    assert quiet["versions_after"] == {5: SMALL.devices}  # and the next release still reaches everyone
     without = sim["quiet_without_refresh"]
     assert without["poll_results"].get("failed: metadata expired", 0) > 0
     assert without["fleet_status_failing"] == {"metadata expired": SMALL.devices}
