@@ -353,7 +353,9 @@ def test_exit_code_a_lost_rank(tmp_path: Path, manifest: Path) -> None:
 
 
 def test_exit_code_interrupted(tmp_path: Path) -> None:
-    proc = subprocess.Popen(_ota("transcribe", *[str(AUDIO)] * 200, "--model", str(MODEL)), cwd=tmp_path,
+    # far more files than can be decoded before the signal lands, whatever the machine's speed (the first
+    # lines may reach the pipe only when the child's output buffer fills)
+    proc = subprocess.Popen(_ota("transcribe", *[str(AUDIO)] * 5000, "--model", str(MODEL)), cwd=tmp_path,
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().startswith(str(AUDIO))  # the command is running
