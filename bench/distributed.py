@@ -6,7 +6,7 @@ Runs the real commands end to end, once as one process and once as `torchrun --n
 (same takes). Prints wall time, the ratio and WER side by side.
 The load on the machine is recorded before and after: the ratio is only near 0.5 when two cores are free.
 
-    PYTHONPATH=$PWD OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m bench.distributed [--epochs 8]
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 .venv/bin/python -m bench.distributed [--epochs 40]
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def wer(model: Path, manifest: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=8, help="base-training epochs")
+    parser.add_argument("--epochs", type=int, default=40, help="base-training epochs")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
     train_m, test_m = write(work, "train", range(5, 50)), write(work, "test", range(0, 5))
