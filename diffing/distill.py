@@ -77,6 +77,11 @@ class DistillConfig:
         return asdict(self)
 
 
+def _recipe(settings: dict) -> dict:
+    """The settings a checkpoint must share to be resumed (threads are how it runs, not what it learns)."""
+    return {k: v for k, v in settings.items() if k != "threads"}
+
+
 def with_level_normaliser(features: FeatureConfig) -> FeatureConfig:
     """The same front end with the level normaliser at its default settings."""
     return replace(features, **{k: getattr(FeatureConfig(), k) for k in LEVEL_KEYS})
@@ -159,7 +164,7 @@ def distill(cfg: DistillConfig, log: Callable[[str], None] = print, progress: bo
     ckpt_path = out / "last.pt"
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ckpt["distill_config"] != cfg.to_json():
+        if _recipe(ckpt["distill_config"]) != _recipe(cfg.to_json()):
             raise ConfigError(f"{ckpt_path} was written with other settings; use a new --out or delete it")
         student.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])

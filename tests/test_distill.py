@@ -82,6 +82,8 @@ def test_rerun_resumes_and_other_settings_are_refused(setup, tmp_path) -> None:
     lines: list[str] = []
     again = load_model(distill(settings(setup, out), log=lines.append, progress=False)).content_hash()
     assert again == first and any("resumed" in line for line in lines)
+    assert load_model(distill(settings(setup, out, threads=2), log=lambda _: None,
+                              progress=False)).content_hash() == first  # threads: how it runs, not what
     with pytest.raises(ConfigError, match="other settings"):
         distill(settings(setup, out, seed=1), log=lambda _: None, progress=False)
 
