@@ -35,7 +35,7 @@ from device_agent.device_model import canonical_json  # noqa: E402
 from device_agent.errors import OtaError  # noqa: E402
 from device_agent.features import FeatureConfig  # noqa: E402
 from device_agent.model_config import ModelConfig  # noqa: E402
-from device_agent.model_format import MAGIC, PREAMBLE, decode_model, decoded_bytes, encode_model  # noqa: E402
+from device_agent.model_format import FORMAT_VERSION, MAGIC, PREAMBLE, decode_model, decoded_bytes, encode_model  # noqa: E402
 from device_agent.sparse_coding import varint_encode  # noqa: E402
 from tests.tiny import tiny_device_model  # noqa: E402
 
@@ -76,7 +76,8 @@ def pack(header: dict, sections: list[bytes], *, fix: bool = True, body: bytes |
             e.update(offset=offset, length=len(s), xxh64=xxhash.xxh64_hexdigest(s))
             offset += len(s)
     body = canonical_json(header) if body is None else body
-    return PREAMBLE.pack(MAGIC, 1, 0, len(body)) + body + b"".join(sections)
+    # the seeds' own format: a mutation of the header or sections must not also change the format number
+    return PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(body)) + body + b"".join(sections)
 
 
 def _frame(raw: bytes) -> bytes:
@@ -109,7 +110,7 @@ def m_preamble(rng: np.random.Generator, s: Seed) -> bytes:
     if field == 0:
         magic = _pick(rng, [b"OTABNDL\0", b"otamodel", rng.bytes(8)])
     elif field == 1:
-        version = int(_pick(rng, [0, 2, 65535]))
+        version = int(_pick(rng, [0, 1, 3, 65535]))  # 1: the same file read as format 1
     elif field == 2:
         reserved = int(_pick(rng, [1, 65535]))
     else:
@@ -148,7 +149,7 @@ def m_canonical(rng: np.random.Generator, s: Seed) -> bytes:
     if trick == 0:
         body = json.dumps(header, sort_keys=True).encode()  # ", " and ": "
     elif trick == 1:
-        body = json.dumps(header, separators=(",", ":")).encode()  # insertion order
+        body = json.dumps(dict(reversed(header.items())), separators=(",", ":")).encode()  # keys not sorted
     elif trick == 2:
         body = b'{"version":7,' + body[1:]  # duplicate key
     elif trick == 3:
