@@ -355,8 +355,11 @@ def test_exit_code_a_lost_rank(tmp_path: Path, manifest: Path) -> None:
 def test_exit_code_interrupted(tmp_path: Path) -> None:
     # far more files than can be decoded before the signal lands, whatever the machine's speed (the first
     # lines may reach the pipe only when the child's output buffer fills)
+    # SIGINT at its default, as in a terminal: a test run started in the background of a shell ignores
+    # SIGINT, and the child would inherit that
     proc = subprocess.Popen(_ota("transcribe", *[str(AUDIO)] * 5000, "--model", str(MODEL)), cwd=tmp_path,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().startswith(str(AUDIO))  # the command is running
         proc.send_signal(signal.SIGINT)  # Ctrl-C
