@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import torch
+
 from device_agent.agent import Agent, active_model_file, load_config
 from device_agent.agent.config import AgentConfig
 from device_agent.agent.log import null_log
@@ -207,6 +209,9 @@ def run_agent(toml: Path, target: str = "", delay: float | None = None, fault: s
     if pid == 0:  # child
         os.close(rfd)
         code = 1
+        # A forked child must not enter the parent's OpenMP thread pool: its workers are not copied by
+        # fork, and torch's first parallel op (the front end's FFT) would wait for them forever.
+        torch.set_num_threads(1)
         try:
             with os.fdopen(wfd, "w") as out:
                 code = _child(toml, target, delay, fault, throttle_slot_write, out)
