@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -31,13 +31,20 @@ from device_agent.model_config import LEVEL_KEYS
 from device_agent.model_format import load_model, save_model
 from device_agent.tokenizer import CharTokenizer
 from diffing.compression import CompressionState
-from diffing.data import Example, batch_groups, collate, feature_stats, load_examples, speed_perturb
+from diffing.data import (
+    Example,
+    batch_groups,
+    collate,
+    feature_stats,
+    load_examples,
+    speed_perturb,
+)
 from diffing.export import export_model, float_model_from_device
 from diffing.model import RNNT
 from diffing.progress import step_reporter
 from diffing.room_augment import RoomAugmentConfig, RoomAugmenter
 from diffing.threads import set_threads
-from diffing.train import data_identity, save_checkpoint
+from diffing.train import data_identity, same_but_front_end, save_checkpoint
 
 TRAINED_PREFIX = "encoder."  # the student's trainable parameters
 
@@ -89,10 +96,11 @@ def with_level_normaliser(features: FeatureConfig) -> FeatureConfig:
 
 def student_of(teacher: RNNT, features: FeatureConfig, examples: list[Example]) -> RNNT:
     """The teacher's weights behind a new front end, normalised with that front end's statistics."""
-    if replace(features, **{k: getattr(teacher.cfg.features, k) for k in LEVEL_KEYS}) != teacher.cfg.features:
+    student_cfg = replace(teacher.cfg, features=features)
+    if not same_but_front_end(teacher.cfg, student_cfg):
         raise ConfigError("the student's front end may differ from the teacher's only in its level normaliser "
                           f"settings ({', '.join(LEVEL_KEYS)})")
-    student = RNNT(replace(teacher.cfg, features=features))
+    student = RNNT(student_cfg)
     student.load_state_dict(teacher.state_dict())
     mean, inv_std = feature_stats(examples, features)
     student.frontend.mean.copy_(mean)
@@ -103,13 +111,14 @@ def student_of(teacher: RNNT, features: FeatureConfig, examples: list[Example]) 
 def student_hearing(cfg: DistillConfig, teacher_features: FeatureConfig, examples: list[Example],
                     rng: random.Random) -> Callable[[torch.Tensor], torch.Tensor]:
     """Per-utterance transform of cached log-mel: a room (which sets its own level) or a level change."""
-    rooms = RoomAugmenter(teacher_features, RoomAugmentConfig(), rng, [e.feats for e in examples[:500]])
+    aug = RoomAugmentConfig()
+    rooms = RoomAugmenter(teacher_features, aug, rng, [e.feats for e in examples[:500]])
 
     def transform(feats: torch.Tensor) -> torch.Tensor:
         feats = feats.float()
         if rng.random() < cfg.rooms:
             return rooms(feats)
-        return feats + rng.uniform(-30.0, 10.0) / 10 * math.log(10)  # a gain in dB of power, on log power
+        return feats + rng.uniform(*aug.gain_db) / 10 * math.log(10)  # a gain in dB of power, on log power
     return transform
 
 
