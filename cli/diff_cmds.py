@@ -81,6 +81,7 @@ def train(method: str, channels: str | None, budget: str | None, max_gap: float,
             else:
                 result, rank_hashes = learn_diff_on_ranks(base, str(data), config, progress=True, log=log,
                                                           replay_manifest=replay and str(replay))
+        distributed.finish()
     finally:
         distributed.shutdown()
     if not world.is_writer:

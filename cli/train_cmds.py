@@ -80,6 +80,7 @@ def train(train_manifest: Path, dev_manifest: Path | None, out_dir: Path | None,
     try:
         with training_progress() as progress:
             path = run(cfg, log=progress.log)
+        distributed.finish()
     except DistributedTrainingError as exc:
         raise DistributedTrainingError(f"{exc}; {Path(cfg.out_dir) / 'last.pt'} holds the last complete epoch: "
                                        "rerun the same command to resume") from exc

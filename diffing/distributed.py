@@ -210,6 +210,14 @@ def agree(what: str, value: str) -> list[str]:
     return values
 
 
+def finish() -> None:
+    """Every rank meets once more before the group is torn down. Without it, a rank that closed its
+    gloo connections while a peer still read the last collective's bytes made the peer's gloo thread
+    throw, and the peer aborted (SIGABRT). Call it on the success path only: after a rank-local
+    failure the others would wait here for the collective timeout."""
+    barrier("the end of the run")
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
