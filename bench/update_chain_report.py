@@ -95,7 +95,7 @@ def summary(data: dict, records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def claims(data: dict, records: list[dict]) -> list[str]:
+def claims(records: list[dict]) -> list[str]:
     """Learned diffs against the baselines (top-k, LoRA, generic binary deltas), wall time, forgetting."""
     by, updates = index(records)
     learned = sorted({r["method"] for r in records if r["method"] not in (*BASELINES, "auto")}, key=method_rank)
@@ -243,7 +243,7 @@ def main() -> None:
     print()
     print(table(data, records))
     print()
-    for line in claims(data, records) + budget_claims(records):
+    for line in claims(records) + budget_claims(records):
         print("-", line)
     plot(data, records, RESULTS / f"{name}.png")
     print(f"\nplot: {RESULTS / f'{name}.png'}")

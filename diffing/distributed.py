@@ -211,9 +211,9 @@ def agree(what: str, value: str) -> list[str]:
 
 
 def finish() -> None:
-    """Every rank meets once more before the group is torn down. Without it, a rank that closed its
-    gloo connections while a peer still read the last collective's bytes made the peer's gloo thread
-    throw, and the peer aborted (SIGABRT). Call it on the success path only: after a rank-local
+    """Every rank meets once more before the group is torn down. Without it, a rank could tear down
+    gloo while its peer's last collective was still in flight, and the peer aborted ("terminate called
+    without an active exception", SIGABRT). Call it on the success path only: after a rank-local
     failure the others would wait here for the collective timeout."""
     barrier("the end of the run")
 
