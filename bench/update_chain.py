@@ -21,7 +21,8 @@ every method forgets earlier updates).
         [--epochs 6] [--eval-limit 200] [--updates 5] [--config '{"hashed_share": 0.6}' --cache OTHER.partial.json]
 
 Methods: any registered diff method (sparse, hashed, hybrid, channel, lora), `METHOD+channels`
-for that method with per-channel scale and bias deltas, `auto` for the automatic budget
+for that method with per-channel scale and bias deltas, `METHOD+teacher` for that method taught by
+the full fine-tune chain's model after the same update (run `full` first), `auto` for the automatic budget
 (`--auto-method` learned at every budget of `--budgets` on a dev split of the adaptation data,
 the smallest within `--max-gap` WER points of the best shipped; its ladder is recorded), and
 `full` (the dense fine-tune, plus post-hoc top-k of it at every budget).
@@ -74,17 +75,36 @@ def wer_on(model: DeviceModel, manifest: Path, limit: int) -> float:
     return round(evaluate(Int8Runtime(model).transcribe, utts).wer, 4)
 
 
-def make_config(method: str, budget: int, epochs: int, threads: int, extra: dict | None = None):
-    """`method` is a registered method name, optionally with `+channels` (channel deltas too)."""
-    name, _, suffix = method.partition("+")
+def make_config(method: str, budget: int, epochs: int, threads: int, extra: dict | None = None,
+                teacher: Path | None = None):
+    """`method` is a registered method name, optionally with `+channels` (channel deltas too) and
+    `+teacher` (taught by `teacher`, the full fine-tune's model after the same update)."""
+    name, *suffixes = method.split("+")
     if name == "full":
         return FullFinetuneConfig(epochs=epochs, threads=threads)
     fields = {"budget": budget, "epochs": epochs, "threads": threads, **(extra or {})}
-    if suffix:
-        if suffix != "channels":
-            raise SystemExit(f"method {method!r}: the only suffix is '+channels'")
+    if set(suffixes) - {"channels", "teacher"}:
+        raise SystemExit(f"method {method!r}: the suffixes are '+channels' and '+teacher'")
+    if "channels" in suffixes:
         fields["channels"] = "both"
+    if "teacher" in suffixes:
+        fields["teacher"] = str(teacher)
     return DIFF_METHODS[name][0].from_json(fields)
+
+
+def full_chain_teacher(base: DeviceModel, diff_dir: Path, updates: list[tuple[str, Path, Path]], k: int) -> Path:
+    """The full fine-tune chain's model after update k, written once as a .otam (a `+teacher` chain's teacher:
+    the model the server keeps, which every diff of that chain approximates within its budget)."""
+    path = WORK / "teachers" / f"full_{base.content_hash()[:8]}_after_{updates[k][0]}.otam"
+    if not path.exists():
+        model = base
+        for name, _, _ in updates[: k + 1]:
+            if not _diff_path(diff_dir, f"full/1.0/{name}").exists():
+                raise SystemExit(f"a '+teacher' chain needs the full fine-tune's chain first: run --methods full")
+            model = apply_diff(model, _load_diff(diff_dir, f"full/1.0/{name}"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_model(model))
+    return path
 
 
 def check_update_sets(updates: list[tuple[str, Path, Path]], eval_limit: int) -> None:
@@ -173,7 +193,9 @@ def main() -> None:
                 diff = topk_of(model, _load_diff(diff_dir, full_key), int(budget * len(base_file)))
             else:
                 budget_bytes = int(budget * len(base_file))  # budgets are shares of the full model's bytes
-                diff = learn_diff(model, adapt, make_config(method, budget_bytes, args.epochs, args.threads, args.config),
+                teacher = full_chain_teacher(base, diff_dir, updates, k) if "+teacher" in method else None
+                diff = learn_diff(model, adapt, make_config(method, budget_bytes, args.epochs, args.threads, args.config,
+                                                            teacher),
                                   replay_manifest=replay_pool(replay, updates[:k], args.replay))
             seconds = time.time() - started
             new_model = apply_diff(model, diff)

@@ -102,3 +102,18 @@ def test_exit_code_table_in_the_docs_is_the_code() -> None:
     assert set(exit_codes.ERROR_CODES.values()) <= set(exit_codes.MEANINGS)
     codes = list(exit_codes.ERROR_CODES.values())
     assert len(codes) == len(set(codes)), "two error classes share an exit code"
+
+
+def test_a_teacher_of_another_architecture_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    from device_agent.model_format import encode_model
+    from tests.tiny import tiny_device_model
+
+    teacher, out = tmp_path / "teacher.otam", tmp_path / "v2.otab"
+    teacher.write_bytes(encode_model(tiny_device_model()))
+    manifest = tmp_path / "adapt.jsonl"
+    manifest.write_text('{"audio_filepath": "%s", "text": "seven", "duration": 0.5}\n'
+                        % (ROOT / "tests/data/fsdd/recordings/7_jackson_0.wav"))
+    result = CliRunner().invoke(cli, ["diff", "train", "--method", "hybrid", "--budget", "3%", "--base", str(MODEL),
+                                      "--data", str(manifest), "--teacher", str(teacher), "--out", str(out)])
+    assert "teacher" in _one_line_error(result, exit_codes.ERROR_CODES[_config_error()])
+    assert not out.exists()

@@ -125,6 +125,39 @@ def test_distillation_keeps_replay_outputs_closer_to_the_deployed_model(manifest
     assert 0 < drift[5.0] < drift[0.0], drift
 
 
+def test_a_teacher_pulls_the_diff_towards_its_outputs(manifest: Path, tmp_path: Path) -> None:
+    from device_agent.model_format import encode_model
+
+    # the deployed model as the teacher: taught, the diff should move the outputs far less
+    base = tiny_device_model()
+    examples = load_examples(manifest, base.tokenizer, base.config.features, None, False)
+    teacher = tmp_path / "teacher.otam"
+    teacher.write_bytes(encode_model(base))
+    drift = {}
+    for path in ("", str(teacher)):
+        # teach 1000: this random tiny model's transcript loss is ~90 per utterance, its per-node KLs < 1
+        diff = learn_diff(base, manifest, SparseMaskDiffConfig(budget="20%", epochs=4, lr=0.3, replay_ratio=0.0,
+                                                               teacher=path, teach=1000.0))
+        updated = apply_diff(base, diff)
+        assert updated.content_hash() == diff.target_hash
+        drift[path] = mean_kl(base, updated, examples)
+    assert drift[str(teacher)] < 0.5 * drift[""], drift
+
+
+def test_a_teacher_of_another_architecture_is_refused(manifest: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from device_agent.model_format import encode_model
+    from tests.tiny import TINY_CONFIG
+
+    other = tmp_path / "other.otam"
+    other.write_bytes(encode_model(tiny_device_model(config=replace(TINY_CONFIG, joint_dim=12))))
+    with pytest.raises(ConfigError, match="teacher .*other.otam: expected a model with the deployed model's"):
+        learn_diff(tiny_device_model(), manifest, SparseMaskDiffConfig(budget="10%", epochs=1, teacher=str(other)))
+    with pytest.raises(ConfigError, match="teach"):
+        SparseMaskDiffConfig(teach=-1.0)
+
+
 def test_lr_schedule_and_distill_are_validated() -> None:
     with pytest.raises(ConfigError, match="lr_schedule"):
         SparseMaskDiffConfig(lr_schedule="linear")

@@ -9,7 +9,7 @@ from typing import Callable, TypeVar
 from device_agent.device_model import DeviceModel
 from device_agent.diff import BIAS_STEP_EXPS, SCALE_STEP_EXPS, Diff
 from device_agent.errors import ConfigError
-from device_agent.model_format import encode_model
+from device_agent.model_format import encode_model, load_model
 
 DIFF_CONFIG_VERSION = 1
 LR_SCHEDULES = ("constant", "cosine")
@@ -43,6 +43,12 @@ class DiffConfig:
     replay_ratio: float = 1.5
     lr_schedule: str = "constant"  # or "cosine": decay to 0 over training, so rounded deltas settle
     distill: float = 0.0  # weight of KL(deployed model || new model) on replay batches (0: off)
+    # A model the diff should behave like (a .otam of the same architecture, e.g. a full fine-tune kept
+    # on the server): KL(teacher || new model) x `teach` on every batch, next to the transcripts' loss.
+    # Novel names, hybrid at 3% of the model's bytes, dev WER: no teacher 26.2%, teach 1 25.8%,
+    # 4 23.2%, 16 24.6% (the full fine-tune itself 20.5%; docs/diffs.md).
+    teacher: str = ""
+    teach: float = 4.0
     # per-channel deltas trained next to the method's entries (docs/diffs.md): "scale" (each int8 row's
     # scale), "bias" (bias vectors), "both" or "none"; steps 2^e in the device's ranges
     channels: str = "none"
@@ -65,9 +71,9 @@ class DiffConfig:
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0: the free cores), got {self.threads}")
         if self.epochs < 1 or self.lr <= 0 or self.max_frames < 16 or not 0 <= self.replay_ratio <= 10 \
-                or self.distill < 0:
-            raise ConfigError("epochs >= 1, lr > 0, max_frames >= 16, replay_ratio in [0, 10] "
-                              "and distill >= 0 are required")
+                or self.distill < 0 or self.teach < 0:
+            raise ConfigError("epochs >= 1, lr > 0, max_frames >= 16, replay_ratio in [0, 10], "
+                              "distill >= 0 and teach >= 0 are required")
         if self.channels not in CHANNEL_CHOICES or self.scale_step_exp not in SCALE_STEP_EXPS \
                 or self.bias_step_exp not in BIAS_STEP_EXPS:
             raise ConfigError(f"channels must be one of {CHANNEL_CHOICES} (got {self.channels!r}), scale_step_exp in "
@@ -100,6 +106,15 @@ def budget_bytes(deployed: DeviceModel, budget: str | float | int) -> int:
     return budget if isinstance(budget, int) else int(budget * model_file_bytes(deployed))
 
 
+def check_teacher(deployed: DeviceModel, path: str | Path) -> None:
+    """ConfigError unless the teacher at `path` has the deployed model's architecture, front end and
+    tokenizer: its output lattice is compared with the new model's node by node."""
+    teacher = load_model(path)
+    if teacher.config != deployed.config or teacher.tokenizer != deployed.tokenizer:
+        raise ConfigError(f"teacher {path}: expected a model with the deployed model's architecture, front end "
+                          f"and tokenizer (e.g. a fine-tune of it)")
+
+
 C = TypeVar("C", bound=DiffConfig)
 Learner = Callable[..., Diff]
 DIFF_METHODS: dict[str, tuple[type[DiffConfig], Learner]] = {}
@@ -130,6 +145,8 @@ def learn_diff(deployed: DeviceModel, train_manifest: str | Path, config: DiffCo
                progress: bool = False, log: Callable[[str], None] | None = None) -> Diff:
     """Learn a diff against the exact deployed int8 model; dispatch on the config's type.
     Learners see the budget in bytes (a share is resolved against the deployed model's file here)."""
+    if config.teacher:
+        check_teacher(deployed, config.teacher)
     for name, (cls, fn) in DIFF_METHODS.items():
         if type(config) is cls:
             if getattr(cls, "uses_budget", True):

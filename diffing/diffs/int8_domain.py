@@ -16,6 +16,7 @@ import torch
 
 from device_agent.device_model import QMAX, DeviceModel
 from device_agent.diff import ChannelDeltas, Diff, SparseDelta, apply_diff
+from device_agent.model_format import load_model
 from device_agent.tokenizer import CharTokenizer
 from diffing import distributed
 from diffing.data import Batch, Example, batches, load_examples, spec_augment
@@ -80,6 +81,7 @@ def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay
     augment = RoomAugmenter(feats_cfg, RoomAugmentConfig(), augment_rng, [e.feats for e in replay or adapt]) \
         if cfg.room_augment else None
     n_replay = min(len(replay), int(round(cfg.replay_ratio * len(adapt))))
+    teacher = _teacher_model(cfg.teacher) if cfg.teacher and cfg.teach > 0 else None
     optimizer = optimizer or torch.optim.Adam(params, lr=lr)
     # 1) the number of steps is fixed up front so schedules can use it
     # (replay is sampled afresh each epoch, so its count is that of a typical sample)
@@ -106,6 +108,8 @@ def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay
             loss = rnnt_loss(logits, batch.targets, batch.feat_lens, batch.target_lens)
             if is_replay and distill > 0:
                 loss = loss + distill * _kl_from_deployed(model, feats, batch, logits)
+            if teacher is not None:
+                loss = loss + cfg.teach * _kl_from_teacher(teacher, feats, batch, logits)
             optimizer.zero_grad(set_to_none=True)
             (loss * weight).backward()  # weight: this rank's share of the global batch
             distributed.average_gradients(params)  # every rank takes the same step
@@ -137,6 +141,22 @@ def _kl_from_deployed(model: RNNT, feats: torch.Tensor, batch: Batch, logits: to
     finally:
         model.weight_transform = transform
     kl_sum, nodes = _lattice_kl(teacher, torch.log_softmax(logits, dim=-1), batch)
+    return kl_sum / nodes
+
+
+def _teacher_model(path: str) -> RNNT:
+    teacher = float_model_from_device(load_model(path))
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _kl_from_teacher(teacher: RNNT, feats: torch.Tensor, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+    """Mean KL(teacher || current) over the valid lattice nodes (`feats` are normalised: the teacher
+    shares the deployed model's front end, api.check_teacher)."""
+    with torch.no_grad():
+        p = torch.log_softmax(_lattice_logits(teacher, feats, batch.targets), dim=-1)
+    kl_sum, nodes = _lattice_kl(p, torch.log_softmax(logits, dim=-1), batch)
     return kl_sum / nodes
 
 
