@@ -93,15 +93,16 @@ def make_config(method: str, budget: int, epochs: int, threads: int, extra: dict
 
 
 def full_chain_teacher(base: DeviceModel, diff_dir: Path, updates: list[tuple[str, Path, Path]], k: int) -> Path:
-    """The full fine-tune chain's model after update k, written once as a .otam (a `+teacher` chain's teacher:
-    the model the server keeps, which every diff of that chain approximates within its budget)."""
-    path = WORK / "teachers" / f"full_{base.content_hash()[:8]}_after_{updates[k][0]}.otam"
+    """The full fine-tune chain's model after update k, rebuilt from its cached diffs and written as a .otam
+    named by its content hash (a `+teacher` chain's teacher: the model the server keeps, which every diff
+    of that chain approximates within its budget)."""
+    model = base
+    for name, _, _ in updates[: k + 1]:
+        if not _diff_path(diff_dir, f"full/1.0/{name}").exists():
+            raise SystemExit("a '+teacher' chain needs the full fine-tune's chain first: run --methods full")
+        model = apply_diff(model, _load_diff(diff_dir, f"full/1.0/{name}"))
+    path = WORK / "teachers" / f"{model.content_hash()}.otam"
     if not path.exists():
-        model = base
-        for name, _, _ in updates[: k + 1]:
-            if not _diff_path(diff_dir, f"full/1.0/{name}").exists():
-                raise SystemExit(f"a '+teacher' chain needs the full fine-tune's chain first: run --methods full")
-            model = apply_diff(model, _load_diff(diff_dir, f"full/1.0/{name}"))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(encode_model(model))
     return path
