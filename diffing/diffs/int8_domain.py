@@ -109,7 +109,7 @@ def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay
             if is_replay and distill > 0:
                 loss = loss + distill * _kl_from_deployed(model, feats, batch, logits)
             if teacher is not None:
-                loss = loss + cfg.teach * _kl_from_teacher(teacher, feats, batch, logits)
+                loss = loss + cfg.teach * _kl_from(teacher, feats, batch, logits)
             optimizer.zero_grad(set_to_none=True)
             (loss * weight).backward()  # weight: this rank's share of the global batch
             distributed.average_gradients(params)  # every rank takes the same step
@@ -136,12 +136,9 @@ def _kl_from_deployed(model: RNNT, feats: torch.Tensor, batch: Batch, logits: to
     """Mean KL(deployed || current) over the valid (t, u) nodes of the lattice."""
     transform, model.weight_transform = model.weight_transform, None  # without deltas: the deployed weights
     try:
-        with torch.no_grad():
-            teacher = torch.log_softmax(_lattice_logits(model, feats, batch.targets), dim=-1)
+        return _kl_from(model, feats, batch, logits)
     finally:
         model.weight_transform = transform
-    kl_sum, nodes = _lattice_kl(teacher, torch.log_softmax(logits, dim=-1), batch)
-    return kl_sum / nodes
 
 
 def _teacher_model(path: str) -> RNNT:
@@ -151,11 +148,11 @@ def _teacher_model(path: str) -> RNNT:
     return teacher
 
 
-def _kl_from_teacher(teacher: RNNT, feats: torch.Tensor, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
-    """Mean KL(teacher || current) over the valid lattice nodes (`feats` are normalised: the teacher
-    shares the deployed model's front end, api.check_teacher)."""
+def _kl_from(reference: RNNT, feats: torch.Tensor, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+    """Mean KL(reference || current) over the valid lattice nodes; `feats` are normalised, so the reference
+    shares the deployed model's front end (a teacher: api.check_teacher)."""
     with torch.no_grad():
-        p = torch.log_softmax(_lattice_logits(teacher, feats, batch.targets), dim=-1)
+        p = torch.log_softmax(_lattice_logits(reference, feats, batch.targets), dim=-1)
     kl_sum, nodes = _lattice_kl(p, torch.log_softmax(logits, dim=-1), batch)
     return kl_sum / nodes
 
