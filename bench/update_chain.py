@@ -223,7 +223,7 @@ def main() -> None:
     records = [v for k, v in cache.items() if not k.startswith("_")]
     write_results(args.results, {"base_wer": base_wers, "full_model_bytes": len(base_file),
                                  "model_hash": setup["base_hash"], "epochs": args.epochs, "eval_limit": args.eval_limit,
-                                 "replay": args.replay,
+                                 "replay": args.replay, "config": args.config,
                                  "records": records})
 
 

@@ -1,6 +1,9 @@
 """Tables, claim checks and the bytes-vs-WER plot from `bench/results/update_chain.json`.
 
-    python bench/update_chain_report.py [NAME]     # prints markdown, writes NAME.png (default update_chain)
+    python bench/update_chain_report.py [NAME [OTHER ...]]   # prints markdown, writes NAME.png (default update_chain)
+
+OTHER results (chains run with `--config`, in their own cache, on the same base model and setup) join
+the tables with their learned chains labelled by that config, e.g. `hybrid+max_frames=2400`.
 
 Every number comes from the chain's JSON; nothing here trains or decodes.
 """
@@ -25,12 +28,22 @@ def method_rank(method: str) -> tuple[int, str]:
 
 def budget_label(method: str, budget: float) -> str:
     """'all' for the full fine-tune, 'auto' for the automatic budget (budget 0.0), else the share."""
-    return {"full": "all", "auto": "auto"}.get(method) or pct(budget)
+    return {"full": "all", "auto": "auto"}.get(method.partition("+")[0]) or pct(budget)
 
 
-def load(path: Path = RESULTS / "update_chain.json") -> tuple[dict, list[dict]]:
+def load(path: Path = RESULTS / "update_chain.json", *others: Path) -> tuple[dict, list[dict]]:
     data = json.loads(path.read_text())
-    return data, sorted(data["records"], key=lambda r: (r["index"], method_rank(r["method"]), r["budget"]))
+    records = list(data["records"])
+    for other in others:
+        extra = json.loads(other.read_text())
+        same = ("model_hash", "epochs", "eval_limit", "replay")
+        if [extra.get(k) for k in same] != [data.get(k) for k in same]:
+            raise SystemExit(f"{other}: another base model or setup than {path} ({', '.join(same)})")
+        label = "+" + ",".join(f"{k}={v}" for k, v in sorted(extra.get("config", {}).items()))
+        if label == "+":
+            raise SystemExit(f"{other}: no --config to tell its chains apart from {path}'s")
+        records += [{**r, "method": r["method"] + label} for r in extra["records"] if r["method"] not in BASELINES]
+    return data, sorted(records, key=lambda r: (r["index"], method_rank(r["method"]), r["budget"]))
 
 
 def pct(x: float) -> str:
@@ -98,7 +111,8 @@ def summary(data: dict, records: list[dict]) -> str:
 def claims(records: list[dict]) -> list[str]:
     """Learned diffs against the baselines (top-k, LoRA, generic binary deltas), wall time, forgetting."""
     by, updates = index(records)
-    learned = sorted({r["method"] for r in records if r["method"] not in (*BASELINES, "auto")}, key=method_rank)
+    learned = sorted({r["method"] for r in records if r["method"].partition("+")[0] not in (*BASELINES, "auto")},
+                     key=method_rank)
     out = []
     for method in learned:
         for other in ("topk", "lora"):
@@ -145,7 +159,7 @@ def claims(records: list[dict]) -> list[str]:
                     key=lambda mb: (method_rank(mb[0]), mb[1]))
     for method, b in chains:
         if drift := earlier_drift(by, method, b, updates):
-            name = method if method in ("full", "auto") else f"{method} {pct(b)}"
+            name = method if method.partition("+")[0] in ("full", "auto") else f"{method} {pct(b)}"
             out.append(f"{name} after {len(updates)} updates, earlier updates' WER minus right after learning them: "
                        f"{', '.join(f'{100 * d:+.1f}' for d in drift)} points "
                        f"(mean {100 * sum(drift) / len(drift):+.1f})")
@@ -167,7 +181,7 @@ def budget_claims(records: list[dict]) -> list[str]:
     by, updates = index(records)
     full_last = by.get(("full", 1.0, updates[-1]))
     out = []
-    chains = {(r["method"], r["budget"]) for r in records if r["method"] not in (*BASELINES, "auto")}
+    chains = {(r["method"], r["budget"]) for r in records if r["method"].partition("+")[0] not in (*BASELINES, "auto")}
     for limit, mean_target in ((0.01, 0.05), (0.03, 0.01)):
         scored = []
         for method, b in chains:
@@ -194,13 +208,14 @@ def budget_claims(records: list[dict]) -> list[str]:
         gap, m, b = min(real)
         out.append(f"real speakers at <= 5% of the bytes: best {m} {pct(b)}, {100 * gap:+.1f} points from the full "
                    f"fine-tune (<= +3.0: {'met' if gap <= 0.03 + 1e-9 else 'NOT met'})")
-    for u in updates:
-        r = by.get(("auto", 0.0, u))
+    autos = sorted({r["method"] for r in records if r["method"].partition("+")[0] == "auto"})
+    for method, u in ((m, u) for m in autos for u in updates):
+        r = by.get((method, 0.0, u))
         if r and "ladder" in r:
             rungs = ", ".join(f"{pct(x['budget'])} {x['bytes']:,} B {pct(x['dev_wer'])}" for x in r["ladder"])
             best = min(x["dev_wer"] for x in r["ladder"])
             smallest = next(x for x in r["ladder"] if 100 * (x["dev_wer"] - best) <= r["max_gap"] + 1e-9)
-            out.append(f"auto on {u}: shipped {pct(r['chosen_budget'])} (smallest within the gap: "
+            out.append(f"{method} on {u}: shipped {pct(r['chosen_budget'])} (smallest within the gap: "
                        f"{pct(smallest['budget'])}) from the ladder {rungs}")
     return out
 
@@ -237,8 +252,8 @@ def plot(data: dict, records: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    name = sys.argv[1] if len(sys.argv) > 1 else "update_chain"  # e.g. archive/update_chain_stage4 for an earlier chain
-    data, records = load(RESULTS / f"{name}.json")
+    name, *others = sys.argv[1:] or ["update_chain"]  # e.g. archive/update_chain_stage4 for an earlier chain
+    data, records = load(RESULTS / f"{name}.json", *(RESULTS / f"{o}.json" for o in others))
     print(summary(data, records))
     print()
     print(table(data, records))

@@ -175,7 +175,7 @@ def test_hashed_byte_budget_holds_when_the_sizing_guess_is_too_generous(manifest
     monkeypatch.setattr(hashed, "hashed_buckets_for_bytes",
                         lambda model, b, **_: sum(w.nnz for w in model.weights.values()))
     logs: list[str] = []
-    diff = learn_diff(base, manifest, HashedDiffConfig(budget="2000B", epochs=2, lr=1.0, replay_ratio=0.0), log=logs.append)
+    diff = learn_diff(base, manifest, HashedDiffConfig(budget="2000B", epochs=2, lr=1.0, replay_ratio=0.0, max_frames=2400), log=logs.append)
     assert any("over the 2000-byte budget" in line for line in logs)
     assert len(encode_diff_bundle(diff, base)) <= 2000
     assert apply_diff(base, diff).content_hash() == diff.target_hash
@@ -297,3 +297,18 @@ def test_hashed_sizing_leaves_room_for_the_wider_spread_of_shared_buckets() -> N
     assert widened < flat
     assert size_at(widened, 18.4) <= budget
     assert size_at(flat, 18.4) > budget  # what made 3 of 5 chain updates train twice
+
+
+def test_dense_deltas_beyond_int8_are_cut_to_what_a_bundle_carries() -> None:
+    from diffing.diffs.int8_domain import finish_diff, sparse_deltas_from_dense
+
+    # a learned delta can grow past 127 steps; a bundle's values are int8, so it moves the weight by 127
+    base = tiny_device_model()
+    name, w = next((n, w) for n, w in base.weights.items() if (w.q < -100).any())
+    at = int(np.flatnonzero(w.q.reshape(-1) < -100)[0])
+    dense = np.zeros(w.q.size, dtype=np.int16)
+    dense[at] = 250
+    deltas = sparse_deltas_from_dense(base, {name: dense})
+    assert deltas[name].values.tolist() == [127]
+    updated = apply_diff(base, finish_diff(base, "sparse", deltas, base.version + 1))
+    assert int(updated.weights[name].q.reshape(-1)[at]) == int(w.q.reshape(-1)[at]) + 127

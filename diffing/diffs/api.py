@@ -37,7 +37,11 @@ class DiffConfig:
     budget: float | int = 0.01
     epochs: int = 8
     lr: float = 0.3  # Adam step in int8 units: deltas move ~lr per step (0.05 learned too little)
-    max_frames: int = 2400
+    # Padded encoder frames per batch. Small batches, many steps: Adam moves each integer delta about
+    # `lr` per step, and a budgeted diff learns through few entries that must move far. Hybrid at 3% of
+    # the model's bytes, 6 epochs, dev WER (new command type / new names): 2400 frames 34.2% / 26.2%,
+    # 1200 25.9% / 21.4%, 600 21.3% / 23.0% (full fine-tune 18.0% / 20.5%; docs/diffs.md).
+    max_frames: int = 600
     # replay utterances per adaptation utterance and epoch; novel names on the stage-4 model, sparse 2%:
     # 0.5 -> 36.1% update / 18.0% original WER, 1.5 -> 30.4% / 15.7% (base 45.0% / 10.3%)
     replay_ratio: float = 1.5

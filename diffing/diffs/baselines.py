@@ -35,6 +35,7 @@ class FullFinetuneConfig(DiffConfig):
 
     uses_budget = False  # class attribute: learn_diff leaves the budget alone
     budget: float | int = 1.0
+    max_frames: int = 2400  # the dense fine-tune gains nothing from smaller batches (intent dev: 18.0% vs 17.8% at 1200)
 
 
 @register("full", FullFinetuneConfig)

@@ -50,8 +50,8 @@ class Int8Twin:
 
     def __call__(self, name: str, w: torch.Tensor) -> torch.Tensor:
         d = self.delta_fn(name)
-        if d is not None:
-            w = torch.clamp(self.q_base[name] + d, -QMAX, QMAX) * self.scale[name]
+        if d is not None:  # a shipped delta is int8 too, so it moves a weight by at most QMAX steps
+            w = torch.clamp(self.q_base[name] + torch.clamp(d, -QMAX, QMAX), -QMAX, QMAX) * self.scale[name]
         factor = self.channels.scale_factor(name) if self.channels is not None else None
         return w if factor is None else w * factor[:, None]
 
@@ -201,7 +201,8 @@ def sparse_deltas_from_dense(deployed: DeviceModel, dense: dict[str, np.ndarray]
     out = {}
     for name, d in dense.items():
         q = deployed.weights[name].q.reshape(-1).astype(np.int16)
-        effective = np.clip(q + d.reshape(-1).astype(np.int16), -QMAX, QMAX) - q  # what clamping leaves
+        # what clamping leaves, within the int8 values a bundle can carry
+        effective = np.clip(q + np.clip(d.reshape(-1).astype(np.int16), -QMAX, QMAX), -QMAX, QMAX) - q
         positions = np.flatnonzero(effective)
         if positions.size:
             out[name] = SparseDelta(positions, effective[positions].astype(np.int8))
