@@ -20,6 +20,11 @@ from bench.common import RESULTS  # noqa: E402
 METHOD_ORDER = ["full", "sparse", "hybrid", "hashed", "channel", "auto", "topk", "lora"]
 
 
+def kind(method: str) -> str:
+    """The registered method a chain's label names: `hybrid+teacher+max_frames=2400` -> `hybrid`."""
+    return method.partition("+")[0]
+
+
 def method_rank(method: str) -> tuple[int, str]:
     """Table order: by METHOD_ORDER, a `+channels` variant after its method."""
     name, _, suffix = method.partition("+")
@@ -28,7 +33,7 @@ def method_rank(method: str) -> tuple[int, str]:
 
 def budget_label(method: str, budget: float) -> str:
     """'all' for the full fine-tune, 'auto' for the automatic budget (budget 0.0), else the share."""
-    return {"full": "all", "auto": "auto"}.get(method.partition("+")[0]) or pct(budget)
+    return {"full": "all", "auto": "auto"}.get(kind(method)) or pct(budget)
 
 
 def load(path: Path = RESULTS / "update_chain.json", *others: Path) -> tuple[dict, list[dict]]:
@@ -111,8 +116,7 @@ def summary(data: dict, records: list[dict]) -> str:
 def claims(records: list[dict]) -> list[str]:
     """Learned diffs against the baselines (top-k, LoRA, generic binary deltas), wall time, forgetting."""
     by, updates = index(records)
-    learned = sorted({r["method"] for r in records if r["method"].partition("+")[0] not in (*BASELINES, "auto")},
-                     key=method_rank)
+    learned = sorted({r["method"] for r in records if kind(r["method"]) not in (*BASELINES, "auto")}, key=method_rank)
     out = []
     for method in learned:
         for other in ("topk", "lora"):
@@ -159,7 +163,7 @@ def claims(records: list[dict]) -> list[str]:
                     key=lambda mb: (method_rank(mb[0]), mb[1]))
     for method, b in chains:
         if drift := earlier_drift(by, method, b, updates):
-            name = method if method.partition("+")[0] in ("full", "auto") else f"{method} {pct(b)}"
+            name = method if kind(method) in ("full", "auto") else f"{method} {pct(b)}"
             out.append(f"{name} after {len(updates)} updates, earlier updates' WER minus right after learning them: "
                        f"{', '.join(f'{100 * d:+.1f}' for d in drift)} points "
                        f"(mean {100 * sum(drift) / len(drift):+.1f})")
@@ -181,7 +185,7 @@ def budget_claims(records: list[dict]) -> list[str]:
     by, updates = index(records)
     full_last = by.get(("full", 1.0, updates[-1]))
     out = []
-    chains = {(r["method"], r["budget"]) for r in records if r["method"].partition("+")[0] not in (*BASELINES, "auto")}
+    chains = {(r["method"], r["budget"]) for r in records if kind(r["method"]) not in (*BASELINES, "auto")}
     for limit, mean_target in ((0.01, 0.05), (0.03, 0.01)):
         scored = []
         for method, b in chains:
@@ -208,7 +212,7 @@ def budget_claims(records: list[dict]) -> list[str]:
         gap, m, b = min(real)
         out.append(f"real speakers at <= 5% of the bytes: best {m} {pct(b)}, {100 * gap:+.1f} points from the full "
                    f"fine-tune (<= +3.0: {'met' if gap <= 0.03 + 1e-9 else 'NOT met'})")
-    autos = sorted({r["method"] for r in records if r["method"].partition("+")[0] == "auto"})
+    autos = sorted({r["method"] for r in records if kind(r["method"]) == "auto"})
     for method, u in ((m, u) for m in autos for u in updates):
         r = by.get((method, 0.0, u))
         if r and "ladder" in r:
