@@ -18,7 +18,8 @@ base training data only (the protocol of the first chain runs, under which
 every method forgets earlier updates).
 
     python bench/update_chain.py [--budgets 0.01,0.02,0.03,0.05,0.1] [--methods full,sparse,hashed,hybrid,auto] \
-        [--epochs 6] [--eval-limit 200] [--updates 5] [--config '{"hashed_share": 0.6}' --cache OTHER.partial.json]
+        [--epochs 6] [--eval-limit 200] [--updates 5] [--config '{"hashed_share": 0.6}' --cache OTHER.partial.json
+        [--full-from bench/results/update_chain.partial.json]]
 
 Methods: any registered diff method (sparse, hashed, hybrid, channel, lora), `METHOD+channels`
 for that method with per-channel scale and bias deltas, `METHOD+teacher` for that method taught by
@@ -37,6 +38,7 @@ import argparse
 import fcntl
 import json
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -145,6 +147,9 @@ def main() -> None:
                              "(needs its own --cache)")
     parser.add_argument("--replay", choices=["cumulative", "base"], default="cumulative",
                         help="replay pool: base training data plus earlier updates' adaptation sets, or base data only")
+    parser.add_argument("--full-from", type=Path,
+                        help="another cache of the same setup (--config aside) whose full fine-tune chain this cache "
+                             "reuses instead of training it again (`+teacher` chains and gaps need one)")
     args = parser.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
     cache_path = args.cache
@@ -158,6 +163,8 @@ def main() -> None:
     cache = update_cache(cache_path, {})
     if cache.setdefault("_setup", setup) != setup:
         raise SystemExit(f"{cache_path} holds results for {cache['_setup']}, not {setup}: use another --cache")
+    if args.full_from:
+        reuse_full_chain(args.full_from, cache_path, setup)
     replay = base_replay_pool(args.replay_from, args.replay_limit)
     updates = UPDATES[: args.updates]
     check_update_sets(updates, args.eval_limit)
@@ -225,6 +232,26 @@ def main() -> None:
                                  "model_hash": setup["base_hash"], "epochs": args.epochs, "eval_limit": args.eval_limit,
                                  "replay": args.replay, "config": args.config,
                                  "records": records})
+
+
+def reuse_full_chain(other: Path, cache_path: Path, setup: dict) -> None:
+    """Copy the full fine-tune chain (records and bundles) and base WERs of `other`, a cache of the
+    same setup but another --config, into this cache: the full fine-tune ignores --config."""
+    theirs = json.loads(other.read_text())
+    if _without_config(theirs.get("_setup", {})) != _without_config(setup):
+        raise SystemExit(f"--full-from {other}: another setup ({theirs.get('_setup')}) than {setup}")
+    full = {k: v for k, v in theirs.items() if k.startswith("full/")}
+    if not full:
+        raise SystemExit(f"--full-from {other}: no full fine-tune chain there; run --methods full with that cache")
+    their_dir, our_dir = (p.with_name(p.stem + "_diffs") for p in (other, cache_path))
+    our_dir.mkdir(parents=True, exist_ok=True)
+    for key in full:
+        shutil.copyfile(_diff_path(their_dir, key), _diff_path(our_dir, key))
+    update_cache(cache_path, {"_base_wer": theirs["_base_wer"], **full})
+
+
+def _without_config(setup: dict) -> dict:
+    return {k: v for k, v in setup.items() if k != "config"}
 
 
 def base_replay_pool(train_manifest: Path, limit: int) -> Path:

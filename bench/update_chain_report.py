@@ -3,7 +3,9 @@
     python bench/update_chain_report.py [NAME [OTHER ...]]   # prints markdown, writes NAME.png (default update_chain)
 
 OTHER results (chains run with `--config`, in their own cache, on the same base model and setup) join
-the tables with their learned chains labelled by that config, e.g. `hybrid+max_frames=2400`.
+the tables with their learned chains labelled by that config, e.g. `hybrid+max_frames=2400`. NAME's
+own learned chains are labelled by its `--config` too, so chains run with their own full fine-tune
+(another synthesis of the update sets) are compared with that one: NAME is then their results file.
 
 Every number comes from the chain's JSON; nothing here trains or decodes.
 """
@@ -36,18 +38,27 @@ def budget_label(method: str, budget: float) -> str:
     return {"full": "all", "auto": "auto"}.get(kind(method)) or pct(budget)
 
 
+def config_label(results: dict) -> str:
+    """'+distill=1.0' for chains run with --config '{"distill": 1.0}', '' without --config."""
+    config = results.get("config") or {}
+    return "+" + ",".join(f"{k}={v}" for k, v in sorted(config.items())) if config else ""
+
+
 def load(path: Path = RESULTS / "update_chain.json", *others: Path) -> tuple[dict, list[dict]]:
+    """The first results file's chains with its baselines (full fine-tune, top-k), and the learned chains of
+    the others; every learned chain run with --config is labelled with it."""
     data = json.loads(path.read_text())
-    records = list(data["records"])
+    label = config_label(data)
+    records = [r if r["method"] in BASELINES else {**r, "method": r["method"] + label} for r in data["records"]]
     for other in others:
         extra = json.loads(other.read_text())
         same = ("model_hash", "epochs", "eval_limit", "replay")
         if [extra.get(k) for k in same] != [data.get(k) for k in same]:
             raise SystemExit(f"{other}: another base model or setup than {path} ({', '.join(same)})")
-        label = "+" + ",".join(f"{k}={v}" for k, v in sorted(extra.get("config", {}).items()))
-        if label == "+":
-            raise SystemExit(f"{other}: no --config to tell its chains apart from {path}'s")
-        records += [{**r, "method": r["method"] + label} for r in extra["records"] if r["method"] not in BASELINES]
+        if config_label(extra) == label:
+            raise SystemExit(f"{other}: its --config does not tell its chains apart from {path}'s")
+        records += [{**r, "method": r["method"] + config_label(extra)} for r in extra["records"]
+                    if r["method"] not in BASELINES]
     return data, sorted(records, key=lambda r: (r["index"], method_rank(r["method"]), r["budget"]))
 
 

@@ -35,6 +35,9 @@ def diff() -> None:
 @click.option("--teacher", type=INPUT_FILE,
               help="A model (.otam) the diff should behave like, e.g. a full fine-tune of --base on the same data: "
               "the diff learns its outputs as well as the transcripts.")
+@click.option("--distill", type=click.FloatRange(min=0), default=None,
+              help="Weight of keeping --base's outputs on the --replay data, against forgetting "
+              "(0: off, the default; docs/diffs.md, 'Against forgetting').")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Training epochs over the adaptation data (default: the method's).")
 @click.option("--lr", type=float, default=None, help="Learning rate (default: the method's).")
@@ -43,8 +46,8 @@ def diff() -> None:
               help="torch threads (default: the cores not busy with other work).")
 @click.option("--out", "out_path", required=True, type=OUTPUT_FILE, help="Diff bundle to write (.otab).")
 def train(method: str, channels: str | None, budget: str | None, max_gap: float, ladder: str, base_path: Path,
-          data: Path, replay: Path | None, teacher: Path | None, epochs: int | None, lr: float | None, seed: int,
-          threads: int | None, out_path: Path) -> None:
+          data: Path, replay: Path | None, teacher: Path | None, distill: float | None, epochs: int | None,
+          lr: float | None, seed: int, threads: int | None, out_path: Path) -> None:
     """Learn a diff against the exact int8 model a device runs.
 
     Under `torchrun --nproc-per-node N -m cli.main diff train ...` the diff is
@@ -69,7 +72,7 @@ def train(method: str, channels: str | None, budget: str | None, max_gap: float,
 
     auto = budget is not None and budget.strip().lower() == "auto"
     config = config_for(method, budget=None if auto else budget, epochs=epochs, seed=seed, lr=lr, threads=threads,
-                        channels=channels, teacher=teacher and str(teacher))
+                        channels=channels, teacher=teacher and str(teacher), distill=distill)
     base = load_model(base_path)
     world = distributed.init()  # under torchrun: one rank of a data-parallel job; rank 0 writes
     rungs = []

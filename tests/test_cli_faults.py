@@ -117,3 +117,13 @@ def test_a_teacher_of_another_architecture_is_one_line_and_writes_nothing(tmp_pa
                                       "--data", str(manifest), "--teacher", str(teacher), "--out", str(out)])
     assert "teacher" in _one_line_error(result, exit_codes.ERROR_CODES[_config_error()])
     assert not out.exists()
+
+
+def test_distill_without_replay_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    out, manifest = tmp_path / "v2.otab", tmp_path / "adapt.jsonl"
+    manifest.write_text('{"audio_filepath": "%s", "text": "seven", "duration": 0.5}\n'
+                        % (ROOT / "tests/data/fsdd/recordings/7_jackson_0.wav"))
+    result = CliRunner().invoke(cli, ["diff", "train", "--method", "hybrid", "--budget", "3%", "--base", str(MODEL),
+                                      "--data", str(manifest), "--distill", "1", "--out", str(out)])
+    assert "expected a replay manifest" in _one_line_error(result, exit_codes.ERROR_CODES[_config_error()])
+    assert not out.exists()

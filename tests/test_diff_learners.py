@@ -158,11 +158,14 @@ def test_a_teacher_of_another_architecture_is_refused(manifest: Path, tmp_path: 
         SparseMaskDiffConfig(teach=-1.0)
 
 
-def test_lr_schedule_and_distill_are_validated() -> None:
+def test_lr_schedule_and_distill_are_validated(manifest: Path) -> None:
     with pytest.raises(ConfigError, match="lr_schedule"):
         SparseMaskDiffConfig(lr_schedule="linear")
     with pytest.raises(ConfigError, match="distill"):
         SparseMaskDiffConfig(distill=-1.0)
+    # distillation keeps the deployed model's outputs on replay batches: without replay it would do nothing
+    with pytest.raises(ConfigError, match="distill 1.0: expected a replay manifest"):
+        learn_diff(tiny_device_model(), manifest, SparseMaskDiffConfig(budget="10%", epochs=1, distill=1.0))
 
 
 def test_hashed_byte_budget_holds_when_the_sizing_guess_is_too_generous(manifest: Path, monkeypatch) -> None:

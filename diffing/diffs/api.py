@@ -151,6 +151,9 @@ def learn_diff(deployed: DeviceModel, train_manifest: str | Path, config: DiffCo
     Learners see the budget in bytes (a share is resolved against the deployed model's file here)."""
     if config.teacher:
         check_teacher(deployed, config.teacher)
+    if config.distill > 0 and replay_manifest is None:  # the KL term acts on replay batches only
+        raise ConfigError(f"distill {config.distill}: expected a replay manifest to keep the deployed model's "
+                          f"outputs on (--replay)")
     for name, (cls, fn) in DIFF_METHODS.items():
         if type(config) is cls:
             if getattr(cls, "uses_budget", True):

@@ -1,0 +1,98 @@
+"""Dev-split scores of cached update chains: what a chain's settings are chosen on.
+
+The chain benchmark (`bench/update_chain.py`) reports on test splits. To choose between
+its settings without choosing on those, this rebuilds chains from their cached diff
+bundles and scores each model on dev splits nobody reports on: after update k, the
+dev split of update k (300 utterances, seed 11, other sentences and the test voices),
+and after the last update the original dev set (250 of `work/corpus/dev`, seed 7).
+The real-speech update has no dev split (four speakers; the fourth is its test).
+
+    ota data synth --out work/dev/NAME --split NAME --train 0 --test 300 --seed 11   # each synthetic update
+    ota data synth --out work/corpus/dev --train 0 --test 500 --seed 7
+    python bench/update_chain.py ...   # the chains, cached
+    python bench/update_chain_dev.py bench/results/update_chain_distill1.partial.json:hybrid+teacher:0.03 ...
+
+Each argument is CACHE:METHOD:BUDGET; `full` chains are named CACHE:full:1.0. Chains
+scored earlier stay in bench/results/update_chain_dev.json (a chain scored again is
+replaced), so each can be scored as soon as it is done. The gap is dev WER minus the
+full fine-tune's (the first `full` chain scored).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import RESULTS, SHIPPED_MODEL, write_results  # noqa: E402
+from bench.update_chain import UPDATES, WORK, _load_diff, wer_on  # noqa: E402
+from device_agent.diff import apply_diff  # noqa: E402
+from device_agent.model_format import load_model  # noqa: E402
+
+DEV = {name: WORK / "dev" / name / "test.jsonl" for name, _, _ in UPDATES if name.startswith("novel_")}
+ORIGINAL_DEV = WORK / "corpus/dev/test.jsonl"
+DEV_LIMIT = 300
+ORIGINAL_DEV_LIMIT = 250
+
+
+def score_chain(cache: Path, method: str, budget: float) -> dict:
+    """Dev WER after each update (its own dev split) and the original dev WER after the last."""
+    diff_dir = cache.with_name(cache.stem + "_diffs")
+    records = json.loads(cache.read_text())
+    model = load_model(SHIPPED_MODEL)
+    if records["_setup"]["base_hash"] != model.content_hash():
+        raise SystemExit(f"{cache}: chains of another base model than {SHIPPED_MODEL}")
+    dev = {}
+    for name, _, _ in UPDATES:
+        key = f"{method}/{budget}/{name}"
+        if key not in records:
+            raise SystemExit(f"{cache}: no {key} yet; run the chain first")
+        model = apply_diff(model, _load_diff(diff_dir, key))
+        if model.content_hash() != records[key]["target_hash"]:
+            raise SystemExit(f"{cache}: {key} does not rebuild the recorded model")
+        if name in DEV:
+            dev[name] = wer_on(model, DEV[name], DEV_LIMIT)
+    return {"cache": str(cache), "config": records["_setup"].get("config", {}), "method": method, "budget": budget,
+            "dev": dev,
+            "original_dev": wer_on(model, ORIGINAL_DEV, ORIGINAL_DEV_LIMIT)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("chains", nargs="+", help="CACHE:METHOD:BUDGET")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # next to chain processes, one core
+    for path in [*DEV.values(), ORIGINAL_DEV]:
+        if not path.exists():
+            raise SystemExit(f"{path} missing: synthesize the dev splits first (see this module's docstring)")
+    model_hash = load_model(SHIPPED_MODEL).content_hash()
+    path = RESULTS / "update_chain_dev.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    results = earlier.get("chains", []) if earlier.get("model_hash") == model_hash else []
+    for spec in args.chains:
+        cache, method, budget = spec.rsplit(":", 2)
+        scored = score_chain(Path(cache), method, float(budget))
+        results = [r for r in results if (r["cache"], r["method"], r["budget"]) != (cache, method, float(budget))]
+        results.append(scored)
+        print(json.dumps(scored))
+    full = next((r for r in results if r["method"] == "full"), None)
+    for r in results:
+        if full is not None:
+            r["gap_dev"] = {n: round(100 * (w - full["dev"][n]), 1) for n, w in r["dev"].items()}
+            r["mean_gap_dev"] = round(sum(r["gap_dev"].values()) / len(r["gap_dev"]), 1)
+    write_results("update_chain_dev", {"model_hash": model_hash,
+                                       "dev_limit": DEV_LIMIT, "original_dev_limit": ORIGINAL_DEV_LIMIT,
+                                       "chains": results})
+    for r in results:
+        config = "".join(f" {k}={v}" for k, v in sorted(r["config"].items()))
+        label = f"{r['method']} {r['budget']:g}{config if r['method'] != 'full' else ''}"
+        gaps = ", ".join(f"{g:+.1f}" for g in r.get("gap_dev", {}).values())
+        print(f"{label}: dev {', '.join(f'{100 * w:.1f}%' for w in r['dev'].values())}; gaps {gaps}; "
+              f"original dev {100 * r['original_dev']:.1f}%")
+
+
+if __name__ == "__main__":
+    main()
