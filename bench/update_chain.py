@@ -154,7 +154,7 @@ def main() -> None:
     budgets = [float(b) for b in args.budgets.split(",")]
     cache_path = args.cache
     base = load_model(args.model)
-    diff_dir = cache_path.with_name(cache_path.stem + "_diffs")
+    diff_dir = diff_dir_of(cache_path)
     base_file = encode_model(base)
     setup = {"base_hash": base.content_hash(), "epochs": args.epochs, "eval_limit": args.eval_limit,
              "replay": args.replay, "replay_from": str(args.replay_from), "replay_limit": args.replay_limit}
@@ -243,7 +243,7 @@ def reuse_full_chain(other: Path, cache_path: Path, setup: dict) -> None:
     full = {k: v for k, v in theirs.items() if k.startswith("full/")}
     if not full:
         raise SystemExit(f"--full-from {other}: no full fine-tune chain there; run --methods full with that cache")
-    their_dir, our_dir = (p.with_name(p.stem + "_diffs") for p in (other, cache_path))
+    their_dir, our_dir = diff_dir_of(other), diff_dir_of(cache_path)
     our_dir.mkdir(parents=True, exist_ok=True)
     for key in full:
         shutil.copyfile(_diff_path(their_dir, key), _diff_path(our_dir, key))
@@ -287,6 +287,11 @@ def update_cache(path: Path, new: dict) -> dict:
         tmp.write_text(json.dumps(cache, indent=1))
         tmp.replace(path)
     return cache
+
+
+def diff_dir_of(cache_path: Path) -> Path:
+    """Where a cache keeps its chains' diff bundles."""
+    return cache_path.with_name(cache_path.stem + "_diffs")
 
 
 def _diff_path(diff_dir: Path, key: str) -> Path:

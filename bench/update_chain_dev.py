@@ -28,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, SHIPPED_MODEL, write_results  # noqa: E402
-from bench.update_chain import UPDATES, WORK, _load_diff, wer_on  # noqa: E402
+from bench.update_chain import UPDATES, WORK, _load_diff, diff_dir_of, wer_on  # noqa: E402
+from device_agent.device_model import DeviceModel  # noqa: E402
 from device_agent.diff import apply_diff  # noqa: E402
 from device_agent.model_format import load_model  # noqa: E402
 
@@ -38,11 +39,11 @@ DEV_LIMIT = 300
 ORIGINAL_DEV_LIMIT = 250
 
 
-def score_chain(cache: Path, method: str, budget: float) -> dict:
+def score_chain(base: DeviceModel, cache: Path, method: str, budget: float) -> dict:
     """Dev WER after each update (its own dev split) and the original dev WER after the last."""
-    diff_dir = cache.with_name(cache.stem + "_diffs")
+    diff_dir = diff_dir_of(cache)
     records = json.loads(cache.read_text())
-    model = load_model(SHIPPED_MODEL)
+    model = base
     if records["_setup"]["base_hash"] != model.content_hash():
         raise SystemExit(f"{cache}: chains of another base model than {SHIPPED_MODEL}")
     dev = {}
@@ -68,21 +69,21 @@ def main() -> None:
     for path in [*DEV.values(), ORIGINAL_DEV]:
         if not path.exists():
             raise SystemExit(f"{path} missing: synthesize the dev splits first (see this module's docstring)")
-    model_hash = load_model(SHIPPED_MODEL).content_hash()
+    base = load_model(SHIPPED_MODEL)
+    model_hash = base.content_hash()
     path = RESULTS / "update_chain_dev.json"
     earlier = json.loads(path.read_text()) if path.exists() else {}
     results = earlier.get("chains", []) if earlier.get("model_hash") == model_hash else []
     for spec in args.chains:
         cache, method, budget = spec.rsplit(":", 2)
-        scored = score_chain(Path(cache), method, float(budget))
+        scored = score_chain(base, Path(cache), method, float(budget))
         results = [r for r in results if (r["cache"], r["method"], r["budget"]) != (cache, method, float(budget))]
         results.append(scored)
         print(json.dumps(scored))
     full = next((r for r in results if r["method"] == "full"), None)
-    for r in results:
-        if full is not None:
-            r["gap_dev"] = {n: round(100 * (w - full["dev"][n]), 1) for n, w in r["dev"].items()}
-            r["mean_gap_dev"] = round(sum(r["gap_dev"].values()) / len(r["gap_dev"]), 1)
+    for r in results if full is not None else []:
+        r["gap_dev"] = {n: round(100 * (w - full["dev"][n]), 1) for n, w in r["dev"].items()}
+        r["mean_gap_dev"] = round(sum(r["gap_dev"].values()) / len(r["gap_dev"]), 1)
     write_results("update_chain_dev", {"model_hash": model_hash,
                                        "dev_limit": DEV_LIMIT, "original_dev_limit": ORIGINAL_DEV_LIMIT,
                                        "chains": results})

@@ -55,9 +55,10 @@ def load(path: Path = RESULTS / "update_chain.json", *others: Path) -> tuple[dic
         same = ("model_hash", "epochs", "eval_limit", "replay")
         if [extra.get(k) for k in same] != [data.get(k) for k in same]:
             raise SystemExit(f"{other}: another base model or setup than {path} ({', '.join(same)})")
-        if config_label(extra) == label:
+        their_label = config_label(extra)
+        if their_label == label:
             raise SystemExit(f"{other}: its --config does not tell its chains apart from {path}'s")
-        records += [{**r, "method": r["method"] + config_label(extra)} for r in extra["records"]
+        records += [{**r, "method": r["method"] + their_label} for r in extra["records"]
                     if r["method"] not in BASELINES]
     return data, sorted(records, key=lambda r: (r["index"], method_rank(r["method"]), r["budget"]))
 
