@@ -12,7 +12,9 @@ frames per call: Python's per-operation overhead is paid per chunk.
 Every output row is computed by the same code whatever the chunk length (one
 quantization of the input row, an exact integer sum, then the same float
 operations), so a chunked stream gives bit-for-bit the results of a whole
-utterance, on either integer path.
+utterance, on either integer path. Float operations keep IEEE semantics (no
+reassociation, no fused multiply-add), so the same bits come out whether a
+kernel was just compiled or loaded from numba's cache.
 
 tanh is a rational approximation (the one Eigen uses for float, a few ulp
 from the exact value): plain arithmetic the compiler vectorises, where
@@ -25,7 +27,11 @@ from numba import njit
 
 from device_agent.vnni import HAS_VNNI, vnni_four_frames_two_blocks, vnni_row_blocks1, vnni_row_blocks4
 
-_FLAGS = dict(cache=True, fastmath=True, nogil=True, error_model="numpy")  # no division checks: they block vectorising
+# Fast-math only where it cannot change a finite result (no NaN, no infinity, sign of zero): reassociation,
+# fused multiply-adds and approximate division would let the bits depend on how LLVM compiled a kernel,
+# and a kernel compiled on a cold cache decoded differently from the same kernel loaded from numba's cache.
+# The numpy error model drops division checks, which block vectorising.
+_FLAGS = dict(cache=True, fastmath={"nnan", "ninf", "nsz"}, nogil=True, error_model="numpy")
 ZERO_POINT = 128  # uint8 code of an activation of 0
 _QMAX = np.float32(127.0)
 _TANH_CLAMP = np.float32(7.90531110763549805)

@@ -1,6 +1,9 @@
 """int8 runtime: streaming equals whole-utterance decoding; logits match a float reference."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,22 @@ from device_agent.tokenizer import CharTokenizer
 from diffing.export import export_model, float_model_from_device
 from diffing.model import RNNT
 
+ROOT = Path(__file__).resolve().parents[1]
 FSDD = Path(__file__).resolve().parent / "data" / "fsdd" / "recordings"  # shipped: see its README
+SHIPPED_MODEL = ROOT / "models" / "base-v1.otam"
+
+# The shipped model's full-lattice logits for one real clip, as the hash of their bytes.
+LATTICE_HASH = """
+import hashlib, sys
+from device_agent.audio import load_audio
+from device_agent.features import utterance_features
+from device_agent.model_format import load_model
+from device_agent.runtime import Int8Runtime
+runtime = Int8Runtime(load_model(sys.argv[1]))
+feats = utterance_features(load_audio(sys.argv[2]), runtime.config.features)
+logits = runtime.lattice_logits(feats, runtime.tokenizer.encode("seven two"))
+print(hashlib.sha256(logits.numpy().tobytes()).hexdigest())
+"""
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +150,17 @@ def test_folded_token_table_matches_per_token_matmul(device_model) -> None:
     tokens = list(range(1, device_model.tokenizer.vocab_size)) * 2
     # the table rounds each token's input gates to bf16 once; differences stay at that level
     np.testing.assert_allclose(folded.outputs(tokens), plain.outputs(tokens), atol=3e-2)
+
+
+def test_kernels_loaded_from_cache_compute_what_they_computed_when_compiled(tmp_path: Path) -> None:
+    """A device compiles the kernels on its first decode and loads them from numba's cache afterwards.
+    Both must give the same bits, or its first WER gate scores differently from the next ones."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "kernel-cache"), "PYTHONPATH": str(ROOT),
+           "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-c", LATTICE_HASH, str(SHIPPED_MODEL), str(FSDD / "7_lucas_10.wav")]
+    compiled = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert compiled.returncode == 0, compiled.stderr[-2000:]
+    assert any((tmp_path / "kernel-cache").rglob("*.nbc"))  # the first run filled the cache ...
+    cached = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert cached.returncode == 0, cached.stderr[-2000:]
+    assert cached.stdout == compiled.stdout  # ... and the second computed with what it loaded
