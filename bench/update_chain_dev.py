@@ -14,8 +14,9 @@ The real-speech update has no dev split (four speakers; the fourth is its test).
 
 Each argument is CACHE:METHOD:BUDGET; `full` chains are named CACHE:full:1.0. Chains
 scored earlier stay in bench/results/update_chain_dev.json (a chain scored again is
-replaced), so each can be scored as soon as it is done. The gap is dev WER minus the
-full fine-tune's (the first `full` chain scored).
+replaced), so each can be scored as soon as it is done. The gap is dev WER minus that of
+the full fine-tune chain its cache holds (its own, or the one `--full-from` copied), once
+that chain is scored too.
 """
 from __future__ import annotations
 
@@ -56,8 +57,9 @@ def score_chain(base: DeviceModel, cache: Path, method: str, budget: float) -> d
             raise SystemExit(f"{cache}: {key} does not rebuild the recorded model")
         if name in DEV:
             dev[name] = wer_on(model, DEV[name], DEV_LIMIT)
+    last_full = records.get(f"full/1.0/{UPDATES[-1][0]}", {})
     return {"cache": str(cache), "config": records["_setup"].get("config", {}), "method": method, "budget": budget,
-            "dev": dev,
+            "full_hash": last_full.get("target_hash"), "dev": dev,
             "original_dev": wer_on(model, ORIGINAL_DEV, ORIGINAL_DEV_LIMIT)}
 
 
@@ -80,10 +82,14 @@ def main() -> None:
         results = [r for r in results if (r["cache"], r["method"], r["budget"]) != (cache, method, float(budget))]
         results.append(scored)
         print(json.dumps(scored))
-    full = next((r for r in results if r["method"] == "full"), None)
-    for r in results if full is not None else []:
-        r["gap_dev"] = {n: round(100 * (w - full["dev"][n]), 1) for n, w in r["dev"].items()}
-        r["mean_gap_dev"] = round(sum(r["gap_dev"].values()) / len(r["gap_dev"]), 1)
+    for r in results:
+        # the gap is to the full fine-tune chain learned on the same update sets (a cache's own or the one
+        # its --full-from copied): chains of another synthesis of the data have another full fine-tune.
+        # Records scored before full_hash existed keep the gaps they were written with.
+        full = next((f for f in results if f["method"] == "full" and f.get("full_hash") == r.get("full_hash")), None)
+        if full is not None and r.get("full_hash"):
+            r["gap_dev"] = {n: round(100 * (w - full["dev"][n]), 1) for n, w in r["dev"].items()}
+            r["mean_gap_dev"] = round(sum(r["gap_dev"].values()) / len(r["gap_dev"]), 1)
     write_results("update_chain_dev", {"model_hash": model_hash,
                                        "dev_limit": DEV_LIMIT, "original_dev_limit": ORIGINAL_DEV_LIMIT,
                                        "chains": results})
@@ -91,7 +97,7 @@ def main() -> None:
         config = "".join(f" {k}={v}" for k, v in sorted(r["config"].items()))
         label = f"{r['method']} {r['budget']:g}{config if r['method'] != 'full' else ''}"
         gaps = ", ".join(f"{g:+.1f}" for g in r.get("gap_dev", {}).values())
-        print(f"{label}: dev {', '.join(f'{100 * w:.1f}%' for w in r['dev'].values())}; gaps {gaps}; "
+        print(f"{r['cache']} {label}: dev {', '.join(f'{100 * w:.1f}%' for w in r['dev'].values())}; gaps {gaps}; "
               f"original dev {100 * r['original_dev']:.1f}%")
 
 
