@@ -163,8 +163,8 @@ def main() -> None:
     cache = update_cache(cache_path, {})
     if cache.setdefault("_setup", setup) != setup:
         raise SystemExit(f"{cache_path} holds results for {cache['_setup']}, not {setup}: use another --cache")
-    if args.full_from:
-        reuse_full_chain(args.full_from, cache_path, setup)
+    if args.full_from:  # its base WERs too: measured once per full fine-tune, not again here
+        cache = reuse_full_chain(args.full_from, cache_path, setup)
     replay = base_replay_pool(args.replay_from, args.replay_limit)
     updates = UPDATES[: args.updates]
     check_update_sets(updates, args.eval_limit)
@@ -234,9 +234,10 @@ def main() -> None:
                                  "records": records})
 
 
-def reuse_full_chain(other: Path, cache_path: Path, setup: dict) -> None:
+def reuse_full_chain(other: Path, cache_path: Path, setup: dict) -> dict:
     """Copy the full fine-tune chain (records and bundles) and base WERs of `other`, a cache of the
-    same setup but another --config, into this cache: the full fine-tune ignores --config."""
+    same setup but another --config, into this cache (the full fine-tune ignores --config); returns
+    the merged cache."""
     theirs = json.loads(other.read_text())
     if _without_config(theirs.get("_setup", {})) != _without_config(setup):
         raise SystemExit(f"--full-from {other}: another setup ({theirs.get('_setup')}) than {setup}")
@@ -247,7 +248,7 @@ def reuse_full_chain(other: Path, cache_path: Path, setup: dict) -> None:
     our_dir.mkdir(parents=True, exist_ok=True)
     for key in full:
         shutil.copyfile(_diff_path(their_dir, key), _diff_path(our_dir, key))
-    update_cache(cache_path, {"_base_wer": theirs["_base_wer"], **full})
+    return update_cache(cache_path, {"_base_wer": theirs["_base_wer"], **full})
 
 
 def _without_config(setup: dict) -> dict:
