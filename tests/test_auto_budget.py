@@ -14,6 +14,8 @@ from diffing.diffs.auto_budget import split_dev
 from tests.tiny import tiny_device_model
 
 FSDD = Path(__file__).resolve().parent / "data" / "fsdd" / "recordings"  # shipped: see its README
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "base-v1.otam"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "validation.jsonl"
 WORDS = "zero one two three four five six seven eight nine".split()
 
 
@@ -54,3 +56,38 @@ def test_auto_budget_ships_the_smallest_rung_within_the_gap(manifest: Path, tmp_
     chosen = next(r for r in ladder if r["dev_wer"] <= best)  # max gap 0: the smallest rung as good as the best
     assert out.stat().st_size == chosen["bytes"] == json.loads(lines[-1])["bytes"]
     assert sum("<- shipped" in line for line in lines) == 1
+
+
+def test_tries_ship_the_seed_with_the_best_dev_wer(tmp_path: Path) -> None:
+    # the shipped model on real digits, scored on the sample commands: seeds give different dev WERs
+    files = sorted(FSDD.glob("*_jackson_[0-1].wav")) + sorted(FSDD.glob("*_lucas_[0-1].wav"))
+    adapt = write_manifest(tmp_path / "adapt.jsonl",
+                           [Utterance(p, WORDS[int(p.name[0])], 0.5, p.name.split("_")[1]) for p in files])
+    common = ["--method", "hybrid", "--budget", "3%", "--base", str(SHIPPED), "--data", str(adapt),
+              "--epochs", "2", "--threads", "1"]
+    out = tmp_path / "best.otab"
+    result = CliRunner().invoke(cli, ["diff", "train", *common, "--seed", "0", "--tries", "2", "--dev", str(SAMPLES),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    [rung] = json.loads(lines[-1])["ladder"]
+    # both seeds learned on all of --data and were scored on --dev; the better one shipped
+    wers = {int(s): w for s, w in rung["seed_dev_wers"].items()}
+    assert set(wers) == {0, 1} and wers[0] != wers[1]
+    assert rung["seed"] == min(wers, key=wers.get) and rung["dev_wer"] == min(wers.values())
+    assert sum("<- shipped" in line and "seed" in line for line in lines) == 1
+    # what shipped is exactly what a single run with the chosen seed learns
+    single = CliRunner().invoke(cli, ["diff", "train", *common, "--seed", str(rung["seed"]),
+                                      "--out", str(tmp_path / "single.otab")])
+    assert single.exit_code == 0, single.output
+    assert json.loads(single.output.strip().splitlines()[-1])["target_hash"] == json.loads(lines[-1])["target_hash"]
+    assert out.read_bytes() == (tmp_path / "single.otab").read_bytes()
+
+
+def test_dev_without_anything_to_score_is_refused(manifest: Path, tmp_path: Path) -> None:
+    base = tiny_device_model()
+    save_model(base, tmp_path / "base.otam")
+    out = tmp_path / "v2.otab"
+    result = CliRunner().invoke(cli, ["diff", "train", "--budget", "40%", "--dev", str(manifest), "--base",
+                                      str(tmp_path / "base.otam"), "--data", str(manifest), "--out", str(out)])
+    assert result.exit_code == 4 and "--dev" in result.output and not out.exists()
