@@ -1,47 +1,72 @@
-"""Dev-split scores of cached update chains: what a chain's settings are chosen on.
+"""Scores of cached update chains on other splits than the ones the chain reports: dev splits to
+choose settings on, and larger test splits to report with less noise.
 
-The chain benchmark (`bench/update_chain.py`) reports on test splits. To choose between
-its settings without choosing on those, this rebuilds chains from their cached diff
-bundles and scores each model on dev splits nobody reports on: after update k, the
-dev split of update k (300 utterances, seed 11, other sentences and the test voices),
-and after the last update the original dev set (250 of `work/corpus/dev`, seed 7).
-The real-speech update has no dev split (four speakers; the fourth is its test).
+The chain benchmark (`bench/update_chain.py`) reports on test splits of 200 utterances per
+update. This rebuilds chains from their cached diff bundles and scores each model again:
+
+- `--split dev` (default): what a chain's settings are chosen on, splits nobody reports on.
+  After update k, the dev split of update k (300 utterances, seed 11, other sentences and the
+  test voices), and after the last update the original dev set (250 of `work/corpus/dev`, seed 7).
+  The real-speech update has no dev split (four speakers; the fourth is its test).
+- `--split test_large`: after update k, its test split plus 400 more utterances (seed 13) of the
+  same kind, 600 in all, and the real speaker's whole test split (all 210 of the held-out
+  speaker's concatenations); after the last update all 500 of the original test set (the chain
+  scores 200 of each). Two seeds of the same diff differed by 6.4 points on a 200-utterance test
+  split where their dev WERs differed by 0.6 (docs/BENCHMARKS.md): a larger test split tells
+  settings apart that 200 utterances cannot.
 
     ota data synth --out work/dev/NAME --split NAME --train 0 --test 300 --seed 11   # each synthetic update
     ota data synth --out work/corpus/dev --train 0 --test 500 --seed 7
+    ota data synth --out work/test_extra/NAME --split NAME --train 0 --test 400 --seed 13   # test_large
+    ota data merge work/updates/NAME/test.jsonl work/test_extra/NAME/test.jsonl --out work/test_large/NAME/test.jsonl
     python bench/update_chain.py ...   # the chains, cached
-    python bench/update_chain_dev.py bench/results/update_chain_distill1.partial.json:hybrid+teacher:0.03 ...
+    python bench/update_chain_dev.py [--split test_large] bench/results/update_chain_distill1.partial.json:hybrid+teacher:0.03 ...
 
 Each argument is CACHE:METHOD:BUDGET; `full` chains are named CACHE:full:1.0. Chains
-scored earlier stay in bench/results/update_chain_dev.json (a chain scored again is
-replaced), so each can be scored as soon as it is done. The gap is dev WER minus that of
-the full fine-tune chain its cache holds (its own, or the one `--full-from` copied), once
-that chain is scored too.
+scored earlier stay in bench/results/update_chain_dev.json (`update_chain_test_large.json`;
+a chain scored again is replaced), so each can be scored as soon as it is done. The gap is
+WER minus that of the full fine-tune chain its cache holds (its own, or the one `--full-from`
+copied), once that chain is scored too.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, SHIPPED_MODEL, write_results  # noqa: E402
-from bench.update_chain import UPDATES, WORK, _load_diff, diff_dir_of, wer_on  # noqa: E402
+from bench.update_chain import ORIGINAL_TEST, UPDATES, WORK, _load_diff, diff_dir_of, wer_on  # noqa: E402
 from device_agent.device_model import DeviceModel  # noqa: E402
 from device_agent.diff import apply_diff  # noqa: E402
 from device_agent.model_format import load_model  # noqa: E402
 
-DEV = {name: WORK / "dev" / name / "test.jsonl" for name, _, _ in UPDATES if name.startswith("novel_")}
-ORIGINAL_DEV = WORK / "corpus/dev/test.jsonl"
-DEV_LIMIT = 300
-ORIGINAL_DEV_LIMIT = 250
 
 
-def score_chain(base: DeviceModel, cache: Path, method: str, budget: float) -> dict:
-    """Dev WER after each update (its own dev split) and the original dev WER after the last."""
+@dataclass(frozen=True)
+class Split:
+    sets: dict[str, Path]  # update name -> the manifest its model is scored on after it
+    limit: int  # utterances scored per update (spread over the manifest)
+    original: Path
+    original_limit: int
+    results: str  # bench/results/RESULTS.json
+
+
+SPLITS = {
+    "dev": Split({name: WORK / "dev" / name / "test.jsonl" for name, _, _ in UPDATES if name.startswith("novel_")},
+                 300, WORK / "corpus/dev/test.jsonl", 250, "update_chain_dev"),
+    "test_large": Split({name: WORK / "test_large" / name / "test.jsonl" if name.startswith("novel_") else test
+                         for name, _, test in UPDATES}, 600, ORIGINAL_TEST, 500, "update_chain_test_large"),
+}
+
+
+def score_chain(base: DeviceModel, cache: Path, method: str, budget: float, split: Split) -> dict:
+    """WER after each update (on `split`'s manifest for it) and on the original set after the last.
+    The keys "dev" and "original_dev" hold them whatever the split (records written before test_large)."""
     diff_dir = diff_dir_of(cache)
     records = json.loads(cache.read_text())
     model = base
@@ -55,30 +80,32 @@ def score_chain(base: DeviceModel, cache: Path, method: str, budget: float) -> d
         model = apply_diff(model, _load_diff(diff_dir, key))
         if model.content_hash() != records[key]["target_hash"]:
             raise SystemExit(f"{cache}: {key} does not rebuild the recorded model")
-        if name in DEV:
-            dev[name] = wer_on(model, DEV[name], DEV_LIMIT)
+        if name in split.sets:
+            dev[name] = wer_on(model, split.sets[name], split.limit)
     last_full = records.get(f"full/1.0/{UPDATES[-1][0]}", {})
     return {"cache": str(cache), "config": records["_setup"].get("config", {}), "method": method, "budget": budget,
             "full_hash": last_full.get("target_hash"), "dev": dev,
-            "original_dev": wer_on(model, ORIGINAL_DEV, ORIGINAL_DEV_LIMIT)}
+            "original_dev": wer_on(model, split.original, split.original_limit)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("chains", nargs="+", help="CACHE:METHOD:BUDGET")
+    parser.add_argument("--split", choices=sorted(SPLITS), default="dev")
     args = parser.parse_args()
+    split = SPLITS[args.split]
     torch.set_num_threads(1)  # next to chain processes, one core
-    for path in [*DEV.values(), ORIGINAL_DEV]:
+    for path in [*split.sets.values(), split.original]:
         if not path.exists():
-            raise SystemExit(f"{path} missing: synthesize the dev splits first (see this module's docstring)")
+            raise SystemExit(f"{path} missing: synthesize the {args.split} splits first (see this module's docstring)")
     base = load_model(SHIPPED_MODEL)
     model_hash = base.content_hash()
-    path = RESULTS / "update_chain_dev.json"
+    path = RESULTS / f"{split.results}.json"
     earlier = json.loads(path.read_text()) if path.exists() else {}
     results = earlier.get("chains", []) if earlier.get("model_hash") == model_hash else []
     for spec in args.chains:
         cache, method, budget = spec.rsplit(":", 2)
-        scored = score_chain(base, Path(cache), method, float(budget))
+        scored = score_chain(base, Path(cache), method, float(budget), split)
         results = [r for r in results if (r["cache"], r["method"], r["budget"]) != (cache, method, float(budget))]
         results.append(scored)
         print(json.dumps(scored))
@@ -90,15 +117,15 @@ def main() -> None:
         if full is not None and r.get("full_hash"):
             r["gap_dev"] = {n: round(100 * (w - full["dev"][n]), 1) for n, w in r["dev"].items()}
             r["mean_gap_dev"] = round(sum(r["gap_dev"].values()) / len(r["gap_dev"]), 1)
-    write_results("update_chain_dev", {"model_hash": model_hash,
-                                       "dev_limit": DEV_LIMIT, "original_dev_limit": ORIGINAL_DEV_LIMIT,
-                                       "chains": results})
+    write_results(split.results, {"model_hash": model_hash, "split": args.split,
+                                  "dev_limit": split.limit, "original_dev_limit": split.original_limit,
+                                  "chains": results})
     for r in results:
         config = "".join(f" {k}={v}" for k, v in sorted(r["config"].items()))
         label = f"{r['method']} {r['budget']:g}{config if r['method'] != 'full' else ''}"
         gaps = ", ".join(f"{g:+.1f}" for g in r.get("gap_dev", {}).values())
-        print(f"{r['cache']} {label}: dev {', '.join(f'{100 * w:.1f}%' for w in r['dev'].values())}; gaps {gaps}; "
-              f"original dev {100 * r['original_dev']:.1f}%")
+        print(f"{r['cache']} {label}: {args.split} {', '.join(f'{100 * w:.1f}%' for w in r['dev'].values())}; "
+              f"gaps {gaps}; mean {r.get('mean_gap_dev', float('nan')):+.1f}; original {100 * r['original_dev']:.1f}%")
 
 
 if __name__ == "__main__":
