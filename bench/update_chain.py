@@ -52,7 +52,7 @@ from device_agent.model_format import encode_model, load_model  # noqa: E402
 from device_agent.runtime import Int8Runtime  # noqa: E402
 from device_agent.wer import evaluate  # noqa: E402
 from diffing.diffs import DIFF_METHODS, learn_diff  # noqa: E402
-from diffing.diffs.auto_budget import learn_auto_budget, learn_best_of  # noqa: E402
+from diffing.diffs.auto_budget import learn_auto_budget  # noqa: E402
 from diffing.diffs.baselines import FullFinetuneConfig, bsdiff_bytes, topk_of, zstd_patch_from_bytes  # noqa: E402
 from packager.bundle import encode_diff_bundle  # noqa: E402
 
@@ -68,7 +68,6 @@ ORIGINAL_TEST = WORK / "corpus/base/test.jsonl"
 REPLAY = WORK / "corpus/base_x3/train.jsonl"  # the shipped model's training data (docs/BASE-MODEL.md)
 REPLAY_LIMIT = 2000  # utterances of base training data in the replay pool
 CACHE = RESULTS / "update_chain.partial.json"
-DEV_DIR = WORK / "dev"  # with --tries: dev splits per update, DEV_DIR/UPDATE/test.jsonl (bench/update_chain_dev.py)
 SPEAKER_DISJOINT = ("fsdd_speakers",)  # updates whose test voices must be new to the diff
 
 
@@ -148,13 +147,6 @@ def main() -> None:
                              "(needs its own --cache)")
     parser.add_argument("--replay", choices=["cumulative", "base"], default="cumulative",
                         help="replay pool: base training data plus earlier updates' adaptation sets, or base data only")
-    parser.add_argument("--tries", type=int, default=1,
-                        help="diff methods: learn each update with this many seeds (--config's seed onwards) and ship "
-                             "the one with the best WER on the update's dev split (--dev-dir), or, where it has none, "
-                             "on a split held out of its adaptation data")
-    parser.add_argument("--dev-dir", type=Path, default=DEV_DIR,
-                        help="with --tries: dev splits as DIR/UPDATE/test.jsonl (the synthesis commands are in "
-                             "bench/update_chain_dev.py)")
     parser.add_argument("--full-from", type=Path,
                         help="another cache of the same setup (--config aside) whose full fine-tune chain this cache "
                              "reuses instead of training it again (`+teacher` chains and gaps need one)")
@@ -168,8 +160,6 @@ def main() -> None:
              "replay": args.replay, "replay_from": str(args.replay_from), "replay_limit": args.replay_limit}
     if args.config:  # only when given, so caches written before this option still match
         setup["config"] = args.config
-    if args.tries > 1:  # likewise
-        setup.update(tries=args.tries, dev_dir=str(args.dev_dir))
     cache = update_cache(cache_path, {})
     if cache.setdefault("_setup", setup) != setup:
         raise SystemExit(f"{cache_path} holds results for {cache['_setup']}, not {setup}: use another --cache")
@@ -197,7 +187,7 @@ def main() -> None:
                 model = apply_diff(model, _load_diff(diff_dir, key))
                 continue
             started = time.time()
-            ladder, tried = None, None
+            ladder = None
             if method == "auto":
                 config = make_config(args.auto_method, int(budgets[0] * len(base_file)), args.epochs, args.threads,
                                      args.config)
@@ -212,16 +202,9 @@ def main() -> None:
             else:
                 budget_bytes = int(budget * len(base_file))  # budgets are shares of the full model's bytes
                 teacher = full_chain_teacher(base, diff_dir, updates, k) if "+teacher" in method else None
-                config = make_config(method, budget_bytes, args.epochs, args.threads, args.config, teacher)
-                pool = replay_pool(replay, updates[:k], args.replay)
-                if args.tries > 1:
-                    dev = args.dev_dir / name / "test.jsonl"
-                    diff, rung = learn_best_of(model, adapt, config, tries=args.tries, replay_manifest=pool,
-                                               dev_manifest=dev if dev.exists() else None)
-                    tried = {"chosen_seed": rung.seed, "dev_from": str(dev) if dev.exists() else "held out",
-                             "seed_dev_wers": {str(s): round(w, 4) for s, w in rung.seed_wers.items()}}
-                else:
-                    diff = learn_diff(model, adapt, config, replay_manifest=pool)
+                diff = learn_diff(model, adapt, make_config(method, budget_bytes, args.epochs, args.threads, args.config,
+                                                            teacher),
+                                  replay_manifest=replay_pool(replay, updates[:k], args.replay))
             seconds = time.time() - started
             new_model = apply_diff(model, diff)
             new_file = encode_model(new_model)
@@ -236,8 +219,6 @@ def main() -> None:
             if ladder is not None:  # budget 0.0 stands for "auto"; the rung it shipped is chosen_budget
                 record.update(ladder=ladder, max_gap=args.max_gap,
                               chosen_budget=next(r["budget"] for r in ladder if r["shipped"]))
-            if tried is not None:
-                record.update(tried)
             if method == "full":
                 old_file = encode_model(model)
                 record["zstd_patch_from_bytes"] = zstd_patch_from_bytes(old_file, new_file)
@@ -271,7 +252,7 @@ def reuse_full_chain(other: Path, cache_path: Path, setup: dict) -> dict:
 
 
 def _without_config(setup: dict) -> dict:
-    return {k: v for k, v in setup.items() if k not in ("config", "tries", "dev_dir")}
+    return {k: v for k, v in setup.items() if k != "config"}
 
 
 def base_replay_pool(train_manifest: Path, limit: int) -> Path:

@@ -28,12 +28,10 @@ def diff() -> None:
               help="With --budget auto: WER points the shipped diff may trail the best rung on the dev split.")
 @click.option("--ladder", default="1%,2%,3%,5%,10%", show_default=True,
               help="With --budget auto: the budgets to learn, comma-separated.")
-@click.option("--tries", type=click.IntRange(1, 16), default=1, show_default=True,
-              help="Learn this many diffs (at each rung, with --budget auto), with seeds --seed, --seed+1, ..., and "
-              "ship the one with the best dev WER: a guard against an unlucky seed, one training run per try.")
 @click.option("--dev", "dev", type=INPUT_FILE,
-              help="Held-out manifest that scores --budget auto's rungs and --tries' seeds (default: a split held "
-              "out of --data: whole speakers when it names at least two, else 20% of the utterances).")
+              help="With --budget auto: a held-out manifest that scores the rungs, so they learn from all of --data "
+              "(default: a split held out of --data: whole speakers when it names at least two, else 20% of the "
+              "utterances).")
 @click.option("--base", "base_path", required=True, type=INPUT_FILE,
               help="The deployed device model (.otam) the diff applies to.")
 @click.option("--data", "data", required=True, type=INPUT_FILE, help="Adaptation manifest (JSONL).")
@@ -51,9 +49,9 @@ def diff() -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads (default: the cores not busy with other work).")
 @click.option("--out", "out_path", required=True, type=OUTPUT_FILE, help="Diff bundle to write (.otab).")
-def train(method: str, channels: str | None, budget: str | None, max_gap: float, ladder: str, tries: int,
-          dev: Path | None, base_path: Path, data: Path, replay: Path | None, teacher: Path | None,
-          distill: float | None, epochs: int | None, lr: float | None, seed: int, threads: int | None, out_path: Path) -> None:
+def train(method: str, channels: str | None, budget: str | None, max_gap: float, ladder: str, dev: Path | None,
+          base_path: Path, data: Path, replay: Path | None, teacher: Path | None, distill: float | None,
+          epochs: int | None, lr: float | None, seed: int, threads: int | None, out_path: Path) -> None:
     """Learn a diff against the exact int8 model a device runs.
 
     Under `torchrun --nproc-per-node N -m cli.main diff train ...` the diff is
@@ -63,11 +61,9 @@ def train(method: str, channels: str | None, budget: str | None, max_gap: float,
     Example:
       ota diff train --method sparse --budget 1% --base models/base-v1.otam \\
           --data work/update/adapt.jsonl --replay work/replay/train.jsonl --out work/v2.otab
-      ota diff train --budget auto --max-gap 1.0 --base models/base-v1.otam \\
+      ota diff train --budget auto --max-gap 1.0 --dev work/update/dev.jsonl --base models/base-v1.otam \\
           --data work/update/adapt.jsonl --replay work/replay/train.jsonl --out work/v2.otab
       ota diff train --method hybrid --budget 3% --teacher work/finetuned.otam --base models/base-v1.otam \\
-          --data work/update/adapt.jsonl --replay work/replay/train.jsonl --out work/v2.otab
-      ota diff train --method hybrid --budget 3% --tries 2 --dev work/update/dev.jsonl --base models/base-v1.otam \\
           --data work/update/adapt.jsonl --replay work/replay/train.jsonl --out work/v2.otab
     """
     from cli.progress import training_progress
@@ -80,8 +76,8 @@ def train(method: str, channels: str | None, budget: str | None, max_gap: float,
     from packager.bundle import encode_diff_bundle
 
     auto = budget is not None and budget.strip().lower() == "auto"
-    if dev is not None and not auto and tries == 1:
-        raise ConfigError("--dev scores the candidates of --budget auto or --tries N; give one of them, or drop --dev")
+    if dev is not None and not auto:
+        raise ConfigError("--dev scores the rungs of --budget auto; give --budget auto, or drop --dev")
     config = config_for(method, budget=None if auto else budget, epochs=epochs, seed=seed, lr=lr, threads=threads,
                         channels=channels, teacher=teacher and str(teacher), distill=distill)
     base = load_model(base_path)
@@ -90,13 +86,13 @@ def train(method: str, channels: str | None, budget: str | None, max_gap: float,
     try:
         with training_progress() as progress:
             log = progress.log if world.is_writer else (lambda _: None)
-            if auto or tries > 1:
+            if auto:
                 from diffing.diffs.auto_budget import learn_auto_budget
 
-                rungs_asked = tuple(b for b in ladder.split(",") if b.strip()) if auto else (budget or config.budget,)
-                result, rungs = learn_auto_budget(base, str(data), config, max_gap=max_gap if auto else 0.0,
-                                                  ladder=rungs_asked, replay_manifest=replay and str(replay),
-                                                  tries=tries, dev_manifest=dev and str(dev), log=log)
+                result, rungs = learn_auto_budget(base, str(data), config, max_gap=max_gap,
+                                                  ladder=tuple(b for b in ladder.split(",") if b.strip()),
+                                                  replay_manifest=replay and str(replay),
+                                                  dev_manifest=dev and str(dev), log=log)
                 rank_hashes = distributed.agree("diffs (target hashes)", result.target_hash)
             else:
                 result, rank_hashes = learn_diff_on_ranks(base, str(data), config, progress=True, log=log,
@@ -108,16 +104,13 @@ def train(method: str, channels: str | None, budget: str | None, max_gap: float,
         return
     for rung in rungs:
         mark = "  <- shipped" if rung.diff is result else ""
-        seeds = f"  (seed {rung.seed} of " + ", ".join(f"{s}: {100 * w:.1f}%" for s, w in rung.seed_wers.items()) + ")" \
-            if tries > 1 else ""
-        click.echo(f"budget {rung.budget:>6}  {rung.bytes:>9,} bytes  dev WER {100 * rung.dev_wer:5.1f}%{seeds}{mark}")
+        click.echo(f"budget {rung.budget:>6}  {rung.bytes:>9,} bytes  dev WER {100 * rung.dev_wer:5.1f}%{mark}")
     data_bytes = encode_diff_bundle(result, base)
     write_atomic(out_path, data_bytes)
     record = {"out": str(out_path), "bytes": len(data_bytes), "entries": result.nonzero_entries(),
               "base_hash": result.base_hash, "target_hash": result.target_hash, "rank_target_hashes": rank_hashes}
     if rungs:
-        record["ladder"] = [{"budget": r.budget, "bytes": r.bytes, "dev_wer": round(r.dev_wer, 4), "seed": r.seed,
-                             "seed_dev_wers": {str(s): round(w, 4) for s, w in r.seed_wers.items()}} for r in rungs]
+        record["ladder"] = [{"budget": r.budget, "bytes": r.bytes, "dev_wer": round(r.dev_wer, 4)} for r in rungs]
     click.echo(json.dumps(record))
 
 

@@ -58,30 +58,27 @@ def test_auto_budget_ships_the_smallest_rung_within_the_gap(manifest: Path, tmp_
     assert sum("<- shipped" in line for line in lines) == 1
 
 
-def test_tries_ship_the_seed_with_the_best_dev_wer(tmp_path: Path) -> None:
-    # the shipped model on real digits, scored on the sample commands: seeds give different dev WERs
+def test_auto_budget_with_a_dev_manifest_learns_from_all_the_data(tmp_path: Path) -> None:
+    # the shipped model on real digits, its rungs scored on the sample commands
     files = sorted(FSDD.glob("*_jackson_[0-1].wav")) + sorted(FSDD.glob("*_lucas_[0-1].wav"))
     adapt = write_manifest(tmp_path / "adapt.jsonl",
                            [Utterance(p, WORDS[int(p.name[0])], 0.5, p.name.split("_")[1]) for p in files])
-    common = ["--method", "hybrid", "--budget", "3%", "--base", str(SHIPPED), "--data", str(adapt),
-              "--epochs", "2", "--threads", "1"]
-    out = tmp_path / "best.otab"
-    result = CliRunner().invoke(cli, ["diff", "train", *common, "--seed", "0", "--tries", "2", "--dev", str(SAMPLES),
-                                      "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
-    [rung] = json.loads(lines[-1])["ladder"]
-    # both seeds learned on all of --data and were scored on --dev; the better one shipped
-    wers = {int(s): w for s, w in rung["seed_dev_wers"].items()}
-    assert set(wers) == {0, 1} and wers[0] != wers[1]
-    assert rung["seed"] == min(wers, key=wers.get) and rung["dev_wer"] == min(wers.values())
-    assert sum("<- shipped" in line and "seed" in line for line in lines) == 1
-    # what shipped is exactly what a single run with the chosen seed learns
-    single = CliRunner().invoke(cli, ["diff", "train", *common, "--seed", str(rung["seed"]),
-                                      "--out", str(tmp_path / "single.otab")])
+    common = ["--method", "hybrid", "--base", str(SHIPPED), "--data", str(adapt), "--epochs", "2", "--threads", "1"]
+    auto = CliRunner().invoke(cli, ["diff", "train", *common, "--budget", "auto", "--ladder", "2%,3%", "--max-gap", "100",
+                                    "--dev", str(SAMPLES), "--out", str(tmp_path / "auto.otab")])
+    assert auto.exit_code == 0, auto.output
+    shipped = json.loads(auto.output.strip().splitlines()[-1])
+    assert [r["budget"] for r in shipped["ladder"]] == ["2%", "3%"]  # max gap 100: the smallest rung ships
+    # what shipped is exactly what one run at that budget learns from all of --data (nothing held out)
+    single = CliRunner().invoke(cli, ["diff", "train", *common, "--budget", "2%", "--out", str(tmp_path / "one.otab")])
     assert single.exit_code == 0, single.output
-    assert json.loads(single.output.strip().splitlines()[-1])["target_hash"] == json.loads(lines[-1])["target_hash"]
-    assert out.read_bytes() == (tmp_path / "single.otab").read_bytes()
+    assert json.loads(single.output.strip().splitlines()[-1])["target_hash"] == shipped["target_hash"]
+    assert (tmp_path / "auto.otab").read_bytes() == (tmp_path / "one.otab").read_bytes()
+    # without --dev, a speaker is held out and the same rung learns from less: another diff
+    held = CliRunner().invoke(cli, ["diff", "train", *common, "--budget", "auto", "--ladder", "2%", "--out",
+                                    str(tmp_path / "held.otab")])
+    assert held.exit_code == 0, held.output
+    assert json.loads(held.output.strip().splitlines()[-1])["target_hash"] != shipped["target_hash"]
 
 
 def test_dev_without_anything_to_score_is_refused(manifest: Path, tmp_path: Path) -> None:
