@@ -20,7 +20,8 @@ update. This rebuilds chains from their cached diff bundles and scores each mode
     ota data synth --out work/test_extra/NAME --split NAME --train 0 --test 400 --seed 13   # test_large
     ota data merge work/updates/NAME/test.jsonl work/test_extra/NAME/test.jsonl --out work/test_large/NAME/test.jsonl
     python bench/update_chain.py ...   # the chains, cached
-    python bench/update_chain_dev.py [--split test_large] bench/results/update_chain_distill1.partial.json:hybrid+teacher:0.03 ...
+    python bench/update_chain_dev.py [--split test_large] \
+        bench/results/update_chain_distill1.partial.json:hybrid+teacher:0.03 ...
 
 Each argument is CACHE:METHOD:BUDGET; `full` chains are named CACHE:full:1.0. Chains
 scored earlier stay in bench/results/update_chain_dev.json (`update_chain_test_large.json`;
@@ -64,15 +65,15 @@ SPLITS = {
 }
 
 
-def score_chain(base: DeviceModel, cache: Path, method: str, budget: float, split: Split) -> dict:
-    """WER after each update (on `split`'s manifest for it) and on the original set after the last.
-    The keys "dev" and "original_dev" hold them whatever the split (records written before test_large)."""
+def score_chain(base: DeviceModel, cache: Path, method: str, budget: float, split: str) -> dict:
+    """WER after each update (on the split's manifest for it) and on the original set after the last,
+    under the keys SPLIT and original_SPLIT."""
     diff_dir = diff_dir_of(cache)
     records = json.loads(cache.read_text())
     model = base
     if records["_setup"]["base_hash"] != model.content_hash():
         raise SystemExit(f"{cache}: chains of another base model than {SHIPPED_MODEL}")
-    dev = {}
+    sets, wers = SPLITS[split], {}
     for name, _, _ in UPDATES:
         key = f"{method}/{budget}/{name}"
         if key not in records:
@@ -80,12 +81,12 @@ def score_chain(base: DeviceModel, cache: Path, method: str, budget: float, spli
         model = apply_diff(model, _load_diff(diff_dir, key))
         if model.content_hash() != records[key]["target_hash"]:
             raise SystemExit(f"{cache}: {key} does not rebuild the recorded model")
-        if name in split.sets:
-            dev[name] = wer_on(model, split.sets[name], split.limit)
+        if name in sets.sets:
+            wers[name] = wer_on(model, sets.sets[name], sets.limit)
     last_full = records.get(f"full/1.0/{UPDATES[-1][0]}", {})
     return {"cache": str(cache), "config": records["_setup"].get("config", {}), "method": method, "budget": budget,
-            "full_hash": last_full.get("target_hash"), "dev": dev,
-            "original_dev": wer_on(model, split.original, split.original_limit)}
+            "full_hash": last_full.get("target_hash"), split: wers,
+            f"original_{split}": wer_on(model, sets.original, sets.original_limit)}
 
 
 def main() -> None:
@@ -93,7 +94,7 @@ def main() -> None:
     parser.add_argument("chains", nargs="+", help="CACHE:METHOD:BUDGET")
     parser.add_argument("--split", choices=sorted(SPLITS), default="dev")
     args = parser.parse_args()
-    split = SPLITS[args.split]
+    split, key = SPLITS[args.split], args.split
     torch.set_num_threads(1)  # next to chain processes, one core
     for path in [*split.sets.values(), split.original]:
         if not path.exists():
@@ -105,7 +106,7 @@ def main() -> None:
     results = earlier.get("chains", []) if earlier.get("model_hash") == model_hash else []
     for spec in args.chains:
         cache, method, budget = spec.rsplit(":", 2)
-        scored = score_chain(base, Path(cache), method, float(budget), split)
+        scored = score_chain(base, Path(cache), method, float(budget), args.split)
         results = [r for r in results if (r["cache"], r["method"], r["budget"]) != (cache, method, float(budget))]
         results.append(scored)
         print(json.dumps(scored))
@@ -115,17 +116,18 @@ def main() -> None:
         # Records scored before full_hash existed keep the gaps they were written with.
         full = next((f for f in results if f["method"] == "full" and f.get("full_hash") == r.get("full_hash")), None)
         if full is not None and r.get("full_hash"):
-            r["gap_dev"] = {n: round(100 * (w - full["dev"][n]), 1) for n, w in r["dev"].items()}
-            r["mean_gap_dev"] = round(sum(r["gap_dev"].values()) / len(r["gap_dev"]), 1)
+            gaps = {n: round(100 * (w - full[key][n]), 1) for n, w in r[key].items()}
+            r[f"gap_{key}"], r[f"mean_gap_{key}"] = gaps, round(sum(gaps.values()) / len(gaps), 1)
     write_results(split.results, {"model_hash": model_hash, "split": args.split,
-                                  "dev_limit": split.limit, "original_dev_limit": split.original_limit,
+                                  f"{key}_limit": split.limit, f"original_{key}_limit": split.original_limit,
                                   "chains": results})
     for r in results:
         config = "".join(f" {k}={v}" for k, v in sorted(r["config"].items()))
         label = f"{r['method']} {r['budget']:g}{config if r['method'] != 'full' else ''}"
-        gaps = ", ".join(f"{g:+.1f}" for g in r.get("gap_dev", {}).values())
-        print(f"{r['cache']} {label}: {args.split} {', '.join(f'{100 * w:.1f}%' for w in r['dev'].values())}; "
-              f"gaps {gaps}; mean {r.get('mean_gap_dev', float('nan')):+.1f}; original {100 * r['original_dev']:.1f}%")
+        gaps = ", ".join(f"{g:+.1f}" for g in r.get(f"gap_{key}", {}).values())
+        wers = ", ".join(f"{100 * w:.1f}%" for w in r[key].values())
+        print(f"{r['cache']} {label}: {key} {wers}; gaps {gaps}; mean {r.get(f'mean_gap_{key}', float('nan')):+.1f}; "
+              f"original {100 * r[f'original_{key}']:.1f}%")
 
 
 if __name__ == "__main__":

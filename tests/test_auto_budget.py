@@ -64,8 +64,8 @@ def test_auto_budget_with_a_dev_manifest_learns_from_all_the_data(tmp_path: Path
     adapt = write_manifest(tmp_path / "adapt.jsonl",
                            [Utterance(p, WORDS[int(p.name[0])], 0.5, p.name.split("_")[1]) for p in files])
     common = ["--method", "hybrid", "--base", str(SHIPPED), "--data", str(adapt), "--epochs", "2", "--threads", "1"]
-    auto = CliRunner().invoke(cli, ["diff", "train", *common, "--budget", "auto", "--ladder", "2%,3%", "--max-gap", "100",
-                                    "--dev", str(SAMPLES), "--out", str(tmp_path / "auto.otab")])
+    auto = CliRunner().invoke(cli, ["diff", "train", *common, "--budget", "auto", "--ladder", "2%,3%",
+                                    "--max-gap", "100", "--dev", str(SAMPLES), "--out", str(tmp_path / "auto.otab")])
     assert auto.exit_code == 0, auto.output
     shipped = json.loads(auto.output.strip().splitlines()[-1])
     assert [r["budget"] for r in shipped["ladder"]] == ["2%", "3%"]  # max gap 100: the smallest rung ships
