@@ -47,7 +47,6 @@ from device_agent.diff import apply_diff  # noqa: E402
 from device_agent.model_format import load_model  # noqa: E402
 
 
-
 @dataclass(frozen=True)
 class Split:
     sets: dict[str, Path]  # update name -> the manifest its model is scored on after it

@@ -68,11 +68,11 @@ def train(method: str, channels: str | None, budget: str | None, max_gap: float,
     """
     from cli.progress import training_progress
     from device_agent.atomic import write_atomic
+    from device_agent.errors import ConfigError
     from device_agent.model_format import load_model
     from diffing import distributed
     from diffing.diffs import config_for  # server side only
     from diffing.diffs.data_parallel import learn_diff_on_ranks
-    from device_agent.errors import ConfigError
     from packager.bundle import encode_diff_bundle
 
     auto = budget is not None and budget.strip().lower() == "auto"
