@@ -81,7 +81,7 @@ def test_auto_budget_with_a_dev_manifest_learns_from_all_the_data(tmp_path: Path
     assert json.loads(held.output.strip().splitlines()[-1])["target_hash"] != shipped["target_hash"]
 
 
-def test_dev_without_anything_to_score_is_refused(manifest: Path, tmp_path: Path) -> None:
+def test_dev_without_an_automatic_budget_is_refused(manifest: Path, tmp_path: Path) -> None:
     base = tiny_device_model()
     save_model(base, tmp_path / "base.otam")
     out = tmp_path / "v2.otab"
