@@ -72,7 +72,7 @@ def score_chain(base: DeviceModel, cache: Path, method: str, budget: float, spli
     model = base
     if records["_setup"]["base_hash"] != model.content_hash():
         raise SystemExit(f"{cache}: chains of another base model than {SHIPPED_MODEL}")
-    sets, wers = SPLITS[split], {}
+    scoring, wers = SPLITS[split], {}
     for name, _, _ in UPDATES:
         key = f"{method}/{budget}/{name}"
         if key not in records:
@@ -80,12 +80,12 @@ def score_chain(base: DeviceModel, cache: Path, method: str, budget: float, spli
         model = apply_diff(model, _load_diff(diff_dir, key))
         if model.content_hash() != records[key]["target_hash"]:
             raise SystemExit(f"{cache}: {key} does not rebuild the recorded model")
-        if name in sets.sets:
-            wers[name] = wer_on(model, sets.sets[name], sets.limit)
+        if name in scoring.sets:
+            wers[name] = wer_on(model, scoring.sets[name], scoring.limit)
     last_full = records.get(f"full/1.0/{UPDATES[-1][0]}", {})
     return {"cache": str(cache), "config": records["_setup"].get("config", {}), "method": method, "budget": budget,
             "full_hash": last_full.get("target_hash"), split: wers,
-            f"original_{split}": wer_on(model, sets.original, sets.original_limit)}
+            f"original_{split}": wer_on(model, scoring.original, scoring.original_limit)}
 
 
 def main() -> None:
@@ -97,7 +97,7 @@ def main() -> None:
     torch.set_num_threads(1)  # next to chain processes, one core
     for path in [*split.sets.values(), split.original]:
         if not path.exists():
-            raise SystemExit(f"{path} missing: synthesize the {args.split} splits first (see this module's docstring)")
+            raise SystemExit(f"{path} missing: synthesize the {key} splits first (see this module's docstring)")
     base = load_model(SHIPPED_MODEL)
     model_hash = base.content_hash()
     path = RESULTS / f"{split.results}.json"
@@ -105,7 +105,7 @@ def main() -> None:
     results = earlier.get("chains", []) if earlier.get("model_hash") == model_hash else []
     for spec in args.chains:
         cache, method, budget = spec.rsplit(":", 2)
-        scored = score_chain(base, Path(cache), method, float(budget), args.split)
+        scored = score_chain(base, Path(cache), method, float(budget), key)
         results = [r for r in results if (r["cache"], r["method"], r["budget"]) != (cache, method, float(budget))]
         results.append(scored)
         print(json.dumps(scored))
@@ -117,7 +117,7 @@ def main() -> None:
         if full is not None and r.get("full_hash"):
             gaps = {n: round(100 * (w - full[key][n]), 1) for n, w in r[key].items()}
             r[f"gap_{key}"], r[f"mean_gap_{key}"] = gaps, round(sum(gaps.values()) / len(gaps), 1)
-    write_results(split.results, {"model_hash": model_hash, "split": args.split,
+    write_results(split.results, {"model_hash": model_hash, "split": key,
                                   f"{key}_limit": split.limit, f"original_{key}_limit": split.original_limit,
                                   "chains": results})
     for r in results:
