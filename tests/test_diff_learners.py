@@ -224,6 +224,29 @@ def test_hybrid_diff_hashes_the_chosen_matrices_within_the_byte_budget(manifest:
     assert mean_loss(updated, examples) < mean_loss(base, examples)
 
 
+def test_values_on_a_step_carry_more_entries_in_the_same_bytes(manifest: Path) -> None:
+    from device_agent.bundle import apply_bundle, decode_bundle
+    from packager.bundle import encode_diff_bundle
+
+    base = tiny_device_model()
+    entries = {}
+    for step in (1, 4):
+        diff = learn_diff(base, manifest, SparseMaskDiffConfig(budget="1500B", epochs=3, replay_ratio=0.0,
+                                                               value_step=step))
+        data = encode_diff_bundle(diff, base)
+        assert len(data) <= 1500
+        values = np.concatenate([d.values for d in diff.deltas.values()]).astype(np.int16)
+        positions = {n: d.positions for n, d in diff.deltas.items()}
+        q = np.concatenate([base.weights[n].q.reshape(-1)[p] for n, p in positions.items()]).astype(np.int16)
+        # a multiple of the step, unless the int8 range clipped it
+        assert np.all((values % step == 0) | (np.abs(q + values) == 127))
+        assert apply_bundle(decode_bundle(data), base).content_hash() == diff.target_hash
+        entries[step] = diff.nonzero_entries()
+    assert entries[4] > entries[1]
+    with pytest.raises(ConfigError, match="value_step"):
+        SparseMaskDiffConfig(value_step=3)
+
+
 def test_hybrid_config_is_validated() -> None:
     with pytest.raises(ConfigError, match="hashed_share"):
         HybridDiffConfig(hashed_prefixes=())
