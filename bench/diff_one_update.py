@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, SHIPPED_MODEL  # noqa: E402
-from bench.update_chain import (ORIGINAL_TEST, REPLAY, REPLAY_LIMIT, UPDATES, WORK, base_replay_pool,  # noqa: E402
-                                wer_on)
+from bench.update_chain import ORIGINAL_TEST, REPLAY, REPLAY_LIMIT, UPDATES, base_replay_pool, wer_on  # noqa: E402
+from bench.update_chain_dev import SPLITS  # noqa: E402
 from device_agent.diff import apply_diff  # noqa: E402
 from device_agent.model_format import encode_model, load_model  # noqa: E402
 from diffing.diffs import DIFF_METHODS, learn_diff  # noqa: E402
@@ -38,7 +38,7 @@ def main() -> None:
                         help="replay manifest (default: the chain's pool from the base training data)")
     parser.add_argument("--eval-limit", type=int, default=200)
     parser.add_argument("--split", choices=["test", "dev"], default="test",
-                        help="score on the test splits, or on the dev splits (work/dev/UPDATE, work/corpus/dev)")
+                        help="score on the test splits, or on the chain's dev splits (bench/update_chain_dev.py)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save", type=Path, help="also write the diff bundle here")
     args = parser.parse_args()
@@ -49,8 +49,10 @@ def main() -> None:
     fields = {"budget": int(args.budget_share * model_bytes), "threads": args.threads, **json.loads(args.config)}
     _, adapt, test = next(u for u in UPDATES if u[0] == args.update)
     original = ORIGINAL_TEST
-    if args.split == "dev":
-        test, original = WORK / "dev" / args.update / "test.jsonl", WORK / "corpus/dev/test.jsonl"
+    if args.split == "dev":  # the chain's dev splits; checked before any training
+        if args.update not in SPLITS["dev"].sets:
+            raise SystemExit(f"{args.update} has no dev split; dev splits: {sorted(SPLITS['dev'].sets)}")
+        test, original = SPLITS["dev"].sets[args.update], SPLITS["dev"].original
     started = time.time()
     diff = learn_diff(base, adapt, config_cls(**fields), replay_manifest=args.replay, log=print)
     seconds = time.time() - started
