@@ -247,31 +247,6 @@ def test_values_on_a_step_carry_more_entries_in_the_same_bytes(manifest: Path) -
         SparseMaskDiffConfig(value_step=3)
 
 
-def test_regrowth_moves_entries_without_adding_any(manifest: Path) -> None:
-    """Prune and regrow swaps entries for unused positions: same count, other positions, bit-exact apply."""
-    from device_agent.bundle import apply_bundle, decode_bundle
-    from packager.bundle import encode_diff_bundle
-
-    base = tiny_device_model()
-    positions, entries = {}, {}
-    for regrow in (0.0, 0.5):
-        cfg = SparseMaskDiffConfig(budget="1500B", epochs=3, replay_ratio=0.0, regrow=regrow, regrow_every=2,
-                                   regrow_end=0.9)
-        diff = learn_diff(base, manifest, cfg)
-        data = encode_diff_bundle(diff, base)
-        assert len(data) <= 1500
-        assert apply_bundle(decode_bundle(data), base).content_hash() == diff.target_hash
-        positions[regrow] = {(n, int(p)) for n, d in diff.deltas.items() for p in d.positions}
-        entries[regrow] = diff.nonzero_entries()
-    moved = len(positions[0.5] - positions[0.0])
-    assert moved > 0.05 * entries[0.5]
-    assert abs(entries[0.5] - entries[0.0]) < 0.1 * entries[0.0]  # a swap, not extra entries
-    with pytest.raises(ConfigError, match="regrow"):
-        SparseMaskDiffConfig(regrow=0.6)
-    with pytest.raises(ConfigError, match="regrow"):
-        SparseMaskDiffConfig(regrow=0.2, regrow_end=0.2)
-
-
 def test_hybrid_config_is_validated() -> None:
     with pytest.raises(ConfigError, match="hashed_share"):
         HybridDiffConfig(hashed_prefixes=())

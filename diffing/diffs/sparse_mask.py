@@ -10,7 +10,6 @@ over some matrices, trained jointly with the sparse entries over the rest.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -58,22 +57,11 @@ class SparseMaskDiffConfig(DiffConfig):
     # Entries' values are trained as multiples of this step (straight-through rounding to it): the
     # bundle's zstd stage then codes each value in fewer bits and the same bytes carry more entries.
     value_step: int = 1
-    # Prune and regrow after the budget is reached (RigL, SpIEL): every `regrow_every` steps the
-    # `regrow` share of the entries with the lowest score is dropped and as many unused positions
-    # with the largest gradient summed since the last swap start from zero; the share decays on a
-    # cosine to 0 at `regrow_end` (fraction of steps), so the last steps fine-tune a fixed mask.
-    # Why: the mask chosen early in training need not be the one the finished diff wants.
-    regrow: float = 0.0
-    regrow_every: int = 50
-    regrow_end: float = 0.75
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.value_step not in (1, 2, 4, 8):
             raise ConfigError(f"value_step must be 1, 2, 4 or 8, got {self.value_step}")
-        if not 0 <= self.regrow <= 0.5 or self.regrow_every < 1 or not self.prune_end < self.regrow_end <= 1:
-            raise ConfigError(f"need 0 <= regrow <= 0.5, regrow_every >= 1 and prune_end < regrow_end <= 1, got "
-                              f"{self.regrow}, {self.regrow_every}, {self.regrow_end}")
         if not 0 <= self.prune_start <= self.prune_end <= 1:
             raise ConfigError(f"need 0 <= prune_start <= prune_end <= 1, got {self.prune_start}, {self.prune_end}")
         if self.score not in ("obd", "magnitude"):
@@ -150,25 +138,8 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     def to_steps(d: torch.Tensor) -> torch.Tensor:
         return step * torch.round(d / step)
 
-    # gradient of the loss by each position's delta, summed between regrowth swaps: it says which
-    # unused positions would move the loss most
-    grown_grad = {n: torch.zeros(shapes[n]) for n in sparse_names} if cfg.regrow else {}
-
-    def sparse_delta(name: str) -> torch.Tensor:
-        if not grown_grad:
-            return step * round_ste(deltas[name] * masks[name] / step)
-        # unused positions stay 0 but pass their gradient on, so Adam's moments are current when one
-        # grows: from a stale second moment Adam's first steps would be several times `lr`
-        d = deltas[name]
-        effective = torch.where(masks[name], d, d - d.detach())
-        if effective.requires_grad:
-            effective.register_hook(lambda grad, name=name: add_gradient(name, grad))
-        return step * round_ste(effective / step)
-
-    def add_gradient(name: str, grad: torch.Tensor) -> None:
-        grown_grad[name].add_(grad)  # returns None: a hook's return value would replace the gradient
-
-    twin = Int8Twin(deployed, lambda name: sparse_delta(name) if name in deltas else hashed.delta(name))
+    twin = Int8Twin(deployed, lambda name: step * round_ste(deltas[name] * masks[name] / step) if name in deltas
+                    else hashed.delta(name))
     params = list(deltas.values()) + list(hashed.values.values())
     if channels is not None:
         channels.attach(twin)
@@ -203,44 +174,8 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
 
         return largest_prefix_within(int(FILL * cfg.budget), limit, size_of)
 
-    protected = {n: torch.zeros(shapes[n], dtype=torch.bool) for n in grown_grad}  # grown at the last swap
-
-    @torch.no_grad()
-    def regrow(at: int, total: int) -> None:
-        progress_frac = at / total
-        if not finalised or progress_frac >= cfg.regrow_end:
-            for g in grown_grad.values():  # the first swap sums gradients from the final prune on
-                g.zero_()
-            return
-        if at % cfg.regrow_every:
-            return
-        share = cfg.regrow * 0.5 * (1 + math.cos(math.pi * (progress_frac - cfg.prune_end)
-                                                  / (cfg.regrow_end - cfg.prune_end)))
-        mask = torch.cat([masks[n].flatten() for n in deltas])
-        swap = int(share * int(mask.sum()))
-        if swap > 0:
-            # drop the lowest-scoring entries not grown at the last swap, grow the unused positions
-            # (not those just dropped) with the largest summed gradient
-            score = torch.cat([importance(n).flatten() for n in deltas])
-            score[~mask | torch.cat([protected[n].flatten() for n in deltas])] = float("inf")
-            pull = torch.cat([grown_grad[n].abs().flatten() for n in deltas])
-            pull[mask] = -1.0
-            drop, grow = score.topk(swap, largest=False).indices, pull.topk(swap).indices
-            new_mask = mask.clone()
-            new_mask[drop], new_mask[grow] = False, True
-            grown = torch.zeros_like(mask)
-            grown[grow] = True
-            keeps, growns = split_flat(new_mask, shapes), split_flat(grown, shapes)
-            for n in deltas:
-                deltas[n].mul_(masks[n] & keeps[n])  # dropped and grown entries start from 0
-                masks[n], protected[n] = keeps[n], growns[n]
-        for g in grown_grad.values():
-            g.zero_()
-
     @torch.no_grad()
     def prune(step: int, total: int) -> None:
-        if grown_grad:
-            regrow(step, total)
         # 1) scheduled density: 1 before prune_start, k_sched / total at prune_end (then the
         #    entries that encode within the byte budget)
         progress_frac = step / total
