@@ -20,7 +20,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import SHIPPED_MODEL, write_results  # noqa: E402
@@ -30,7 +29,7 @@ from device_agent.device_model import DeviceModel  # noqa: E402
 from device_agent.diff import Diff, SparseDelta, apply_diff  # noqa: E402
 from device_agent.model_format import load_model  # noqa: E402
 from diffing.diffs.sizing import serialized_bytes  # noqa: E402
-from packager.bundle import ZSTD_LEVEL  # noqa: E402
+from packager.bundle import compress_section  # noqa: E402
 
 
 def main() -> None:
@@ -92,16 +91,16 @@ def measure(model: DeviceModel, diffs: list[Diff]) -> list[dict[str, int]]:
 
 
 def _zstd_bytes(values: list[np.ndarray]) -> int:
-    """Bytes of one zstd frame of these int8 values, as the bundle compresses a section; 0 for none."""
+    """Bytes of these int8 values compressed as the bundle compresses a section; 0 for none."""
     raw = np.concatenate([np.zeros(0, np.int8), *values]).astype(np.int8)
-    return len(zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw.tobytes())) if raw.size else 0
+    return len(compress_section(raw.tobytes())) if raw.size else 0
 
 
 def _values_at(positions: np.ndarray, delta: SparseDelta) -> np.ndarray:
     """int8 values of `delta` at every one of `positions` (0 where it has no entry)."""
     out = np.zeros(positions.size, np.int8)
-    hit = np.isin(positions, delta.positions)
-    out[hit] = delta.values[np.isin(delta.positions, positions)]
+    _, at, of = np.intersect1d(positions, delta.positions, assume_unique=True, return_indices=True)
+    out[at] = delta.values[of]
     return out
 
 

@@ -23,14 +23,14 @@ from device_agent.sparse_coding import pick_sparse_coding
 ZSTD_LEVEL = 19
 
 
-def _compress(raw: bytes) -> bytes:
+def compress_section(raw: bytes) -> bytes:
     # Content size in the frame header lets the reader reject a lying frame before decompressing.
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False, write_content_size=True).compress(raw)
 
 
 def _encode_sparse(d: SparseDelta, numel: int) -> tuple[str, bytes, bytes]:
     """-> (encoding, raw, compressed): the position coding the .otam writer would pick too."""
-    return pick_sparse_coding(d.positions, d.values, numel, _compress)
+    return pick_sparse_coding(d.positions, d.values, numel, compress_section)
 
 
 def _pack(manifest: dict[str, Any], sections: list[bytes], version: int = 1) -> bytes:
@@ -85,7 +85,7 @@ def encode_diff_bundle(diff: Diff, base: DeviceModel) -> bytes:
             fields = {"encoding": encoding, "numel": w.q.size, "count": int(delta.positions.size)}
         else:
             raw = delta.buckets.tobytes()
-            packed = _compress(raw)
+            packed = compress_section(raw)
             fields = {"encoding": "hashed", "numel": w.q.size, "num_buckets": _plain(delta.num_buckets)}
         if len(raw) > MAX_SECTION_RAW_BYTES:
             raise BundleError(f"{name}: delta is {len(raw)} bytes raw; the limit is {MAX_SECTION_RAW_BYTES} "
@@ -104,7 +104,7 @@ def _channels_entry(channels: ChannelDeltas, base: DeviceModel) -> tuple[str, di
     channels.unpack(base)  # DiffError unless it fits the base, as for tensor deltas
     raw = channels.step_exps.tobytes() + channels.codes.tobytes()
     fields = {"encoding": CHANNELS, "numel": int(channels.codes.size), "count": int(channels.step_exps.size)}
-    return CHANNELS, fields, raw, _compress(raw)
+    return CHANNELS, fields, raw, compress_section(raw)
 
 
 def _diff_manifest(diff: Diff, table: dict[str, Any]) -> dict[str, Any]:
