@@ -70,8 +70,10 @@ class SparseMaskDiffConfig(DiffConfig):
                               f"{self.value_step}, got {self.value_levels}")
         if not 0 <= self.prune_start <= self.prune_end <= 1:
             raise ConfigError(f"need 0 <= prune_start <= prune_end <= 1, got {self.prune_start}, {self.prune_end}")
-        if self.score not in ("obd", "magnitude"):
-            raise ConfigError(f"score must be 'obd' or 'magnitude', got {self.score!r}")
+        if self.score not in ("obd", "magnitude", "teacher"):
+            raise ConfigError(f"score must be 'obd', 'magnitude' or 'teacher', got {self.score!r}")
+        if self.score == "teacher" and not self.teacher:
+            raise ConfigError("score 'teacher' ranks entries by the teacher's change: it needs a teacher")
 
 
 @dataclass
@@ -155,9 +157,17 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
         params += channels.parameters()
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
 
+    if cfg.score == "teacher":  # OBD of the change the teacher made: what leaving it out would cost
+        from device_agent.model_format import load_model
+        taught = load_model(cfg.teacher)
+        teacher_delta = {n: torch.from_numpy(taught.weights[n].q.astype(np.float32) - deployed.weights[n].q)
+                         for n in sparse_names}
+
     def importance(name: str) -> torch.Tensor:
         d = deltas[name] * masks[name]
         state = optimizer.state.get(deltas[name], {})
+        if cfg.score == "teacher" and "exp_avg_sq" in state:
+            return state["exp_avg_sq"] * teacher_delta[name] ** 2 * masks[name]
         if cfg.score == "obd" and "exp_avg_sq" in state:
             return state["exp_avg_sq"] * d * d
         return d.abs() * twin.scale[name]
