@@ -53,9 +53,6 @@ class DiffConfig:
     # 4 23.2%, 16 24.6% (the full fine-tune itself 20.5%; docs/diffs.md).
     teacher: str = ""
     teach: float = 4.0
-    # x the teacher's encoder and prediction-network outputs matched too (mean squared error relative
-    # to the teacher's own output energy): a signal at each layer, not only at the joint's output
-    teach_hidden: float = 0.0
     # per-channel deltas trained next to the method's entries (docs/diffs.md): "scale" (each int8 row's
     # scale), "bias" (bias vectors), "both" or "none"; steps 2^e in the device's ranges
     channels: str = "none"
@@ -78,7 +75,7 @@ class DiffConfig:
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0: the free cores), got {self.threads}")
         if self.epochs < 1 or self.lr <= 0 or self.max_frames < 16 or not 0 <= self.replay_ratio <= 10 \
-                or self.distill < 0 or self.teach < 0 or self.teach_hidden < 0:
+                or self.distill < 0 or self.teach < 0:
             raise ConfigError("epochs >= 1, lr > 0, max_frames >= 16, replay_ratio in [0, 10], "
                               "distill >= 0 and teach >= 0 are required")
         if self.channels not in CHANNEL_CHOICES or self.scale_step_exp not in SCALE_STEP_EXPS \

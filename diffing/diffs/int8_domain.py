@@ -104,13 +104,12 @@ def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay
         for batch, weight, is_replay in steps:
             feats = torch.stack([spec_augment(f, model.cfg.features.n_mels, augment_rng)
                                  for f in model.normalize(batch.feats)])
-            logits, hidden = _lattice_logits(model, feats, batch.targets, with_hidden=True)
+            logits = _lattice_logits(model, feats, batch.targets)
             loss = rnnt_loss(logits, batch.targets, batch.feat_lens, batch.target_lens)
             if is_replay and distill > 0:
                 loss = loss + distill * _kl_from_deployed(model, feats, batch, logits)
             if teacher is not None:
-                loss = loss + cfg.teach * _kl_from(teacher, feats, batch, logits,
-                                                   hidden if cfg.teach_hidden > 0 else None, cfg.teach_hidden)
+                loss = loss + cfg.teach * _kl_from(teacher, feats, batch, logits)
             optimizer.zero_grad(set_to_none=True)
             (loss * weight).backward()  # weight: this rank's share of the global batch
             distributed.average_gradients(params)  # every rank takes the same step
@@ -125,14 +124,12 @@ def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay
     report.finish()
 
 
-def _lattice_logits(model: RNNT, feats: torch.Tensor, targets: torch.Tensor, with_hidden: bool = False):
-    """Normalized features (B, T, D) and targets (B, U) -> joint logits (B, T, U+1, V) under the weight
-    transform (and, `with_hidden`, the encoder's (B, T, H) and prediction network's (B, U+1, H) outputs)."""
+def _lattice_logits(model: RNNT, feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Normalized features (B, T, D) and targets (B, U) -> joint logits (B, T, U+1, V) under the weight transform."""
     enc, _ = model.encoder(feats, None, model.weight_transform)
     start = targets.new_zeros(targets.shape[0], 1)
     pred, _ = model.predict(torch.cat([start, targets], dim=1))
-    logits = model.joint_logits(enc[:, :, None, :], pred[:, None, :, :])
-    return (logits, (enc, pred)) if with_hidden else logits
+    return model.joint_logits(enc[:, :, None, :], pred[:, None, :, :])
 
 
 def _kl_from_deployed(model: RNNT, feats: torch.Tensor, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
@@ -151,22 +148,13 @@ def _teacher_model(path: str) -> RNNT:
     return teacher
 
 
-def _kl_from(reference: RNNT, feats: torch.Tensor, batch: Batch, logits: torch.Tensor,
-             hidden: tuple[torch.Tensor, torch.Tensor] | None = None, hidden_weight: float = 0.0) -> torch.Tensor:
+def _kl_from(reference: RNNT, feats: torch.Tensor, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
     """Mean KL(reference || current) over the valid lattice nodes; `feats` are normalised, so the reference
-    shares the deployed model's front end (a teacher: api.check_teacher). With the current model's
-    `hidden` outputs, plus `hidden_weight` x their relative squared error to the reference's."""
+    shares the deployed model's front end (a teacher: api.check_teacher)."""
     with torch.no_grad():
-        ref_logits, ref_hidden = _lattice_logits(reference, feats, batch.targets, with_hidden=True)
-        p = torch.log_softmax(ref_logits, dim=-1)
+        p = torch.log_softmax(_lattice_logits(reference, feats, batch.targets), dim=-1)
     kl_sum, nodes = _lattice_kl(p, torch.log_softmax(logits, dim=-1), batch)
-    loss = kl_sum / nodes
-    if hidden is not None:
-        t_ok = (torch.arange(hidden[0].shape[1])[None, :] < batch.feat_lens[:, None]).float()[..., None]
-        u_ok = (torch.arange(hidden[1].shape[1])[None, :] <= batch.target_lens[:, None]).float()[..., None]
-        for mine, ref, ok in zip(hidden, ref_hidden, (t_ok, u_ok)):
-            loss = loss + hidden_weight * (((mine - ref) ** 2) * ok).sum() / ((ref ** 2) * ok).sum().clamp_min(1e-8)
-    return loss
+    return kl_sum / nodes
 
 
 def _lattice_kl(p: torch.Tensor, q: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

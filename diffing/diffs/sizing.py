@@ -73,14 +73,12 @@ def _fixed_point(budget_bytes: int, limit: int, size_of: Callable[[int], tuple[i
     return max(1, min(limit, int(budget_bytes / per_entry)))
 
 
-def sparse_entries_for_bytes(deployed: DeviceModel, budget_bytes: int, value_step: int = 1,
-                             value_levels: int = 0, names: Collection[str] | None = None) -> int:
+def sparse_entries_for_bytes(deployed: DeviceModel, budget_bytes: int, value_step: int = 1) -> int:
     """Entries of a sparse diff (uniform positions over all matrices) that fit `budget_bytes`, with
-    values on multiples of `value_step`, at most `value_levels` steps either way (0: any in int8)."""
-    levels = value_levels or QMAX // value_step
+    values on multiples of `value_step`."""
     check_budget_reachable(deployed, budget_bytes)
     rng = np.random.default_rng(0)
-    names = list(names if names is not None else deployed.weights)
+    names = list(deployed.weights)
     sizes = np.array([deployed.weights[n].q.size for n in names])
 
     def size_of(k: int) -> tuple[int, int]:
@@ -89,7 +87,6 @@ def sparse_entries_for_bytes(deployed: DeviceModel, budget_bytes: int, value_ste
             if count:
                 positions = np.sort(rng.choice(size, size=min(count, size), replace=False))
                 steps = _typical_values(rng, positions.size, SPARSE_STD / value_step, nonzero=True).astype(np.int16)
-                steps = np.clip(steps, -levels, levels)
                 deltas[name] = SparseDelta(positions, np.clip(steps * value_step, -QMAX, QMAX).astype(np.int8))
         return _encoded_size(deployed, deltas), sum(d.values.size for d in deltas.values())
 

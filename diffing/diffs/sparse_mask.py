@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from device_agent.device_model import QMAX, DeviceModel
+from device_agent.device_model import DeviceModel
 from device_agent.diff import ChannelDeltas, Diff, HashedDelta
 from device_agent.errors import ConfigError, DiffError
 from diffing.compression import cubic_schedule
@@ -57,23 +57,15 @@ class SparseMaskDiffConfig(DiffConfig):
     # Entries' values are trained as multiples of this step (straight-through rounding to it): the
     # bundle's zstd stage then codes each value in fewer bits and the same bytes carry more entries.
     value_step: int = 1
-    # At most this many steps either way (0: any within int8). A few levels code each value in a
-    # couple of bits, so the same bytes carry more entries, each a coarser change.
-    value_levels: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 1 <= self.value_step <= 64:
-            raise ConfigError(f"value_step must be in [1, 64], got {self.value_step}")
-        if not 0 <= self.value_levels <= QMAX // self.value_step:
-            raise ConfigError(f"value_levels must be in [0, {QMAX // self.value_step}] for value_step "
-                              f"{self.value_step}, got {self.value_levels}")
+        if self.value_step not in (1, 2, 4, 8):
+            raise ConfigError(f"value_step must be 1, 2, 4 or 8, got {self.value_step}")
         if not 0 <= self.prune_start <= self.prune_end <= 1:
             raise ConfigError(f"need 0 <= prune_start <= prune_end <= 1, got {self.prune_start}, {self.prune_end}")
-        if self.score not in ("obd", "magnitude", "teacher"):
-            raise ConfigError(f"score must be 'obd', 'magnitude' or 'teacher', got {self.score!r}")
-        if self.score == "teacher" and not self.teacher:
-            raise ConfigError("score 'teacher' ranks entries by the teacher's change: it needs a teacher")
+        if self.score not in ("obd", "magnitude"):
+            raise ConfigError(f"score must be 'obd' or 'magnitude', got {self.score!r}")
 
 
 @dataclass
@@ -131,9 +123,8 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     channels = channel_layout(deployed, cfg)
     reserve = channels.reserve_bytes(deployed) if channels is not None else 0
     hashed, sparse_budget = _hashed_part(deployed, cfg, cfg.budget - reserve)  # first: fails before any work
+    k_final = sparse_entries_for_bytes(deployed, sparse_budget, cfg.value_step)
     sparse_names = [n for n in deployed.weights if n not in hashed.counts]
-    k_final = sparse_entries_for_bytes(deployed, sparse_budget, cfg.value_step, cfg.value_levels,
-                                       sparse_names if cfg.value_levels else None)
     total_entries = sum(deployed.weights[n].q.size for n in sparse_names)
     k_sched = min(total_entries, int(k_final * OVERSHOOT))
     adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
@@ -143,31 +134,21 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     hybrid = isinstance(cfg, HybridDiffConfig)
     method, seed = ("hybrid", cfg.hash_seed) if hybrid else ("sparse", 0)
     step = cfg.value_step
-    levels = cfg.value_levels or QMAX // step
-    reach = (levels + 0.5) * step  # past this a delta would not change its rounded value
 
     def to_steps(d: torch.Tensor) -> torch.Tensor:
-        return step * torch.round(d / step).clamp(-levels, levels)
+        return step * torch.round(d / step)
 
-    twin = Int8Twin(deployed, lambda name: step * round_ste(deltas[name] * masks[name] / step).clamp(-levels, levels)
-                    if name in deltas else hashed.delta(name))
+    twin = Int8Twin(deployed, lambda name: step * round_ste(deltas[name] * masks[name] / step) if name in deltas
+                    else hashed.delta(name))
     params = list(deltas.values()) + list(hashed.values.values())
     if channels is not None:
         channels.attach(twin)
         params += channels.parameters()
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
 
-    if cfg.score == "teacher":  # OBD of the change the teacher made: what leaving it out would cost
-        from device_agent.model_format import load_model
-        taught = load_model(cfg.teacher)
-        teacher_delta = {n: torch.from_numpy(taught.weights[n].q.astype(np.float32) - deployed.weights[n].q)
-                         for n in sparse_names}
-
     def importance(name: str) -> torch.Tensor:
         d = deltas[name] * masks[name]
         state = optimizer.state.get(deltas[name], {})
-        if cfg.score == "teacher" and "exp_avg_sq" in state:
-            return state["exp_avg_sq"] * teacher_delta[name] ** 2 * masks[name]
         if cfg.score == "obd" and "exp_avg_sq" in state:
             return state["exp_avg_sq"] * d * d
         return d.abs() * twin.scale[name]
@@ -195,8 +176,6 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
 
     @torch.no_grad()
     def prune(step: int, total: int) -> None:
-        for d in deltas.values():  # keep deltas where a gradient step still changes their value
-            d.clamp_(-reach, reach)
         # 1) scheduled density: 1 before prune_start, k_sched / total at prune_end (then the
         #    entries that encode within the byte budget)
         progress_frac = step / total
