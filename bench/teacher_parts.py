@@ -20,6 +20,7 @@ from bench.common import SHIPPED_MODEL, write_results  # noqa: E402
 from bench.update_chain import wer_on  # noqa: E402
 from device_agent.device_model import DeviceModel  # noqa: E402
 from device_agent.model_format import load_model  # noqa: E402
+from diffing.diffs.api import check_teacher  # noqa: E402
 
 PARTS = {  # name -> prefixes of the matrices taken from the fine-tune
     "encoder": ("encoder.",),
@@ -30,9 +31,8 @@ PARTS = {  # name -> prefixes of the matrices taken from the fine-tune
 
 
 def mix(base: DeviceModel, tuned: DeviceModel, prefixes: tuple[str, ...]) -> DeviceModel:
-    """The base with `tuned`'s matrices whose names start with one of `prefixes` (all else the base's)."""
-    if tuned.config != base.config or set(tuned.weights) != set(base.weights):
-        raise SystemExit("the fine-tuned model must have the base model's architecture")
+    """The base with `tuned`'s matrices whose names start with one of `prefixes` (all else the base's);
+    `tuned` has the base's architecture (checked once, in main)."""
     weights = {n: tuned.weights[n] if n.startswith(prefixes) else w for n, w in base.weights.items()}
     return replace(base, weights=weights)
 
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--results", default="teacher_parts")
     args = parser.parse_args()
     base, tuned = load_model(args.base), load_model(args.tuned)
+    check_teacher(base, args.tuned)  # the same architecture, front end and tokenizer as a diff's teacher
     base_wer, tuned_wer = wer_on(base, args.manifest, args.eval_limit), wer_on(tuned, args.manifest, args.eval_limit)
     rows = [{"model": "base", "wer": base_wer}]
     for name, prefixes in PARTS.items():
