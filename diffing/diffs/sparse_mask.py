@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from device_agent.device_model import QMAX, DeviceModel
+from device_agent.device_model import DeviceModel
 from device_agent.diff import ChannelDeltas, Diff, HashedDelta
 from device_agent.errors import ConfigError, DiffError
 from diffing.compression import cubic_schedule
@@ -85,8 +85,6 @@ class HybridDiffConfig(SparseMaskDiffConfig):
     # per update: step 2 -> mean gap to the full fine-tune +0.9 / +0.5 / +0.2, step 1 -> +2.0 / +2.1 / +2.1
     # (docs/diffs.md, "Cheaper entries"); about 6% more entries in the same bytes
     value_step: int = 2
-    # sparse entries may also go to the hashed matrices, on top of their buckets (measuring)
-    sparse_in_hashed: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -126,8 +124,7 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     reserve = channels.reserve_bytes(deployed) if channels is not None else 0
     hashed, sparse_budget = _hashed_part(deployed, cfg, cfg.budget - reserve)  # first: fails before any work
     k_final = sparse_entries_for_bytes(deployed, sparse_budget, cfg.value_step)
-    both = isinstance(cfg, HybridDiffConfig) and cfg.sparse_in_hashed
-    sparse_names = [n for n in deployed.weights if both or n not in hashed.counts]
+    sparse_names = [n for n in deployed.weights if n not in hashed.counts]
     total_entries = sum(deployed.weights[n].q.size for n in sparse_names)
     k_sched = min(total_entries, int(k_final * OVERSHOOT))
     adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
@@ -141,12 +138,8 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     def to_steps(d: torch.Tensor) -> torch.Tensor:
         return step * torch.round(d / step)
 
-    def delta_of(name: str) -> torch.Tensor | None:
-        sparse = step * round_ste(deltas[name] * masks[name] / step) if name in deltas else None
-        h = hashed.delta(name)
-        return sparse if h is None else h if sparse is None else h + sparse
-
-    twin = Int8Twin(deployed, delta_of)
+    twin = Int8Twin(deployed, lambda name: step * round_ste(deltas[name] * masks[name] / step) if name in deltas
+                    else hashed.delta(name))
     params = list(deltas.values()) + list(hashed.values.values())
     if channels is not None:
         channels.attach(twin)
@@ -175,8 +168,6 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
             dense = np.zeros(flat.size, dtype=np.int16)
             dense[order[:k]] = values[:k]
             parts = split_flat(dense, shapes)
-            if both:
-                return combined_diff(deployed, method, parts, hashed_now, target_version, seed, channels_now)[1]
             return serialized_bytes(finish_diff(deployed, method, {**sparse_deltas_from_dense(deployed, parts),
                                                                    **hashed_now}, target_version,
                                                 seed=seed, channels=channels_now), deployed)
@@ -212,53 +203,13 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     # 3) integer deltas, trimmed until the byte budget is met
     with torch.no_grad():
         dense = {n: to_steps(deltas[n] * masks[n]).to(torch.int16).numpy() for n in deltas}
-    if both:
-        diff = combined_within_budget(deployed, method, dense, cfg.budget, target_version, hashed.deltas(), seed,
-                                      channels.deltas(deployed) if channels is not None else None, log)
-    else:
-        diff = diff_within_budget(deployed, method, dense, cfg.budget, target_version, hashed.deltas(), seed,
-                                  channels.deltas(deployed) if channels is not None else None)
+    diff = diff_within_budget(deployed, method, dense, cfg.budget, target_version, hashed.deltas(), seed,
+                              channels.deltas(deployed) if channels is not None else None)
     log(f"{method} diff: {diff.nonzero_entries()} entries and buckets")
     return diff
 
 
 register("hybrid", HybridDiffConfig)(learn_sparse_mask)
-
-
-def combined_diff(deployed: DeviceModel, method: str, dense: dict[str, np.ndarray], hashed: dict[str, HashedDelta],
-                  target_version: int, seed: int, channels: ChannelDeltas | None) -> tuple[Diff, int]:
-    """(measuring) Sparse entries on top of hashed matrices: the Diff with their combined effect, and the
-    bytes of shipping the hashed part and the sparse entries as two sections per such matrix
-    (the bundle of the usual hybrid plus a bundle of the extra entries, less one bundle's floor)."""
-    from device_agent.diff import dense_delta
-    extra = {n: d for n, d in dense.items() if n in hashed}
-    main = finish_diff(deployed, method, {**sparse_deltas_from_dense(deployed, {n: d for n, d in dense.items()
-                                                                                if n not in hashed}), **hashed},
-                       target_version, seed=seed, channels=channels)
-    size = serialized_bytes(main, deployed)
-    extra_deltas = sparse_deltas_from_dense(deployed, extra)
-    if extra_deltas:
-        size += serialized_bytes(finish_diff(deployed, method, extra_deltas, target_version), deployed) \
-            - serialized_bytes(finish_diff(deployed, method, {}, target_version), deployed)
-    merged = dict(dense)
-    for n, h in hashed.items():
-        d = dense_delta(n, h, deployed.weights[n], seed).reshape(deployed.weights[n].q.shape)
-        merged[n] = d + np.clip(extra.get(n, 0), -QMAX, QMAX)
-    return finish_diff(deployed, method, sparse_deltas_from_dense(deployed, merged), target_version, seed=seed,
-                       channels=channels), size
-
-
-def combined_within_budget(deployed: DeviceModel, method: str, dense: dict[str, np.ndarray], budget: int,
-                           target_version: int, hashed: dict[str, HashedDelta], seed: int,
-                           channels: ChannelDeltas | None, log: Callable[[str], None]) -> Diff:
-    while True:
-        diff, size = combined_diff(deployed, method, dense, hashed, target_version, seed, channels)
-        if size <= budget:
-            log(f"combined hybrid: {size} bytes as shipped in two sections per hashed matrix")
-            diff.metadata["accounted_bytes"] = str(size)
-            return diff
-        entries = sum(int(np.count_nonzero(d)) for d in dense.values())
-        dense = top_k_entries(deployed, dense, int(entries * min(0.98, budget / size)))
 
 
 def _hashed_part(deployed: DeviceModel, cfg: SparseMaskDiffConfig, budget: int) -> tuple[HashedLayout, int]:
