@@ -73,25 +73,24 @@ def _fixed_point(budget_bytes: int, limit: int, size_of: Callable[[int], tuple[i
     return max(1, min(limit, int(budget_bytes / per_entry)))
 
 
-def sparse_entries_for_bytes(deployed: DeviceModel, budget_bytes: int, value_step: int = 1, block: int = 1) -> int:
-    """Entries of a sparse diff (uniform positions over all matrices, in runs of `block` neighbours)
-    that fit `budget_bytes`, with values on multiples of `value_step`."""
+def sparse_entries_for_bytes(deployed: DeviceModel, budget_bytes: int, value_step: int = 1) -> int:
+    """Entries of a sparse diff (uniform positions over all matrices) that fit `budget_bytes`, with
+    values on multiples of `value_step`."""
     check_budget_reachable(deployed, budget_bytes)
     rng = np.random.default_rng(0)
     names = list(deployed.weights)
-    sizes = np.array([deployed.weights[n].q.size // block for n in names])  # blocks per matrix
+    sizes = np.array([deployed.weights[n].q.size for n in names])
 
     def size_of(k: int) -> tuple[int, int]:
         deltas: dict[str, TensorDelta] = {}
-        for name, size, count in zip(names, sizes, rng.multinomial(max(1, k // block), sizes / sizes.sum())):
+        for name, size, count in zip(names, sizes, rng.multinomial(k, sizes / sizes.sum())):
             if count:
-                starts = np.sort(rng.choice(size, size=min(count, size), replace=False)) * block
-                positions = (starts[:, None] + np.arange(block)).ravel()
+                positions = np.sort(rng.choice(size, size=min(count, size), replace=False))
                 steps = _typical_values(rng, positions.size, SPARSE_STD / value_step, nonzero=True).astype(np.int16)
                 deltas[name] = SparseDelta(positions, np.clip(steps * value_step, -QMAX, QMAX).astype(np.int8))
         return _encoded_size(deployed, deltas), sum(d.values.size for d in deltas.values())
 
-    return _fixed_point(budget_bytes, int(sizes.sum()) * block, size_of)
+    return _fixed_point(budget_bytes, int(sizes.sum()), size_of)
 
 
 def largest_prefix_within(budget_bytes: int, limit: int, size_of: Callable[[int], int]) -> int:

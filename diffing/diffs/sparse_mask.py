@@ -57,14 +57,9 @@ class SparseMaskDiffConfig(DiffConfig):
     # Entries' values are trained as multiples of this step (straight-through rounding to it): the
     # bundle's zstd stage then codes each value in fewer bits and the same bytes carry more entries.
     value_step: int = 1
-    # Entries are kept or pruned in runs of `block` row neighbours: a run's positions cost about one
-    # position in the bundle (zstd codes the gaps of 1 in under a bit), so the same bytes hold more entries.
-    block: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.block not in (1, 2, 4, 8, 16):
-            raise ConfigError(f"block must be 1, 2, 4, 8 or 16, got {self.block}")
         if self.value_step not in (1, 2, 4, 8):
             raise ConfigError(f"value_step must be 1, 2, 4 or 8, got {self.value_step}")
         if not 0 <= self.prune_start <= self.prune_end <= 1:
@@ -128,11 +123,8 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     channels = channel_layout(deployed, cfg)
     reserve = channels.reserve_bytes(deployed) if channels is not None else 0
     hashed, sparse_budget = _hashed_part(deployed, cfg, cfg.budget - reserve)  # first: fails before any work
-    k_final = sparse_entries_for_bytes(deployed, sparse_budget, cfg.value_step, cfg.block)
+    k_final = sparse_entries_for_bytes(deployed, sparse_budget, cfg.value_step)
     sparse_names = [n for n in deployed.weights if n not in hashed.counts]
-    run = cfg.block
-    if uneven := [n for n in sparse_names if deployed.weights[n].q.size % run]:
-        raise ConfigError(f"block {run}: the entries of {uneven} do not split into runs of {run}")
     total_entries = sum(deployed.weights[n].q.size for n in sparse_names)
     k_sched = min(total_entries, int(k_final * OVERSHOOT))
     adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
@@ -164,8 +156,8 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     finalised: list[int] = []  # the byte-exact selection happens once, at prune_end
 
     def entries_within_bytes(scores: torch.Tensor, limit: int) -> int:
-        """How many of the top-ranked runs, with their current rounded deltas, encode within FILL x budget."""
-        order = (scores.topk(limit).indices.numpy()[:, None] * run + np.arange(run)).reshape(-1, run)
+        """How many of the top-ranked entries, with their current rounded deltas, encode within FILL x budget."""
+        order = scores.topk(limit).indices.numpy()
         flat = torch.cat([to_steps(deltas[n]).flatten() for n in deltas]).numpy()
         # an entry that rounds to 0 now still costs a position once it moves: count it as one step
         values = np.where(flat[order] == 0, step, flat[order])
@@ -174,7 +166,7 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
 
         def size_of(k: int) -> int:
             dense = np.zeros(flat.size, dtype=np.int16)
-            dense[order[:k].ravel()] = values[:k].ravel()
+            dense[order[:k]] = values[:k]
             parts = split_flat(dense, shapes)
             return serialized_bytes(finish_diff(deployed, method, {**sparse_deltas_from_dense(deployed, parts),
                                                                    **hashed_now}, target_version,
@@ -195,15 +187,13 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
         select_by_bytes = progress_frac >= cfg.prune_end and not finalised
         if sum(int(m.sum()) for m in masks.values()) <= keep and not select_by_bytes:
             return
-        # 2) global top-k runs by the chosen importance score (summed over a run's entries)
-        scores = torch.cat([importance(n).flatten() for n in deltas]).view(-1, run).sum(1)
-        runs = max(1, keep // run)
+        # 2) global top-k by the chosen importance score
+        scores = torch.cat([importance(n).flatten() for n in deltas])
         if select_by_bytes:
-            runs = entries_within_bytes(scores, min(runs, int((scores > 0).sum())))
-            finalised.append(runs)
-        run_keep = torch.zeros(scores.numel(), dtype=torch.bool)
-        run_keep[scores.topk(runs, sorted=False).indices] = True  # exactly `runs` runs
-        flat_keep = run_keep.repeat_interleave(run)
+            keep = entries_within_bytes(scores, min(keep, int((scores > 0).sum())))
+            finalised.append(keep)
+        flat_keep = torch.zeros(scores.numel(), dtype=torch.bool)
+        flat_keep[scores.topk(keep, sorted=False).indices] = True  # exactly `keep` entries
         for n, keep_n in split_flat(flat_keep, shapes).items():
             masks[n] &= keep_n
             deltas[n].mul_(masks[n])
