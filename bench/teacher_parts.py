@@ -22,23 +22,19 @@ from device_agent.device_model import DeviceModel  # noqa: E402
 from device_agent.model_format import load_model  # noqa: E402
 from diffing.diffs.api import check_teacher  # noqa: E402
 
-# name -> (prefixes of the int8 matrices taken from the fine-tune, whether its float tensors are taken:
-# biases and the front end's normalisation, which a diff changes only through channel deltas)
-PARTS = {
-    "encoder": (("encoder.",), False),
-    "prediction network": (("predictor.",), False),
-    "joint": (("joint.",), False),
-    "prediction network and joint": (("predictor.", "joint."), False),
-    "every matrix, the base's biases": (("",), False),
-    "biases alone": ((), True),
+PARTS = {  # name -> prefixes of the matrices taken from the fine-tune
+    "encoder": ("encoder.",),
+    "prediction network": ("predictor.",),
+    "joint": ("joint.",),
+    "prediction network and joint": ("predictor.", "joint."),
 }
 
 
-def mix(base: DeviceModel, tuned: DeviceModel, prefixes: tuple[str, ...], floats: bool = False) -> DeviceModel:
-    """The base with `tuned`'s matrices whose names start with one of `prefixes`, and with its float
-    tensors if `floats` (all else the base's); `tuned` has the base's architecture (checked once, in main)."""
+def mix(base: DeviceModel, tuned: DeviceModel, prefixes: tuple[str, ...]) -> DeviceModel:
+    """The base with `tuned`'s matrices whose names start with one of `prefixes` (all else the base's);
+    `tuned` has the base's architecture (checked once, in main)."""
     weights = {n: tuned.weights[n] if n.startswith(prefixes) else w for n, w in base.weights.items()}
-    return replace(base, weights=weights, floats=dict(tuned.floats) if floats else base.floats)
+    return replace(base, weights=weights)
 
 
 def main() -> None:
@@ -53,8 +49,8 @@ def main() -> None:
     check_teacher(base, args.tuned)  # the same architecture, front end and tokenizer as a diff's teacher
     base_wer, tuned_wer = wer_on(base, args.manifest, args.eval_limit), wer_on(tuned, args.manifest, args.eval_limit)
     rows = [{"model": "base", "wer": base_wer}]
-    for name, (prefixes, floats) in PARTS.items():
-        wer = wer_on(mix(base, tuned, prefixes, floats), args.manifest, args.eval_limit)
+    for name, prefixes in PARTS.items():
+        wer = wer_on(mix(base, tuned, prefixes), args.manifest, args.eval_limit)
         # share of the fine-tune's gain this part alone gives
         rows.append({"model": f"base + fine-tuned {name}", "wer": wer,
                      "share_of_gain": round((base_wer - wer) / (base_wer - tuned_wer), 3) if base_wer != tuned_wer else None})
