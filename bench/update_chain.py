@@ -23,7 +23,9 @@ every method forgets earlier updates).
 
 Methods: any registered diff method (sparse, hashed, hybrid, channel, lora), `METHOD+channels`
 for that method with per-channel scale and bias deltas, `METHOD+teacher` for that method taught by
-the full fine-tune chain's model after the same update (run `full` first), `auto` for the automatic budget
+the full fine-tune chain's model after the same update (run `full` first), `METHOD+ownteacher` taught by
+a full fine-tune of the chain's own current model on the update (what a server keeping that fleet's
+model would train; the first update's is the full chain's, the same model), `auto` for the automatic budget
 (`--auto-method` learned at every budget of `--budgets` on a dev split of the adaptation data,
 the smallest within `--max-gap` WER points of the best shipped; its ladder is recorded), and
 `full` (the dense fine-tune, plus post-hoc top-k of it at every budget).
@@ -80,16 +82,16 @@ def wer_on(model: DeviceModel, manifest: Path, limit: int) -> float:
 def make_config(method: str, budget: int, epochs: int, threads: int, extra: dict | None = None,
                 teacher: Path | None = None):
     """`method` is a registered method name, optionally with `+channels` (channel deltas too) and
-    `+teacher` (taught by `teacher`, the full fine-tune's model after the same update)."""
+    `+teacher` or `+ownteacher` (taught by `teacher`, a full fine-tune's model after the same update)."""
     name, *suffixes = method.split("+")
     if name == "full":
         return FullFinetuneConfig(epochs=epochs, threads=threads)
     fields = {"budget": budget, "epochs": epochs, "threads": threads, **(extra or {})}
-    if set(suffixes) - {"channels", "teacher"}:
-        raise SystemExit(f"method {method!r}: the suffixes are '+channels' and '+teacher'")
+    if set(suffixes) - {"channels", "teacher", "ownteacher"}:
+        raise SystemExit(f"method {method!r}: the suffixes are '+channels', '+teacher' and '+ownteacher'")
     if "channels" in suffixes:
         fields["channels"] = "both"
-    if "teacher" in suffixes:
+    if {"teacher", "ownteacher"} & set(suffixes):
         fields["teacher"] = str(teacher)
     return DIFF_METHODS[name][0].from_json(fields)
 
@@ -107,6 +109,17 @@ def full_chain_teacher(base: DeviceModel, diff_dir: Path, updates: list[tuple[st
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(encode_model(model))
+    return path
+
+
+def own_teacher(model: DeviceModel, adapt: Path, replay: Path, epochs: int, threads: int, name: str) -> Path:
+    """A full fine-tune of `model` (a diff chain's current model) on update `name`, with the chain's replay,
+    written as a .otam under WORK/teachers (reused when there: the chain resumes)."""
+    path = WORK / "teachers" / f"own_{model.content_hash()}_{name}.otam"
+    if not path.exists():
+        full = learn_diff(model, adapt, make_config("full", 0, epochs, threads), replay_manifest=replay)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_model(apply_diff(model, full)))
     return path
 
 
@@ -201,10 +214,14 @@ def main() -> None:
                 diff = topk_of(model, _load_diff(diff_dir, full_key), int(budget * len(base_file)))
             else:
                 budget_bytes = int(budget * len(base_file))  # budgets are shares of the full model's bytes
-                teacher = full_chain_teacher(base, diff_dir, updates, k) if "+teacher" in method else None
+                pool = replay_pool(replay, updates[:k], args.replay)
+                teacher = full_chain_teacher(base, diff_dir, updates, k) if "+teacher" in method or \
+                    ("+ownteacher" in method and k == 0) else None
+                if "+ownteacher" in method and k > 0:  # its training is the server's, not the diff's time
+                    teacher = own_teacher(model, adapt, pool, args.epochs, args.threads, name)
+                    started = time.time()
                 diff = learn_diff(model, adapt, make_config(method, budget_bytes, args.epochs, args.threads, args.config,
-                                                            teacher),
-                                  replay_manifest=replay_pool(replay, updates[:k], args.replay))
+                                                            teacher), replay_manifest=pool)
             seconds = time.time() - started
             new_model = apply_diff(model, diff)
             new_file = encode_model(new_model)
