@@ -215,11 +215,12 @@ def main() -> None:
             else:
                 budget_bytes = int(budget * len(base_file))  # budgets are shares of the full model's bytes
                 pool = replay_pool(replay, updates[:k], args.replay)
-                teacher = full_chain_teacher(base, diff_dir, updates, k) if "+teacher" in method or \
-                    ("+ownteacher" in method and k == 0) else None
-                if "+ownteacher" in method and k > 0:  # its training is the server's, not the diff's time
+                teacher = None
+                if "+ownteacher" in method and k > 0:
                     teacher = own_teacher(model, adapt, pool, args.epochs, args.threads, name)
-                    started = time.time()
+                    started = time.time()  # the teacher's training is the server's, not the diff's time
+                elif "+teacher" in method or "+ownteacher" in method:  # on update 1 both fine-tune the base
+                    teacher = full_chain_teacher(base, diff_dir, updates, k)
                 diff = learn_diff(model, adapt, make_config(method, budget_bytes, args.epochs, args.threads, args.config,
                                                             teacher), replay_manifest=pool)
             seconds = time.time() - started
