@@ -15,17 +15,17 @@ import argparse
 import sys
 from pathlib import Path
 
-import zstandard
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import write_results  # noqa: E402
-from device_agent.bundle import PREAMBLE, bundle_overhead, read_bundle_manifest  # noqa: E402
-
-LEVEL = 19  # the level packager/bundle.py writes sections with
+from device_agent.bundle import PREAMBLE, SPARSE_ENCODINGS, bundle_overhead, read_bundle_manifest  # noqa: E402
+from device_agent.errors import BundleError  # noqa: E402
+from device_agent.zstd_frames import decompress_exact  # noqa: E402
+from packager.bundle import compress_section  # noqa: E402
 
 
 def zstd_len(raw: bytes) -> int:
-    return len(zstandard.ZstdCompressor(level=LEVEL).compress(raw))
+    """Bytes of `raw` compressed as the bundle writer compresses a section."""
+    return len(compress_section(raw))
 
 
 def coding_headroom(path: Path) -> dict:
@@ -36,9 +36,9 @@ def coding_headroom(path: Path) -> dict:
     raw_by_kind: dict[str, bytes] = {}
     for s in manifest.sections:
         start = fixed + s.offset
-        kind = "hashed" if s.encoding == "hashed" else "sparse" if s.encoding in ("index", "bitmask") else s.encoding
-        raw_by_kind[kind] = raw_by_kind.get(kind, b"") + zstandard.ZstdDecompressor().decompress(
-            data[start:start + s.length], max_output_size=s.raw_length)
+        kind = "sparse" if s.encoding in SPARSE_ENCODINGS else s.encoding
+        raw_by_kind[kind] = raw_by_kind.get(kind, b"") + bytes(
+            decompress_exact(data[start:start + s.length], s.raw_length, s.name, BundleError))
     packed_manifest = PREAMBLE.size + zstd_len(data[PREAMBLE.size:fixed])
     one_frame = {kind: zstd_len(raw) for kind, raw in raw_by_kind.items()}
     tighter = packed_manifest + sum(one_frame.values())
