@@ -1,15 +1,19 @@
 """Mutation fuzzing of update bundles: only our own errors, never a hang, bounded memory.
 
 Builds real bundles from tiny models (a sparse diff using both position
-codings, a hashed diff, a mixed diff, a full bundle), then mutates them: blind
+codings, a hashed diff, a mixed diff, the mixed diff in format 3 with its
+manifest compressed, a full bundle), then mutates them: blind
 byte-level damage, lies in the preamble and manifest, table tricks
 (overlaps, holes, duplicates, swaps), zstd decompression bombs, hostile JSON,
 "re-signed" damage (payload changed, checksums and lengths fixed up so the
 damage reaches the decompressor, the strict decoders, the .otam codec and
 apply_diff), structure-aware lies (valid checksums and lengths with lying
 semantics), canonical-form violations (64-bit-overflowing and overlong
-varints, skippable and concatenated zstd frames) and maximal declared sizes
-(2^28-entry tensors whose 64 MiB sections compress to a few KB). Each case
+varints, skippable and concatenated zstd frames), maximal declared sizes
+(2^28-entry tensors whose 64 MiB sections compress to a few KB) and hostile
+compressed manifests (bombs, lying or missing sizes, extra frames). Structural
+mutations of the format-3 seed are shipped with their manifest compressed
+again, so every manifest lie also reaches the reader through a zstd frame. Each case
 takes the device's path: `read_bundle` against the base model (full bundles:
 no model installed), then `apply_bundle`. A case passes if it raises a
 subclass of OtaError, or succeeds with the target hash verified.
@@ -36,7 +40,7 @@ from bench.fuzz_common import error_outcome, interesting, main, rle_frame, run_c
 from device_agent.device_model import DeviceModel, canonical_json  # noqa: E402
 from device_agent.diff import Diff, HashedDelta, SparseDelta, apply_diff  # noqa: E402
 from device_agent.model_format import encode_model  # noqa: E402
-from device_agent.bundle import MAGIC, PREAMBLE, apply_bundle, read_bundle  # noqa: E402
+from device_agent.bundle import COMPACT_FORMAT, MAGIC, MAX_MANIFEST_BYTES, PREAMBLE, apply_bundle, read_bundle  # noqa: E402
 from packager.bundle import encode_diff_bundle, encode_full_bundle  # noqa: E402
 from tests.tiny import tiny_device_model  # noqa: E402
 
@@ -50,6 +54,7 @@ class Seed:
     data: bytes
     base: DeviceModel | None  # what the bundle applies to (full bundles: nothing)
     target_hash: str
+    compact: bool = False  # format 3: the manifest is a zstd frame
 
 
 def _finish(diff: Diff, base: DeviceModel) -> Diff:
@@ -78,6 +83,9 @@ def build_seeds(rng: np.random.Generator) -> list[Seed]:
         diff = _finish(Diff(method, base.model_id, 1, 2, base.content_hash(), "", deltas, seed,
                             {"source": "fuzz"}), base)
         seeds.append(Seed(name, encode_diff_bundle(diff, base), base, diff.target_hash))
+        if name == "mixed":
+            seeds.append(Seed("mixed_compact", encode_diff_bundle(diff, base, compact=True), base, diff.target_hash,
+                              compact=True))
     target = tiny_device_model(7)
     target.version = 2
     seeds.append(Seed("full", encode_full_bundle(encode_model(target), target), None, target.content_hash()))
@@ -86,8 +94,11 @@ def build_seeds(rng: np.random.Generator) -> list[Seed]:
 
 # --- bundle surgery (no validation: this is the attacker's side) ------------------
 def split(data: bytes) -> tuple[dict, list[bytes]]:
-    n = struct.unpack_from("<I", data, 12)[0]
-    manifest = json.loads(data[PREAMBLE.size:PREAMBLE.size + n])
+    _, version, _, n = PREAMBLE.unpack_from(data)
+    body = data[PREAMBLE.size:PREAMBLE.size + n]
+    if version >= COMPACT_FORMAT:
+        body = zstandard.ZstdDecompressor().decompress(body, max_output_size=MAX_MANIFEST_BYTES)
+    manifest = json.loads(body)
     start = PREAMBLE.size + n
     entries = manifest["sections"].values()
     return manifest, [data[start + e["offset"]:start + e["offset"] + e["length"]] for e in entries]
@@ -102,6 +113,13 @@ def pack(manifest: dict, sections: list[bytes], *, fix: bool = True) -> bytes:
             offset += len(s)
     body = canonical_json(manifest)
     return PREAMBLE.pack(MAGIC, 1, 0, len(body)) + body + b"".join(sections)
+
+
+def compact(data: bytes) -> bytes:
+    """A version-1 bundle (valid or not) with its manifest bytes, whatever they say, in a zstd frame: format 3."""
+    _, _, _, n = PREAMBLE.unpack_from(data)
+    frame = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(data[PREAMBLE.size:PREAMBLE.size + n])
+    return PREAMBLE.pack(MAGIC, COMPACT_FORMAT, 0, len(frame)) + frame + data[PREAMBLE.size + n:]
 
 
 def with_manifest_text(data: bytes, body: bytes) -> bytes:
@@ -378,12 +396,34 @@ def m_splice(rng: np.random.Generator, s: Seed, others: list[Seed]) -> bytes:
     return pack(manifest, sections, fix=False)
 
 
+def m_compact_manifest(rng: np.random.Generator, s: Seed) -> bytes:
+    """A format-3 bundle whose manifest frame is hostile: bombs, lying or missing sizes, extra frames."""
+    manifest, sections = split(s.data)
+    body = canonical_json(manifest)
+    good = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(body)
+    frames = [
+        zstandard.ZstdCompressor(write_content_size=False).compress(body),  # no declared size
+        rle_frame(MAX_MANIFEST_BYTES + 1, MAX_MANIFEST_BYTES + 1),  # over the manifest limit
+        rle_frame(len(body), 16 << 17),  # declares the JSON's size, decodes to 2 MiB
+        rle_frame(1 << 40, 1 << 20),  # declares a terabyte
+        rle_frame(len(body), 1, window_log=31),  # huge window
+        good + b"\0",  # a byte after the frame
+        good + zstandard.ZstdCompressor().compress(b""),  # a second frame
+        struct.pack("<II", 0x184D2A50, 4) + b"\0\0\0\0" + good,  # a skippable frame first
+        body,  # JSON not compressed at all
+        zstandard.ZstdCompressor(write_content_size=True).compress(json.dumps(manifest).encode()),  # not canonical
+        good[:-int(rng.integers(1, 4))],  # truncated frame
+    ]
+    frame = frames[int(rng.integers(len(frames)))]
+    return PREAMBLE.pack(MAGIC, COMPACT_FORMAT, 0, len(frame)) + frame + b"".join(sections)
+
+
 MUTATORS: dict[str, Callable[..., bytes]] = {
     "bit_flip": m_bit_flip, "byte_insert": m_byte_insert, "byte_delete": m_byte_delete, "truncate": m_truncate,
     "trailing_bytes": m_trailing, "preamble_lie": m_preamble, "manifest_lie": m_manifest_lie,
     "table_overlap_dup": m_table, "zstd_bomb": m_bomb, "json_abuse": m_json, "resigned_payload": m_resigned,
     "semantic_lie": m_semantic, "splice": m_splice, "canonical_form": m_canonical_form,
-    "max_declared_sizes": m_max_declared,
+    "max_declared_sizes": m_max_declared, "compact_manifest": m_compact_manifest,
 }
 
 
@@ -409,9 +449,12 @@ def mutate(cls: str, rng: np.random.Generator, s: Seed, seeds: Sequence[Seed]) -
     try:
         if cls == "splice":
             return m_splice(rng, s, [o for o in seeds if o is not s])
-        return MUTATORS[cls](rng, s)
+        data = MUTATORS[cls](rng, s)
     except (KeyError, IndexError, ValueError, zstandard.ZstdError):
         return m_bit_flip(rng, s)  # a mutator that does not fit this seed falls back to bit flips
+    if s.compact and len(data) >= PREAMBLE.size and PREAMBLE.unpack_from(data)[1] == 1:
+        return compact(data)  # a structural lie, shipped the way this seed ships its manifest
+    return data
 
 
 def fuzz(cases: int, seed: int, time_limit: float = 5.0, progress: bool = False) -> dict:

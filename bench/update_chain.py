@@ -226,8 +226,9 @@ def main() -> None:
             seconds = time.time() - started
             new_model = apply_diff(model, diff)
             new_file = encode_model(new_model)
+            compact = bool((args.config or {}).get("compact")) and method != "full"  # format 3 bundles
             payload = len(new_file) if method == "full" else int(diff.metadata.get("wire_bytes", 0)) or \
-                len(encode_diff_bundle(diff, model))
+                len(encode_diff_bundle(diff, model, compact=compact))
             record = {"method": method, "budget": budget, "update": name, "index": k + 1, "bytes": payload,
                       "bytes_vs_full_model": round(payload / len(base_file), 5), "entries": diff.nonzero_entries(),
                       "train_seconds": round(seconds, 1), "target_hash": diff.target_hash,
@@ -241,7 +242,7 @@ def main() -> None:
                 old_file = encode_model(model)
                 record["zstd_patch_from_bytes"] = zstd_patch_from_bytes(old_file, new_file)
                 record["bsdiff_bytes"] = bsdiff_bytes(old_file, new_file)
-            _save_diff(diff_dir, diff, model, key)
+            _save_diff(diff_dir, diff, model, key, compact)
             cache = update_cache(cache_path, {key: record})
             print(json.dumps(record))
             model = new_model
@@ -317,10 +318,10 @@ def _diff_path(diff_dir: Path, key: str) -> Path:
     return diff_dir / (key.replace("/", "__") + ".otab")
 
 
-def _save_diff(diff_dir: Path, diff, base: DeviceModel, key: str) -> None:
+def _save_diff(diff_dir: Path, diff, base: DeviceModel, key: str, compact: bool = False) -> None:
     path = _diff_path(diff_dir, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_diff_bundle(diff, base))
+    path.write_bytes(encode_diff_bundle(diff, base, compact=compact))
 
 
 def _load_diff(diff_dir: Path, key: str):

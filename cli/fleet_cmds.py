@@ -126,8 +126,11 @@ def fleet_status_cmd(store_url: str, model_id: str | None, as_json: bool) -> Non
     if as_json:
         _echo_json(summary)
         return
-    print_table(("channel", "devices per version"),
-                [(ch, ", ".join(f"v{v}: {n}" for v, n in counts.items())) for ch, counts in summary["versions"].items()],
+    formats = summary["newest_bundle_format"]
+    print_table(("channel", "devices per version", "agents reading bundle formats up to"),
+                [(ch, ", ".join(f"v{v}: {n}" for v, n in counts.items()),
+                  ", ".join(f"{f}: {n}" for f, n in formats.get(ch, {}).items()))
+                 for ch, counts in summary["versions"].items()],
                 wrap=(1,), title=f"{summary['devices']} devices")
     failing = summary["failing"]
     if failing["devices"]:

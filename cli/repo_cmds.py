@@ -93,8 +93,10 @@ def bundle() -> None:
 @click.option("--to", "to_path", required=True, type=INPUT_FILE, help="The model devices should end up with.")
 @click.option("--from", "from_path", type=INPUT_FILE,
               help="The model devices run now: build an exact diff bundle instead of a full one.")
+@click.option("--compact", is_flag=True,
+              help="With --from: bundle format 3 (manifest compressed), read only by agents of format 3.")
 @click.option("--out", "out_path", required=True, type=OUTPUT_FILE, help="Bundle file to write.")
-def build(to_path: Path, from_path: Path | None, out_path: Path) -> None:
+def build(to_path: Path, from_path: Path | None, compact: bool, out_path: Path) -> None:
     """Build a full bundle, or an exact diff bundle between two models with equal scales.
 
     \b
@@ -107,12 +109,16 @@ def build(to_path: Path, from_path: Path | None, out_path: Path) -> None:
     from packager.bundle import encode_diff_bundle, encode_full_bundle
     from packager.exact_diff import exact_diff
 
+    from device_agent.errors import ConfigError
+
+    if compact and from_path is None:
+        raise ConfigError("--compact writes diff bundles in format 3; give --from (full bundles are always format 1)")
     target = load_model(to_path)
     if from_path is None:
         data = encode_full_bundle(encode_model(target), target)
     else:
         base = load_model(from_path)
-        data = encode_diff_bundle(exact_diff(base, target), base)
+        data = encode_diff_bundle(exact_diff(base, target), base, compact=compact)
     write_atomic(out_path, data)
     click.echo(f"{out_path}\t{len(data)} bytes")
 
@@ -161,9 +167,18 @@ def verify(path: Path, base_path: Path | None) -> None:
 @click.option("--expected-wer", type=float, help="The publisher's measured WER; devices may compare against it.")
 @click.option("--rollout", "rollout_percent", type=click.FloatRange(0, 100), help="Rollout percentage to set.")
 @click.option("--no-current", is_flag=True, help="List the bundle without making it the channel's current version.")
+@click.option("--report-store", "report_store_url", envvar="OTA_REPORT_STORE",
+              help="Where devices leave heartbeats, if not in --store (the agents' report_store_url).")
+@click.option("--skip-format-check", is_flag=True,
+              help="Publish a bundle of a newer format (--compact) even if some devices' heartbeats say their "
+              "agents do not read it; those devices refuse it and keep their model.")
 def publish(bundle_path: Path, store_url: str, keys_dir: str, channel: str, expected_wer: float | None,
-            rollout_percent: float | None, no_current: bool) -> None:
+            rollout_percent: float | None, no_current: bool, report_store_url: str | None,
+            skip_format_check: bool) -> None:
     """Sign a bundle into the repository and list it on a channel (one commit).
+
+    A bundle of format 3 (`ota diff train --compact`) is published only if
+    every device on the channel reports, in its heartbeat, an agent that reads it.
 
     \b
     Example:
@@ -177,7 +192,9 @@ def publish(bundle_path: Path, store_url: str, keys_dir: str, channel: str, expe
     with Progress(transient=True) as bar:
         bar.add_task(f"publishing {len(data):,} bytes", total=None)
         release = publish_bundle(_store(store_url), keys_dir, data, channel=channel, expected_wer=expected_wer,
-                                 make_current=not no_current, rollout_percent=rollout_percent)
+                                 make_current=not no_current, rollout_percent=rollout_percent,
+                                 fleet_store=report_store_url and _store(report_store_url),
+                                 check_fleet=not skip_format_check)
     click.echo(f"published {release.target} on {channel}: current version {release.state.current_version}, "
                f"rollout {release.state.rollout_percent:g}%")
 

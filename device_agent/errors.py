@@ -70,6 +70,11 @@ class BundleError(DataError):
     """An update bundle is corrupt, truncated, hostile or unsupported."""
 
 
+class UnreadableFormatError(DataError):
+    """A bundle is in a format that some devices' agents do not read (from their heartbeats):
+    published, it would reach them only to be refused."""
+
+
 class NoUpdatePathError(DataError):
     """No chain of published bundles leads from the device's version to the channel's."""
 

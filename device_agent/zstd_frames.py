@@ -16,6 +16,21 @@ INPUT_CHUNK = 128  # compressed bytes fed per step: bounds a lying frame's overs
 DATA_FRAME_MAGIC = b"\x28\xb5\x2f\xfd"  # skippable frames (0x184D2A5?) carry no data and are refused
 
 
+def decompress_declared(packed: bytes, max_raw: int, where: str, error: type[Exception]) -> bytearray:
+    """Decompress one frame to the content size it declares, which must be known and at most `max_raw`
+    (a compressed bundle manifest: nothing else says how long it is)."""
+    if not isinstance(packed, (bytes, bytearray, memoryview)) or bytes(packed[:4]) != DATA_FRAME_MAGIC:
+        return decompress_exact(packed, 0, where, error)  # the same refusal, with its message
+    try:
+        declared = zstandard.get_frame_parameters(packed).content_size
+    except zstandard.ZstdError as exc:
+        raise error(f"{where}: not a zstd frame: {exc}") from None
+    if declared == zstandard.CONTENTSIZE_UNKNOWN or declared > max_raw:
+        got = "no size" if declared == zstandard.CONTENTSIZE_UNKNOWN else f"{declared} bytes"
+        raise error(f"{where}: zstd frame declares {got}, expected a content size of at most {max_raw} bytes")
+    return decompress_exact(packed, declared, where, error)
+
+
 def decompress_exact(packed: bytes, raw_length: int, where: str, error: type[Exception]) -> bytearray:
     """Decompress one frame that must yield exactly `raw_length` bytes; raise `error(where: ...)` otherwise.
 

@@ -4,7 +4,7 @@ A plan (JSON) names the release's data once and, per channel, the model that
 channel's devices run:
 
     {"defaults": {"method": "sparse", "budget": "2%", "data": "adapt.jsonl", "replay": "replay.jsonl", "epochs": 6},
-     "diffs": [{"channel": "stable", "base": "models/v2.otam"},
+     "diffs": [{"channel": "stable", "base": "models/v2.otam", "compact": true},
                {"channel": "beta", "base": "models/v3.otam", "method": "hashed"}]}
 
 Paths are relative to the plan's folder. Each diff is its own `ota diff train`
@@ -27,8 +27,9 @@ from typing import Callable
 from device_agent.errors import ConfigError, DiffError, OtaError
 from device_agent.model_format import load_model
 
-JOB_KEYS = {"channel", "base", "method", "budget", "data", "replay", "epochs", "lr", "seed", "channels"}
+JOB_KEYS = {"channel", "base", "method", "budget", "data", "replay", "epochs", "lr", "seed", "channels", "compact"}
 PASSED_ON = ("method", "budget", "data", "replay", "epochs", "lr", "seed", "channels")  # -> ota diff train options
+FLAGS = ("compact",)  # -> ota diff train flags, given when true
 
 
 @dataclass(frozen=True)
@@ -68,18 +69,24 @@ def read_plan(path: str | Path) -> list[DiffJob]:
         seen.add(channel)
         options = {k: str(path.parent / job[k]) if k in ("data", "replay") else str(job[k])
                    for k in PASSED_ON if job.get(k) is not None}
+        for flag in FLAGS:
+            if not isinstance(job.get(flag, False), bool):
+                raise ConfigError(f"{path}: diffs[{i}].{flag} must be true or false, got {job[flag]!r}")
+            if job.get(flag):
+                options[flag] = ""
         jobs.append(DiffJob(channel, path.parent / job["base"], options))
     return jobs
 
 
 def _learned_already(bundle: Path, job: DiffJob) -> bool:
-    from device_agent.bundle import read_bundle_manifest
+    from device_agent.bundle import COMPACT_FORMAT, read_bundle_manifest
 
     try:
         with open(bundle, "rb") as f:
             manifest = read_bundle_manifest(f)
         return manifest.base_hash == load_model(job.base).content_hash() and \
-            manifest.method == job.options.get("method", "sparse")  # ota diff train's default method
+            manifest.method == job.options.get("method", "sparse") and \
+            (manifest.format_version == COMPACT_FORMAT) == ("compact" in job.options)  # "sparse": CLI default
     except (OSError, OtaError):  # an unreadable bundle is learned again
         return False
 
@@ -97,7 +104,7 @@ def train_many(jobs: list[DiffJob], out_dir: str | Path, *, parallel: int, threa
         if _learned_already(bundle, job):
             log(f"{job.name}: {bundle} already learned from this base")
             return job, 0
-        args = [a for k, v in job.options.items() for a in (f"--{k}", v)]
+        args = [a for k, v in job.options.items() for a in ((f"--{k}",) if k in FLAGS else (f"--{k}", v))]
         cmd = [*launcher, "diff", "train", *args, "--base", str(job.base), "--threads", str(threads), "--out", str(bundle)]
         log(f"{job.name}: learning ({' '.join(cmd[len(launcher):])})")
         with open(out / f"{job.name}.log", "w") as logfile:

@@ -23,6 +23,9 @@ from device_agent.errors import DataError, OtaError
 from device_agent.version import parse_version
 
 MAX_REPORT_BYTES = 16 * 1024  # a report is ~1 KB; anything far larger is not one of ours
+# What agents read whose heartbeats do not list their bundle formats: those from before the list, which
+# read versions 1 and 2 (version 3, the compact manifest, came with it).
+UNLISTED_BUNDLE_FORMATS = (1, 2)
 _FETCH_THREADS = 16  # parallel GETs: the store's latency, not our CPU, bounds a full read
 
 
@@ -130,6 +133,19 @@ def read_heartbeats(store, model_id: str | None, warnings: Warnings) -> list[dic
     return beats
 
 
+def bundle_formats(beat: dict[str, Any]) -> tuple[int, ...]:
+    """The bundle format versions a device's agent reads, from its heartbeat."""
+    listed = beat.get("bundle_formats")
+    return UNLISTED_BUNDLE_FORMATS if listed is None else tuple(listed)
+
+
+def devices_unable_to_read(store, model_id: str, channel: str, format_version: int) -> tuple[list[str], int]:
+    """(ids of the devices on `channel` whose agents do not read bundle format `format_version`, devices
+    on the channel), from their heartbeats. A device that never sent one is not known here."""
+    beats = [b for b in read_heartbeats(store, model_id, Warnings()) if b["channel"] == channel]
+    return sorted(b["device_id"] for b in beats if format_version not in bundle_formats(b)), len(beats)
+
+
 def distribution(values: Iterable[float]) -> dict[str, float] | None:
     """n, min, p10, median, p90, max of `values` (None if empty)."""
     xs = sorted(values)
@@ -192,10 +208,12 @@ def fleet_summary(store, model_id: str | None = None, *, now: datetime | None = 
     beats = read_heartbeats(store, model_id, warnings)
 
     versions: dict[str, Counter] = {}
+    formats: dict[str, Counter] = {}  # per channel: devices by the newest bundle format their agent reads
     failing = []
     reasons: Counter = Counter()
     for b in beats:
         versions.setdefault(f"{b['model_id']}/{b['channel']}", Counter())[str(b.get("version"))] += 1
+        formats.setdefault(f"{b['model_id']}/{b['channel']}", Counter())[str(max(bundle_formats(b), default=0))] += 1
         if b["consecutive_failures"] > 0:
             reason = b.get("reason") or "other error"
             if reason != "metadata expired" and _expired(b, now):
@@ -207,6 +225,7 @@ def fleet_summary(store, model_id: str | None = None, *, now: datetime | None = 
     failing.sort(key=lambda f: (-f["consecutive_failures"], f["device_id"]))
     return {"devices": len(beats),
             "versions": {ch: dict(sorted(c.items())) for ch, c in sorted(versions.items())},
+            "newest_bundle_format": {ch: dict(sorted(c.items())) for ch, c in sorted(formats.items())},
             "failing": {"devices": len(failing), "by_reason": dict(reasons.most_common()), "worst": failing[:20]},
             "releases": release_rows(reports),
             "ignored": dict(warnings.counts)}

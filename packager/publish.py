@@ -17,8 +17,9 @@ from typing import Any, Callable
 
 from device_agent.bundle import BundleManifest, read_bundle_manifest
 from device_agent.channels import ChannelState, UpdateEdge, channel_target_name
-from device_agent.errors import ConfigError, StoreNotFoundError, WrongBaseError
+from device_agent.errors import ConfigError, StoreNotFoundError, UnreadableFormatError, WrongBaseError
 from device_agent.store import Store
+from packager.fleet_status import UNLISTED_BUNDLE_FORMATS, devices_unable_to_read
 from packager.trust import Published, current_target_bytes, publish_target, publish_targets
 
 
@@ -75,6 +76,19 @@ def _check_base_hash(read: Callable[[str], bytes | None], manifest: BundleManife
                         "against the model the channel ships")
 
 
+def check_fleet_reads(fleet_store: Store, manifest: BundleManifest, channel: str) -> None:
+    """UnreadableFormatError if a device on the channel sent a heartbeat saying its agent does not read this
+    bundle's format: it would refuse the update (and keep its model), never reaching the release."""
+    if manifest.format_version in UNLISTED_BUNDLE_FORMATS:
+        return  # every agent reads these: no need to read the fleet's heartbeats
+    unable, total = devices_unable_to_read(fleet_store, manifest.model_id, channel, manifest.format_version)
+    if unable:
+        raise UnreadableFormatError(
+            f"bundle format {manifest.format_version}: {len(unable)} of {total} devices on channel {channel} do not "
+            f"read it (e.g. {', '.join(unable[:3])}); update their agents, or publish a bundle they read (ota diff "
+            "train without --compact)")
+
+
 @dataclass(frozen=True)
 class Release:
     target: str
@@ -85,14 +99,19 @@ class Release:
 
 def publish_bundle(store: Store, keys_dir: str | os.PathLike[str], bundle: bytes, *, channel: str = "stable",
                    expected_wer: float | None = None, make_current: bool = True,
-                   rollout_percent: float | None = None, now: datetime | None = None) -> Release:
+                   rollout_percent: float | None = None, now: datetime | None = None,
+                   fleet_store: Store | None = None, check_fleet: bool = True) -> Release:
     """Publish a bundle and the channel file that lists it, in one TUF commit.
 
     The channel is read from the same verified snapshot the commit replaces,
     so a racing publisher makes this one fail with StoreConflictError rather
-    than dropping either release.
+    than dropping either release. A bundle in a format newer than every agent
+    reads is refused unless every device on the channel says in its heartbeat
+    (in `fleet_store`, default `store`) that it reads it (`check_fleet`).
     """
     manifest = read_bundle_manifest(io.BytesIO(bundle))
+    if check_fleet:
+        check_fleet_reads(fleet_store or store, manifest, channel)
     name = bundle_target_name(manifest)
     edge = UpdateEdge(None if manifest.kind == "full" else manifest.base_version, manifest.target_version,
                       name, len(bundle))

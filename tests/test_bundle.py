@@ -40,6 +40,7 @@ PINNED_MANIFEST = (
     b'"predictor.embed.weight":{"encoding":"hashed","length":13,"num_buckets":4,"numel":116,"offset":16,'
     b'"raw_length":4,"xxh64":"8df25b2f47981dfa"}},'
     b'"seed":42,"target_hash":"bcc5ac816c61fc325531dcf6ae7b8656","target_version":2}')
+PINNED_COMPACT_XXH64 = "23e946067e3e2170"  # the same diff in format 3 (manifest compressed)
 
 
 # --- fixtures ---------------------------------------------------------------------------
@@ -126,6 +127,83 @@ def test_encoding_is_pinned_to_exact_bytes(base: DeviceModel) -> None:
     # the index section's raw bytes: varint gaps 3, 46, 180 then int8 values 1, -2, 127
     raw = zstandard.ZstdDecompressor().decompress(sections_of(data)[0])
     assert raw == bytes([3, 46, 0xB4, 0x01]) + np.array([1, -2, 127], dtype=np.int8).tobytes()
+
+
+def test_compact_format_is_pinned_and_differs_only_in_the_manifest(base: DeviceModel) -> None:
+    diff = pinned_diff(base)
+    data, plain = encode_diff_bundle(diff, base, compact=True), encode_diff_bundle(diff, base)
+    magic, version, reserved, n = PREAMBLE.unpack_from(data)
+    assert (magic, version, reserved) == (b"OTABNDL\0", 3, 0)
+    frame = data[PREAMBLE.size:PREAMBLE.size + n]
+    assert zstandard.get_frame_parameters(frame).content_size == len(PINNED_MANIFEST)
+    assert zstandard.ZstdDecompressor().decompress(frame) == PINNED_MANIFEST
+    assert data[PREAMBLE.size + n:] == plain[PREAMBLE.size + len(PINNED_MANIFEST):]  # the same sections
+    assert xxhash.xxh64_hexdigest(data) == PINNED_COMPACT_XXH64
+    assert len(data) < len(plain)
+
+
+@pytest.mark.parametrize("fixture", ["sparse_diff", "hashed_diff"])
+def test_compact_bundles_round_trip_and_apply(fixture: str, base: DeviceModel, request) -> None:
+    diff = request.getfixturevalue(fixture)
+    data = encode_diff_bundle(diff, base, compact=True)
+    bundle = decode_bundle(data)
+    assert bundle.format_version == 3 and bundle.diff is not None
+    assert bundle.manifest_length == PREAMBLE.unpack_from(data)[3]
+    assert apply_bundle(bundle, base).content_hash() == diff.target_hash
+    assert read_bundle_manifest(io.BytesIO(data)).total_bytes == len(data)
+    assert len(data) < len(encode_diff_bundle(diff, base))
+
+
+def test_an_agent_that_reads_only_versions_1_and_2_refuses_a_compact_bundle(sparse_diff: Diff, base: DeviceModel,
+                                                                           monkeypatch) -> None:
+    """What a fleet's older agents do with format 3: refuse it with a clear error, before any section."""
+    data = encode_diff_bundle(sparse_diff, base, compact=True)
+    monkeypatch.setattr(bundle_format, "FORMAT_VERSIONS", (1, 2))
+    with pytest.raises(BundleError, match="format version 3 is not supported; this reader supports 1, 2 "
+                                          r"\(update the device agent\)"):
+        decode_bundle(data)
+
+
+def _compact_with(frame: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    """A format-3 bundle whose manifest field holds frame(manifest JSON)."""
+    def mutate(d: bytes) -> bytes:
+        manifest, sections = split(d)
+        packed = frame(canonical_json(manifest))
+        return PREAMBLE.pack(MAGIC, 3, 0, len(packed)) + packed + b"".join(sections)
+    return mutate
+
+
+def _zstd(body: bytes, content_size: bool = True) -> bytes:
+    return zstandard.ZstdCompressor(level=19, write_content_size=content_size).compress(body)
+
+
+COMPACT_CORRUPTIONS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
+    "plain_json": (_compact_with(lambda body: body), "compressed manifest: does not start with a zstd data frame"),
+    "no_content_size": (_compact_with(lambda body: _zstd(body, False)), "declares no size, expected a content size"),
+    "over_the_limit": (_compact_with(lambda body: rle_frame(MAX_MANIFEST_BYTES + 1, MAX_MANIFEST_BYTES + 1)),
+                       f"declares {MAX_MANIFEST_BYTES + 1} bytes, expected a content size of at most"),
+    "bomb": (_compact_with(lambda body: rle_frame(len(body), 16 << 17)), "decompresses past|zstd data is corrupt"),
+    "huge_window": (_compact_with(lambda body: rle_frame(len(body), 1, window_log=31)), "exceeds the limit"),
+    "byte_after_frame": (_compact_with(lambda body: _zstd(body) + b"\0"), "bytes after the zstd frame"),
+    "skippable_first": (_compact_with(lambda body: struct.pack("<II", 0x184D2A50, 0) + _zstd(body)),
+                        "skippable frames are not allowed"),
+    "dictionary": (_compact_with(lambda body: dict_frame(body[:200])), "needs dictionary 5"),  # one-byte size field
+    "truncated_frame": (_compact_with(lambda body: _zstd(body)[:-3]), "zstd frame is truncated"),
+    "not_canonical": (_compact_with(lambda body: _zstd(json.dumps(json.loads(body)).encode())),
+                      "not canonical JSON"),
+    "length_past_the_frame": (lambda d: d[:12] + struct.pack("<I", PREAMBLE.unpack_from(d)[3] + 1) + d[16:],
+                              "bytes after the zstd frame|zstd data is corrupt"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPACT_CORRUPTIONS))
+def test_a_hostile_compact_manifest_raises_a_helpful_bundle_error(name: str, sparse_diff: Diff,
+                                                                 base: DeviceModel) -> None:
+    mutate, message = COMPACT_CORRUPTIONS[name]
+    data = mutate(encode_diff_bundle(sparse_diff, base, compact=True))
+    with pytest.raises(BundleError, match=message if "|" in message else re.escape(message)) as info:
+        decode_bundle(data)
+    assert len(str(info.value)) < 400
 
 
 def test_sparse_diff_round_trip_uses_both_codings(sparse_bytes: bytes, sparse_diff: Diff, base: DeviceModel) -> None:
@@ -337,7 +415,9 @@ CORRUPTIONS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     # preamble
     "truncated_preamble": (lambda d: d[:10], "shorter than the 16-byte preamble"),
     "bad_magic": (lambda d: b"OTAMODEL" + d[8:], "bad magic b'OTAMODEL': expected"),
-    "future_version": (lambda d: d[:8] + struct.pack("<H", 3) + d[10:], "format version 3 is not supported"),
+    "future_version": (lambda d: d[:8] + struct.pack("<H", 4) + d[10:], "format version 4 is not supported"),
+    "version_3_manifest_not_compressed": (lambda d: d[:8] + struct.pack("<H", 3) + d[10:],
+                                          "compressed manifest: does not start with a zstd data frame"),
     "reserved_set": (lambda d: d[:10] + b"\1\0" + d[12:], "reserved preamble field is 1, expected 0"),
     "manifest_length_over_limit": (lambda d: d[:12] + struct.pack("<I", MAX_MANIFEST_BYTES + 1) + d[16:],
                                    "manifest length 262145 outside [2, 262144]"),

@@ -1,4 +1,4 @@
-"""bench/bundle_coding.py: the fixed part of a real hybrid bundle and what a tighter container would save."""
+"""bench/bundle_coding.py: a real hybrid bundle's fixed part, and the same diff in format 3."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +12,7 @@ from packager.bundle import encode_diff_bundle
 from tests.tiny import tiny_device_model
 
 
-def test_headroom_splits_the_bundle_and_finds_the_manifest_compressible(tmp_path: Path) -> None:
+def test_format_3_keeps_the_payload_and_shrinks_the_fixed_part(tmp_path: Path) -> None:
     base = tiny_device_model()
     rng = np.random.default_rng(0)
     names = sorted(base.weights)
@@ -22,8 +22,9 @@ def test_headroom_splits_the_bundle_and_finds_the_manifest_compressible(tmp_path
         deltas[name] = SparseDelta(positions, rng.choice([-6, -4, 4, 6], 40).astype(np.int8))
     path = tmp_path / "d.otab"
     path.write_bytes(encode_diff_bundle(finish_diff(base, "hybrid", deltas, 2, seed=7), base))
-    row = coding_headroom(path)
-    assert row["sections"] == len(deltas)
+    row = coding_headroom(path, base)
+    assert row["format"] == 1 and row["sections"] == len(deltas)
     assert row["fixed"] + row["payload"] == row["bytes"] == path.stat().st_size
-    assert row["fixed_compressed"] < row["fixed"]  # JSON rows of one shape compress
-    assert row["tighter_bytes"] == row["fixed_compressed"] + row["payload_one_frame_per_kind"] < row["bytes"]
+    assert row["compact_bytes"] == row["compact_fixed"] + row["payload"]  # the same sections
+    assert row["compact_fixed"] < row["fixed"]  # JSON rows of one shape compress
+    assert row["compact_and_one_frame_bytes"] < row["compact_bytes"]

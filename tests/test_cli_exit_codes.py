@@ -289,10 +289,25 @@ def missing_dependency(tmp_path: Path, monkeypatch) -> Result:
     return CliRunner().invoke(cli, ["demo", "--tiny"])
 
 
+def unreadable_format(tmp_path: Path, monkeypatch) -> Result:
+    from device_agent.agent.heartbeat import Heartbeat, heartbeat_key
+
+    store, keys = _repo(tmp_path)
+    v1, v2, _ = _two_models(tmp_path)
+    built = CliRunner().invoke(cli, ["bundle", "build", "--from", str(v1), "--to", str(v2), "--compact",
+                                     "--out", str(tmp_path / "d.otab")])
+    assert built.exit_code == 0, built.output
+    old_agent = json.loads(Heartbeat("d1", "tiny", "stable", 1.0, 1, "no_update").to_json())
+    del old_agent["bundle_formats"]  # as agents sent them before they listed the formats they read
+    FileStore(store).put(heartbeat_key("tiny", "stable", "d1"), json.dumps(old_agent).encode())
+    return CliRunner().invoke(cli, ["publish", str(tmp_path / "d.otab"), "--store", f"file://{store}",
+                                    "--keys", str(keys)])
+
+
 CASES: dict[int, Callable[..., Result]] = {
     exit_codes.OK: ok, exit_codes.INTERNAL: internal, exit_codes.USAGE: usage, 3: data_error, 4: config_error,
     5: model_format_error, 6: audio_error, 7: manifest_error, 8: diff_error, 9: bundle_error, 10: trust_error,
-    11: lifecycle_error, 13: wrong_base, 20: transport_error, 21: _seaweed_case("unreachable"),
+    11: lifecycle_error, 13: wrong_base, 14: unreadable_format, 20: transport_error, 21: _seaweed_case("unreachable"),
     22: _seaweed_case("bad_credentials"), 23: _seaweed_case("no_bucket"), 24: store_conflict, 25: disk_full,
     26: agent_busy, exit_codes.FILE_NOT_FOUND: file_not_found, exit_codes.IS_A_DIRECTORY: wrong_path_kind,
     exit_codes.PERMISSION_DENIED: permission_denied, exit_codes.OTHER_OS_ERROR: other_os_error,

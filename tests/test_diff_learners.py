@@ -247,6 +247,36 @@ def test_values_on_a_step_carry_more_entries_in_the_same_bytes(manifest: Path) -
         SparseMaskDiffConfig(value_step=3)
 
 
+def test_a_compact_bundle_carries_more_of_the_diff_in_the_same_bytes(manifest: Path, tmp_path: Path) -> None:
+    """`ota diff train --compact` sizes for format 3 (manifest compressed): more entries within the same budget."""
+    import torch
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from device_agent.bundle import apply_bundle, decode_bundle
+    from device_agent.model_format import save_model
+
+    base = tiny_device_model()
+    save_model(base, tmp_path / "base.otam")
+    entries, sizes = {}, {}
+    threads = torch.get_num_threads()
+    for flags in ([], ["--compact"]):
+        out = tmp_path / f"v2{''.join(flags)}.otab"
+        try:
+            result = CliRunner().invoke(cli, ["diff", "train", "--method", "hybrid", "--budget", "2500B", "--base",
+                                              str(tmp_path / "base.otam"), "--data", str(manifest), "--epochs", "2",
+                                              "--threads", "1", *flags, "--out", str(out)])
+        finally:
+            torch.set_num_threads(threads)
+        assert result.exit_code == 0, result.output
+        bundle = decode_bundle(out.read_bytes())
+        assert bundle.format_version == (3 if flags else 1)
+        assert apply_bundle(bundle, base).content_hash() == bundle.target_hash
+        entries[bool(flags)], sizes[bool(flags)] = bundle.diff.nonzero_entries(), out.stat().st_size
+    assert sizes[True] <= 2500 and sizes[False] <= 2500
+    assert entries[True] > entries[False]
+
+
 def test_hybrid_config_is_validated() -> None:
     with pytest.raises(ConfigError, match="hashed_share"):
         HybridDiffConfig(hashed_prefixes=())

@@ -120,3 +120,51 @@ def test_hostile_heartbeats_and_reports_are_counted_not_fatal(file_store: FileSt
     out = CliRunner().invoke(cli, ["fleet", "status", "--store", file_store.url, "--json"])
     assert out.exit_code == 0
     assert "warning: ignored" in out.output and "1 oversized heartbeat" in out.output
+
+
+def test_a_compact_bundle_ships_only_once_every_device_on_the_channel_reads_it(
+        s3_store: S3Store, seaweed, tmp_path: Path) -> None:
+    import numpy as np
+
+    from device_agent.agent.heartbeat import heartbeat_key
+    from device_agent.diff import Diff, SparseDelta, apply_diff
+    from packager.bundle import encode_diff_bundle
+    from packager.publish import read_channel
+
+    clock = SimClock()
+    agent = _device(tmp_path, s3_store, clock)
+    assert agent.check_once()["outcome"] == "committed"
+    assert _beat(s3_store, agent)["bundle_formats"] == [1, 2, 3]
+    # a device whose agent predates the list: its heartbeat has no bundle_formats (it reads 1 and 2)
+    old = json.loads(Heartbeat("hall-2", "tiny", "stable", clock.now.timestamp(), 1, "no_update").to_json())
+    del old["bundle_formats"]
+    s3_store.put(heartbeat_key("tiny", "stable", "hall-2"), json.dumps(old).encode())
+
+    base = tiny_device_model(0)
+    base.floats["joint.out.bias"][0] = 1000.0  # the model _device installed
+    positions = np.arange(0, 40, 2)
+    diff = Diff("sparse", base.model_id, 1, 2, base.content_hash(), "",
+                {"encoder.weight_hh_l0": SparseDelta(positions, np.ones(positions.size, dtype=np.int8))})
+    diff.target_hash = apply_diff(base, diff, check_hashes=False).content_hash()
+    compact = tmp_path / "1-2.otab"
+    compact.write_bytes(encode_diff_bundle(diff, base, compact=True))
+    assert fleet_summary(s3_store, now=clock.now)["newest_bundle_format"] == {"tiny/stable": {"2": 1, "3": 1}}
+
+    runner = CliRunner(env={**seaweed.aws_env(), "COLUMNS": "200"})
+    publish = ["publish", str(compact), "--store", agent.cfg.store_url, "--keys", str(tmp_path / "keys")]
+    refused = runner.invoke(cli, publish)
+    assert refused.exit_code == 14, refused.output  # UnreadableFormatError
+    assert "1 of 2 devices on channel stable do not read it (e.g. hall-2)" in refused.output
+    assert read_channel(s3_store, tmp_path / "keys", "tiny", "stable").current_version == 1  # nothing published
+
+    # the old device's agent is updated; a store elsewhere (--report-store) still holds an old agent's heartbeat
+    s3_store.put(heartbeat_key("tiny", "stable", "hall-2"),
+                 Heartbeat("hall-2", "tiny", "stable", clock.now.timestamp(), 1, "no_update").to_json())
+    FileStore(tmp_path / "fleet", create=True).put(heartbeat_key("tiny", "stable", "porch-4"), json.dumps(
+        {**old, "device_id": "porch-4"}).encode())
+    elsewhere = runner.invoke(cli, [*publish, "--report-store", f"file://{tmp_path / 'fleet'}"])
+    assert elsewhere.exit_code == 14 and "porch-4" in elsewhere.output, elsewhere.output
+    published = runner.invoke(cli, publish)  # every device of the repository's store reads format 3
+    assert published.exit_code == 0, published.output
+    assert agent.check_once()["outcome"] == "committed"
+    assert _beat(s3_store, agent)["version"] == 2

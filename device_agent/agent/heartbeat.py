@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.atomic import write_atomic
+from device_agent.bundle import FORMAT_VERSIONS
 from device_agent.errors import (
     BundleError,
     DataError,
@@ -38,6 +39,7 @@ HEARTBEATS_PREFIX = "heartbeats/"
 MAX_HEARTBEAT_BYTES = 2048  # readers ignore anything larger (and count it)
 _MAX_MESSAGE = 160
 _MAX_REFUSED = 8
+_MAX_FORMATS = 16
 
 # Why a check failed, as a short stable code for the fleet view (most specific class first).
 _REASONS: tuple[tuple[type[BaseException], str], ...] = (
@@ -82,6 +84,8 @@ class Heartbeat:
     consecutive_failures: int = 0
     metadata_expires: str | None = None  # expiry of the newest timestamp the device verified (ISO 8601)
     refused: list[int] = field(default_factory=list)  # versions the device refused (newest last)
+    # bundle format versions this agent reads: a publisher writes a newer format only once every device does
+    bundle_formats: list[int] = field(default_factory=lambda: list(FORMAT_VERSIONS))
 
     def to_json(self) -> bytes:
         doc = {"format": HEARTBEAT_FORMAT, **asdict(self)}
@@ -186,6 +190,10 @@ def parse_heartbeat(data: bytes) -> dict[str, Any] | None:
             return None
         doc["refused"] = [parse_version(v, "heartbeat refused version", DataError, legacy_text=True) for v in refused]
     except DataError:
+        return None
+    formats = doc.get("bundle_formats")  # absent: an agent from before heartbeats listed them
+    if formats is not None and (not isinstance(formats, list) or len(formats) > _MAX_FORMATS or not all(
+            isinstance(f, int) and not isinstance(f, bool) and 1 <= f <= 0xFFFF for f in formats)):
         return None
     return doc
 

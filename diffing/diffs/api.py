@@ -62,6 +62,10 @@ class DiffConfig:
     # default: a full fine-tune on three FSDD speakers tested on the fourth scored 65.6% with it and 45.2%
     # without (docs/BENCHMARKS.md, "Real speakers"); every batch augmented is too strong for ~600 clips.
     room_augment: bool = False
+    # Size (and write) the bundle in format version 3, its manifest compressed: about 1.3 KB more room for
+    # entries at the same budget (at 1% of the shipped model's bytes, 13% more payload). Only agents that read
+    # version 3 take it: check `ota fleet status` (bundle formats) before publishing one.
+    compact: bool = False
     seed: int = 0
     threads: int = 0  # torch threads; 0: the cores other work leaves free (diffing.threads)
     config_version: int = DIFF_CONFIG_VERSION

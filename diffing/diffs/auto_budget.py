@@ -73,7 +73,7 @@ def learn_auto_budget(deployed: DeviceModel, train_manifest: str | Path, config:
             diff = learn_diff(deployed, train_path, replace(config, budget=limit), replay_manifest=replay_manifest,
                               log=log)
             wer = evaluate(Int8Runtime(apply_diff(deployed, diff)).transcribe, dev).wer
-            results.append(Rung(label, limit, serialized_bytes(diff, deployed), wer, diff))
+            results.append(Rung(label, limit, serialized_bytes(diff, deployed, config.compact), wer, diff))
             log(f"learned at {label}: {results[-1].bytes} bytes, dev WER {100 * wer:.1f}%")
     best = min(r.dev_wer for r in results)
     chosen = next(r for r in results if 100 * (r.dev_wer - best) <= max_gap)

@@ -64,7 +64,7 @@ class ChannelLayout:
         return ChannelDeltas.pack(deployed, {n: (self.exps[n], torch.clamp(torch.round(v), -QMAX, QMAX)
                                                  .to(torch.int8).numpy()) for n, v in self.values.items()})
 
-    def reserve_bytes(self, deployed: DeviceModel) -> int:
+    def reserve_bytes(self, deployed: DeviceModel, compact: bool = False) -> int:
         """Bytes the channels section adds to a bundle, for codes of the typical spread."""
         rng = np.random.default_rng(0)
         codes = {n: (self.exps[n], np.clip(np.round(rng.normal(0, CODE_STD, c)), -QMAX, QMAX))
@@ -73,7 +73,7 @@ class ChannelLayout:
 
         def size(channels: ChannelDeltas | None) -> int:
             return serialized_bytes(Diff("probe", deployed.model_id, deployed.version, deployed.version + 1, h, h, {},
-                                         0, {}, channels), deployed)
+                                         0, {}, channels), deployed, compact)
 
         return size(ChannelDeltas.pack(deployed, codes)) - size(None)
 
@@ -94,12 +94,12 @@ def channel_layout(deployed: DeviceModel, cfg: DiffConfig) -> ChannelLayout | No
                                                               cfg.bias_step_exp)
 
 
-def trimmed_to_budget(deployed: DeviceModel, diff: Diff, budget: int) -> Diff:
+def trimmed_to_budget(deployed: DeviceModel, diff: Diff, budget: int, compact: bool = False) -> Diff:
     """Drop the smallest channel codes until the bundle fits `budget` bytes (DiffError if the rest alone
     does not fit)."""
     sizes = [c for _, _, c in channel_tensors(deployed)]
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    while diff.channels is not None and (size := serialized_bytes(diff, deployed)) > budget:
+    while diff.channels is not None and (size := serialized_bytes(diff, deployed, compact)) > budget:
         codes = diff.channels.codes.copy()
         nonzero = np.flatnonzero(codes)
         if nonzero.size == 0:
@@ -138,6 +138,6 @@ def learn_channels(deployed: DeviceModel, train_manifest: str | Path, cfg: Chann
     layout.attach(twin)
     fit(twin, layout.parameters(), adapt, replay, cfg, log=log)
     diff = finish_diff(deployed, "channel", {}, target_version, channels=layout.deltas(deployed))
-    diff = trimmed_to_budget(deployed, diff, cfg.budget)
+    diff = trimmed_to_budget(deployed, diff, cfg.budget, cfg.compact)
     log(f"channel diff: {diff.nonzero_entries()} channels changed")
     return diff

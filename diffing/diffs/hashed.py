@@ -37,10 +37,10 @@ MAX_ATTEMPTS = 4
 SHRINK_MARGIN = 0.97
 
 
-def total_buckets(deployed: DeviceModel, budget: int) -> int:
+def total_buckets(deployed: DeviceModel, budget: int, compact: bool = False) -> int:
     """Buckets that fit `budget` bytes, measured (a bucket compresses to under a byte) and sized for
     the wide end of trained spreads, since an all-hashed diff cannot be trimmed after training."""
-    return hashed_buckets_for_bytes(deployed, budget, spread_with_sharing=True)
+    return hashed_buckets_for_bytes(deployed, budget, spread_with_sharing=True, compact=compact)
 
 
 def bucket_counts(deployed: DeviceModel, buckets: int) -> dict[str, int]:
@@ -54,15 +54,15 @@ def learn_hashed(deployed: DeviceModel, train_manifest: str | Path, cfg: HashedD
                  log: Callable[[str], None]) -> Diff:
     assert isinstance(cfg.budget, int), "learn_diff resolves the budget to bytes"
     channels = channel_layout(deployed, cfg)
-    reserve = channels.reserve_bytes(deployed) if channels is not None else 0
-    buckets = total_buckets(deployed, cfg.budget - reserve)  # first: an unreachable budget fails before any work
+    reserve = channels.reserve_bytes(deployed, cfg.compact) if channels is not None else 0
+    buckets = total_buckets(deployed, cfg.budget - reserve, cfg.compact)  # first: an unreachable budget fails before any work
     adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
     # (buckets, bytes) of each attempt; the floor is one zero bucket per matrix
-    tried = [(len([w for w in deployed.weights.values() if w.nnz]), min_hashed_bytes(deployed))]
+    tried = [(len([w for w in deployed.weights.values() if w.nnz]), min_hashed_bytes(deployed, compact=cfg.compact))]
     for _ in range(MAX_ATTEMPTS):
         diff = _train(deployed, bucket_counts(deployed, buckets), adapt, replay, cfg, target_version, log,
                       channel_layout(deployed, cfg))
-        if (size := serialized_bytes(diff, deployed)) <= cfg.budget:
+        if (size := serialized_bytes(diff, deployed, cfg.compact)) <= cfg.budget:
             return diff
         tried.append((buckets, size))
         buckets = _buckets_for(cfg.budget * SHRINK_MARGIN, tried[-2], tried[-1])

@@ -40,23 +40,23 @@ def hashed_value_std(entries_per_bucket: float) -> float:
     return HASHED_STD * (entries_per_bucket / HASHED_STD_AT) ** HASHED_STD_SLOPE * HASHED_STD_HEADROOM
 
 
-def serialized_bytes(diff: Diff, base: DeviceModel) -> int:
-    """Bytes of the bundle that would ship `diff`."""
+def serialized_bytes(diff: Diff, base: DeviceModel, compact: bool = False) -> int:
+    """Bytes of the bundle that would ship `diff` (`compact`: format version 3, manifest compressed)."""
     from packager.bundle import encode_diff_bundle  # server side: the packager is available
 
-    return len(encode_diff_bundle(diff, base))
+    return len(encode_diff_bundle(diff, base, compact=compact))
 
 
-def _encoded_size(deployed: DeviceModel, deltas: dict[str, TensorDelta], seed: int = 0) -> int:
+def _encoded_size(deployed: DeviceModel, deltas: dict[str, TensorDelta], compact: bool, seed: int = 0) -> int:
     h = deployed.content_hash()
     return serialized_bytes(Diff("probe", deployed.model_id, deployed.version, deployed.version + 1, h, h, deltas, seed),
-                            deployed)
+                            deployed, compact)
 
 
-def check_budget_reachable(deployed: DeviceModel, budget_bytes: int) -> None:
+def check_budget_reachable(deployed: DeviceModel, budget_bytes: int, compact: bool = False) -> None:
     """ConfigError, before any training, if a bundle of one changed entry already exceeds the budget."""
     name = next(iter(deployed.weights))
-    smallest = _encoded_size(deployed, {name: SparseDelta(np.array([0]), np.array([1], dtype=np.int8))})
+    smallest = _encoded_size(deployed, {name: SparseDelta(np.array([0]), np.array([1], dtype=np.int8))}, compact)
     if smallest > budget_bytes:
         raise ConfigError(f"a budget of {budget_bytes} bytes cannot be met: a diff bundle for this model takes "
                           f"{smallest} bytes with a single changed entry (manifest, hashes, signatures' inputs)")
@@ -73,10 +73,11 @@ def _fixed_point(budget_bytes: int, limit: int, size_of: Callable[[int], tuple[i
     return max(1, min(limit, int(budget_bytes / per_entry)))
 
 
-def sparse_entries_for_bytes(deployed: DeviceModel, budget_bytes: int, value_step: int = 1) -> int:
+def sparse_entries_for_bytes(deployed: DeviceModel, budget_bytes: int, value_step: int = 1,
+                             compact: bool = False) -> int:
     """Entries of a sparse diff (uniform positions over all matrices) that fit `budget_bytes`, with
     values on multiples of `value_step`."""
-    check_budget_reachable(deployed, budget_bytes)
+    check_budget_reachable(deployed, budget_bytes, compact)
     rng = np.random.default_rng(0)
     names = list(deployed.weights)
     sizes = np.array([deployed.weights[n].q.size for n in names])
@@ -88,7 +89,7 @@ def sparse_entries_for_bytes(deployed: DeviceModel, budget_bytes: int, value_ste
                 positions = np.sort(rng.choice(size, size=min(count, size), replace=False))
                 steps = _typical_values(rng, positions.size, SPARSE_STD / value_step, nonzero=True).astype(np.int16)
                 deltas[name] = SparseDelta(positions, np.clip(steps * value_step, -QMAX, QMAX).astype(np.int8))
-        return _encoded_size(deployed, deltas), sum(d.values.size for d in deltas.values())
+        return _encoded_size(deployed, deltas, compact), sum(d.values.size for d in deltas.values())
 
     return _fixed_point(budget_bytes, int(sizes.sum()), size_of)
 
@@ -111,18 +112,18 @@ def split_buckets(nnz: dict[str, int], buckets: int) -> dict[str, int]:
     return {n: max(1, min(c, int(buckets * c / total))) for n, c in nnz.items() if c}
 
 
-def min_hashed_bytes(deployed: DeviceModel, names: Collection[str] | None = None) -> int:
+def min_hashed_bytes(deployed: DeviceModel, names: Collection[str] | None = None, compact: bool = False) -> int:
     """A hashed diff always covers every matrix (or every one of `names`): one bucket each is its floor."""
     return _encoded_size(deployed, {n: HashedDelta(1, np.zeros(1, dtype=np.int8)) for n, w in deployed.weights.items()
-                                    if w.nnz and (names is None or n in names)})
+                                    if w.nnz and (names is None or n in names)}, compact)
 
 
 def hashed_buckets_for_bytes(deployed: DeviceModel, budget_bytes: int, names: Collection[str] | None = None, *,
-                             spread_with_sharing: bool = False) -> int:
+                             spread_with_sharing: bool = False, compact: bool = False) -> int:
     """Total buckets of a hashed diff over all matrices (or `names`), split by nonzero count, that fit
     `budget_bytes`. Bucket values are assumed to spread like HASHED_STD, or, with `spread_with_sharing`,
     like `hashed_value_std` of the entries per bucket (for diffs that cannot be trimmed after training)."""
-    check_budget_reachable(deployed, budget_bytes)
+    check_budget_reachable(deployed, budget_bytes, compact)
     rng = np.random.default_rng(0)
     nnz = {n: w.nnz for n, w in deployed.weights.items() if w.nnz and (names is None or n in names)}
     total = sum(nnz.values())
@@ -132,9 +133,9 @@ def hashed_buckets_for_bytes(deployed: DeviceModel, budget_bytes: int, names: Co
         std = hashed_value_std(total / k) if spread_with_sharing else HASHED_STD
         deltas: dict[str, TensorDelta] = {n: HashedDelta(b, _typical_values(rng, b, std, nonzero=False))
                                           for n, b in counts.items()}
-        return _encoded_size(deployed, deltas), sum(counts.values())
+        return _encoded_size(deployed, deltas, compact), sum(counts.values())
 
-    smallest = min_hashed_bytes(deployed, nnz)
+    smallest = min_hashed_bytes(deployed, nnz, compact)
     if smallest > budget_bytes:
         raise ConfigError(f"a budget of {budget_bytes} bytes cannot be met by a hashed diff: one bucket for each of "
                           f"its {len(nnz)} matrices already takes {smallest} bytes")

@@ -96,7 +96,7 @@ class HybridDiffConfig(SparseMaskDiffConfig):
 
 def diff_within_budget(deployed: DeviceModel, method: str, dense: dict[str, np.ndarray], budget: int,
                        target_version: int, fixed: dict[str, HashedDelta] | None = None, seed: int = 0,
-                       channels: ChannelDeltas | None = None) -> Diff:
+                       channels: ChannelDeltas | None = None, compact: bool = False) -> Diff:
     """Integer deltas (plus `fixed` hashed deltas and channel deltas) -> Diff; drop the smallest sparse
     entries until the bundle fits `budget` bytes."""
     fixed = fixed or {}
@@ -106,7 +106,7 @@ def diff_within_budget(deployed: DeviceModel, method: str, dense: dict[str, np.n
                            seed=seed, channels=channels)
 
     diff = make(dense)
-    while (size := serialized_bytes(diff, deployed)) > budget:
+    while (size := serialized_bytes(diff, deployed, compact)) > budget:
         entries = sum(int(np.count_nonzero(d)) for d in dense.values())
         if entries == 0:
             raise DiffError(f"the hashed and channel parts alone take {size} bytes, over the {budget}-byte budget")
@@ -121,9 +121,9 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
                       log: Callable[[str], None]) -> Diff:
     assert isinstance(cfg.budget, int), "learn_diff resolves the budget to bytes"
     channels = channel_layout(deployed, cfg)
-    reserve = channels.reserve_bytes(deployed) if channels is not None else 0
+    reserve = channels.reserve_bytes(deployed, cfg.compact) if channels is not None else 0
     hashed, sparse_budget = _hashed_part(deployed, cfg, cfg.budget - reserve)  # first: fails before any work
-    k_final = sparse_entries_for_bytes(deployed, sparse_budget, cfg.value_step)
+    k_final = sparse_entries_for_bytes(deployed, sparse_budget, cfg.value_step, cfg.compact)
     sparse_names = [n for n in deployed.weights if n not in hashed.counts]
     total_entries = sum(deployed.weights[n].q.size for n in sparse_names)
     k_sched = min(total_entries, int(k_final * OVERSHOOT))
@@ -170,7 +170,7 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
             parts = split_flat(dense, shapes)
             return serialized_bytes(finish_diff(deployed, method, {**sparse_deltas_from_dense(deployed, parts),
                                                                    **hashed_now}, target_version,
-                                                seed=seed, channels=channels_now), deployed)
+                                                seed=seed, channels=channels_now), deployed, cfg.compact)
 
         return largest_prefix_within(int(FILL * cfg.budget), limit, size_of)
 
@@ -204,7 +204,7 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     with torch.no_grad():
         dense = {n: to_steps(deltas[n] * masks[n]).to(torch.int16).numpy() for n in deltas}
     diff = diff_within_budget(deployed, method, dense, cfg.budget, target_version, hashed.deltas(), seed,
-                              channels.deltas(deployed) if channels is not None else None)
+                              channels.deltas(deployed) if channels is not None else None, cfg.compact)
     log(f"{method} diff: {diff.nonzero_entries()} entries and buckets")
     return diff
 
@@ -225,11 +225,12 @@ def _hashed_part(deployed: DeviceModel, cfg: SparseMaskDiffConfig, budget: int) 
     if not names:
         raise ConfigError(f"no weight matrix with nonzero entries matches hashed_prefixes {cfg.hashed_prefixes}; "
                           f"matrices: {sorted(deployed.weights)}")
-    floor = min_hashed_bytes(deployed, names)
+    floor = min_hashed_bytes(deployed, names, cfg.compact)
     if floor >= budget:
         raise ConfigError(f"a budget of {budget} bytes cannot be met: the bundle with one bucket for each "
                           f"of the {len(names)} hashed matrices already takes {floor} bytes")
     hashed_bytes = int(cfg.hashed_share * (budget - floor))
-    buckets, rest = hashed_buckets_for_bytes(deployed, floor + hashed_bytes, names), budget - hashed_bytes
+    buckets, rest = hashed_buckets_for_bytes(deployed, floor + hashed_bytes, names, compact=cfg.compact), \
+        budget - hashed_bytes
     counts = split_buckets({n: deployed.weights[n].nnz for n in names}, buckets)
     return HashedLayout(deployed, counts, cfg.hash_seed), rest
