@@ -40,7 +40,8 @@ from bench.fuzz_common import error_outcome, interesting, main, rle_frame, run_c
 from device_agent.device_model import DeviceModel, canonical_json  # noqa: E402
 from device_agent.diff import Diff, HashedDelta, SparseDelta, apply_diff  # noqa: E402
 from device_agent.model_format import encode_model  # noqa: E402
-from device_agent.bundle import COMPACT_FORMAT, MAGIC, MAX_MANIFEST_BYTES, PREAMBLE, apply_bundle, read_bundle  # noqa: E402
+from device_agent.bundle import (COMPACT_FORMAT, MAGIC, MAX_MANIFEST_BYTES, PREAMBLE, apply_bundle,  # noqa: E402
+                                 read_bundle)
 from packager.bundle import encode_diff_bundle, encode_full_bundle  # noqa: E402
 from tests.tiny import tiny_device_model  # noqa: E402
 

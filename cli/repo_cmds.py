@@ -106,10 +106,9 @@ def build(to_path: Path, from_path: Path | None, compact: bool, out_path: Path) 
     """
     from device_agent.atomic import write_atomic
     from device_agent.model_format import encode_model, load_model
+    from device_agent.errors import ConfigError
     from packager.bundle import encode_diff_bundle, encode_full_bundle
     from packager.exact_diff import exact_diff
-
-    from device_agent.errors import ConfigError
 
     if compact and from_path is None:
         raise ConfigError("--compact writes diff bundles in format 3; give --from (full bundles are always format 1)")

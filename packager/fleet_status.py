@@ -212,8 +212,9 @@ def fleet_summary(store, model_id: str | None = None, *, now: datetime | None = 
     failing = []
     reasons: Counter = Counter()
     for b in beats:
-        versions.setdefault(f"{b['model_id']}/{b['channel']}", Counter())[str(b.get("version"))] += 1
-        formats.setdefault(f"{b['model_id']}/{b['channel']}", Counter())[str(max(bundle_formats(b), default=0))] += 1
+        channel = f"{b['model_id']}/{b['channel']}"
+        versions.setdefault(channel, Counter())[str(b.get("version"))] += 1
+        formats.setdefault(channel, Counter())[str(max(bundle_formats(b), default=0))] += 1
         if b["consecutive_failures"] > 0:
             reason = b.get("reason") or "other error"
             if reason != "metadata expired" and _expired(b, now):

@@ -27,7 +27,8 @@ WORDS = "zero one two three four five six seven eight nine".split()
 def _plan(folder: Path, beta_data: str) -> Path:
     plan = {"defaults": {"method": "sparse", "budget": "20%", "data": "adapt.jsonl", "epochs": 1},
             "diffs": [{"channel": "stable", "base": "stable.otam"},
-                      {"channel": "beta", "base": "beta.otam", "method": "hashed", "budget": "40%", "data": beta_data}]}
+                      {"channel": "beta", "base": "beta.otam", "method": "hashed", "budget": "40%", "data": beta_data,
+                       "compact": True}]}
     path = folder / "release.json"
     path.write_text(json.dumps(plan))
     return path
@@ -62,7 +63,9 @@ def test_one_diff_per_channel_learned_in_parallel_and_published_together(s3_stor
         assert state.current_version == 2 and any(e.from_version == 1 for e in state.edges)
         bundle = decode_bundle((tmp_path / "release" / f"{channel}-from-v1.otab").read_bytes())
         assert apply_bundle(bundle, model).version == 2  # each diff applies to its own channel's model only
-    assert decode_bundle((tmp_path / "release" / "beta-from-v1.otab").read_bytes()).method == "hashed"
+    beta = decode_bundle((tmp_path / "release" / "beta-from-v1.otab").read_bytes())
+    assert beta.method == "hashed" and beta.format_version == 3  # "compact": no device says it cannot read it
+    assert decode_bundle((tmp_path / "release" / "stable-from-v1.otab").read_bytes()).format_version == 1
 
 
 def test_bad_plans_are_refused_before_any_work(tmp_path: Path) -> None:
@@ -70,6 +73,8 @@ def test_bad_plans_are_refused_before_any_work(tmp_path: Path) -> None:
     cases = {"no diffs": {"diffs": []},
              "unknown key": {"diffs": [{"channel": "stable", "base": "m.otam", "data": "a.jsonl", "gpu": 1}]},
              "missing data": {"diffs": [{"channel": "stable", "base": "m.otam"}]},
+             "compact not a flag": {"diffs": [{"channel": "stable", "base": "m.otam", "data": "a.jsonl",
+                                               "compact": "yes"}]},
              "channel twice": {"defaults": {"data": "a.jsonl"}, "diffs": [{"channel": "stable", "base": "m.otam"},
                                                                           {"channel": "stable", "base": "m.otam"}]}}
     for plan in cases.values():

@@ -55,7 +55,8 @@ def learn_hashed(deployed: DeviceModel, train_manifest: str | Path, cfg: HashedD
     assert isinstance(cfg.budget, int), "learn_diff resolves the budget to bytes"
     channels = channel_layout(deployed, cfg)
     reserve = channels.reserve_bytes(deployed, cfg.compact) if channels is not None else 0
-    buckets = total_buckets(deployed, cfg.budget - reserve, cfg.compact)  # first: an unreachable budget fails before any work
+    # first: an unreachable budget fails before any work
+    buckets = total_buckets(deployed, cfg.budget - reserve, cfg.compact)
     adapt, replay = load_adaptation_data(deployed, train_manifest, replay_manifest, progress)
     # (buckets, bytes) of each attempt; the floor is one zero bucket per matrix
     tried = [(len([w for w in deployed.weights.values() if w.nnz]), min_hashed_bytes(deployed, compact=cfg.compact))]
