@@ -263,13 +263,14 @@ def test_a_channel_share_keeps_only_the_codes_that_fit_it(tmp_path: Path) -> Non
     base = tiny_device_model()
     manifest = write_manifest(tmp_path / "adapt.jsonl", utts)
     counts = {}
-    for share in (0.0, 0.1):
+    for share in (0.0, 0.1, 0.001):
         diff = learn_diff(base, manifest, HybridDiffConfig(budget="3000B", epochs=2, replay_ratio=0.0,
                                                            channels="both", channel_share=share))
         data = encode_diff_bundle(diff, base)
         assert len(data) <= 3000
         assert apply_bundle(decode_bundle(data), base).content_hash() == diff.target_hash
-        counts[share] = int(np.count_nonzero(diff.channels.codes))
+        counts[share] = 0 if diff.channels is None else int(np.count_nonzero(diff.channels.codes))
     assert 0 < counts[0.1] < counts[0.0]
+    assert counts[0.001] == 0  # 3 bytes hold no code: the bundle has no channels section at all
     with pytest.raises(ConfigError, match="channel_share"):
         HybridDiffConfig(channel_share=0.1)  # without channels

@@ -67,6 +67,11 @@ class ChannelLayout:
         return ChannelDeltas.pack(deployed, {n: (self.exps[n], torch.clamp(torch.round(v * masks[n]), -QMAX, QMAX)
                                                  .to(torch.int8).numpy()) for n, v in self.values.items()})
 
+    def shipped(self, deployed: DeviceModel) -> ChannelDeltas | None:
+        """The channels section a bundle gets: none once no code is left."""
+        deltas = self.deltas(deployed)
+        return deltas if np.any(deltas.codes) else None
+
     @torch.no_grad()
     def keep_within(self, deployed: DeviceModel, limit: int, scores: dict[str, torch.Tensor], compact: bool) -> int:
         """Keep only the codes with the highest `scores` whose channels section adds at most `limit` bytes to a
@@ -81,8 +86,11 @@ class ChannelLayout:
             chosen[order[:k]] = True
             return {n: m & c for (n, m), c in zip(self.masks.items(), chosen.split(sizes))}
 
-        k = largest_prefix_within(limit, int((flat > 0).sum()) or 1,
-                                  lambda k: _section_bytes(deployed, self.deltas(deployed, top(k)), compact))
+        def added_bytes(k: int) -> int:
+            return _section_bytes(deployed, self.deltas(deployed, top(k)), compact)
+
+        candidates = int((flat > 0).sum())
+        k = largest_prefix_within(limit, candidates, added_bytes) if candidates and added_bytes(1) <= limit else 0
         self.masks = top(k)
         for n, v in self.values.items():
             v.mul_(self.masks[n])

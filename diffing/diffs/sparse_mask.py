@@ -173,7 +173,7 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
         # an entry that rounds to 0 now still costs a position once it moves: count it as one step
         values = np.where(flat[order] == 0, step, flat[order])
         hashed_now = hashed.deltas()  # fixed while the bisection probes sizes
-        channels_now = channels.deltas(deployed) if channels is not None else None
+        channels_now = channels.shipped(deployed) if channels is not None else None
 
         def size_of(k: int) -> int:
             dense = np.zeros(flat.size, dtype=np.int16)
@@ -219,7 +219,7 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     with torch.no_grad():
         dense = {n: to_steps(deltas[n] * masks[n]).to(torch.int16).numpy() for n in deltas}
     diff = diff_within_budget(deployed, method, dense, cfg.budget, target_version, hashed.deltas(), seed,
-                              channels.deltas(deployed) if channels is not None else None, cfg.compact)
+                              channels.shipped(deployed) if channels is not None else None, cfg.compact)
     log(f"{method} diff: {diff.nonzero_entries()} entries and buckets")
     return diff
 
