@@ -14,7 +14,7 @@ from bench.fuzz_bundle import split
 from cli.main import cli
 from device_agent.device_model import DeviceModel, canonical_json
 from device_agent.diff import ChannelDeltas, Diff, HashedDelta, SparseDelta, apply_diff, channel_tensors
-from device_agent.errors import BundleError, ConfigError, DiffError
+from device_agent.errors import BundleError, DiffError
 from device_agent.model_format import save_model
 from device_agent.bundle import PREAMBLE, apply_bundle, decode_bundle, verify_bundle_for_model
 from packager.bundle import encode_diff_bundle
@@ -250,27 +250,3 @@ def test_hashed_buckets_and_bias_codes_train_together_within_budget(manifest: Pa
     data = encode_diff_bundle(diff, base)
     assert len(data) <= 3000
     assert apply_bundle(decode_bundle(data), base).content_hash() == diff.target_hash
-
-
-def test_a_channel_share_keeps_only_the_codes_that_fit_it(tmp_path: Path) -> None:
-    """`channel_share`: the hybrid's channel codes pruned by OBD to a share of the budget, the bundle still exact."""
-    from device_agent.manifest import Utterance, write_manifest
-    from diffing.diffs import HybridDiffConfig, learn_diff
-
-    fsdd = Path(__file__).resolve().parent / "data" / "fsdd" / "recordings"
-    words = "zero one two three four five six seven eight nine".split()
-    utts = [Utterance(p, words[int(p.name[0])], 0.5, "jackson") for p in sorted(fsdd.glob("*_jackson_[0-2].wav"))]
-    base = tiny_device_model()
-    manifest = write_manifest(tmp_path / "adapt.jsonl", utts)
-    counts = {}
-    for share in (0.0, 0.1, 0.001):
-        diff = learn_diff(base, manifest, HybridDiffConfig(budget="3000B", epochs=2, replay_ratio=0.0,
-                                                           channels="both", channel_share=share))
-        data = encode_diff_bundle(diff, base)
-        assert len(data) <= 3000
-        assert apply_bundle(decode_bundle(data), base).content_hash() == diff.target_hash
-        counts[share] = 0 if diff.channels is None else int(np.count_nonzero(diff.channels.codes))
-    assert 0 < counts[0.1] < counts[0.0]
-    assert counts[0.001] == 0  # 3 bytes hold no code: the bundle has no channels section at all
-    with pytest.raises(ConfigError, match="channel_share"):
-        HybridDiffConfig(channel_share=0.1)  # without channels

@@ -21,7 +21,7 @@ from device_agent.diff import ChannelDeltas, Diff, channel_tensors
 from device_agent.errors import ConfigError, DiffError
 from diffing.diffs.api import DiffConfig, register
 from diffing.diffs.int8_domain import Int8Twin, finish_diff, fit, load_adaptation_data, round_ste
-from diffing.diffs.sizing import largest_prefix_within, serialized_bytes
+from diffing.diffs.sizing import serialized_bytes
 from diffing.model import RNNT
 
 # Spread of trained codes assumed when reserving bytes for the channels section before training
@@ -37,11 +37,10 @@ class ChannelLayout:
         self.exps = {n: scale_step_exp if kind == "scale" else bias_step_exp for n, kind, _ in self.tensors}
         self.kinds = {n: kind for n, kind, _ in self.tensors}
         self.values = {n: torch.zeros(c, requires_grad=True) for n, _, c in self.tensors}
-        self.masks = {n: torch.ones(c, dtype=torch.bool) for n, _, c in self.tensors}  # codes still shipped
         self.model: RNNT | None = None
 
     def _codes(self, name: str) -> torch.Tensor:
-        return torch.clamp(round_ste(self.values[name] * self.masks[name]), -QMAX, QMAX) * 2.0 ** self.exps[name]
+        return torch.clamp(round_ste(self.values[name]), -QMAX, QMAX) * 2.0 ** self.exps[name]
 
     def scale_factor(self, name: str) -> torch.Tensor | None:
         return 1.0 + self._codes(name) if self.kinds.get(name) == "scale" else None
@@ -61,58 +60,22 @@ class ChannelLayout:
         return list(self.values.values())
 
     @torch.no_grad()
-    def deltas(self, deployed: DeviceModel, masks: dict[str, torch.Tensor] | None = None) -> ChannelDeltas:
-        """The codes as the device gets them (only those `masks`, default the kept ones, allow)."""
-        masks = masks or self.masks
-        return ChannelDeltas.pack(deployed, {n: (self.exps[n], torch.clamp(torch.round(v * masks[n]), -QMAX, QMAX)
+    def deltas(self, deployed: DeviceModel) -> ChannelDeltas:
+        return ChannelDeltas.pack(deployed, {n: (self.exps[n], torch.clamp(torch.round(v), -QMAX, QMAX)
                                                  .to(torch.int8).numpy()) for n, v in self.values.items()})
-
-    def shipped(self, deployed: DeviceModel) -> ChannelDeltas | None:
-        """The channels section a bundle gets: none once no code is left."""
-        deltas = self.deltas(deployed)
-        return deltas if np.any(deltas.codes) else None
-
-    @torch.no_grad()
-    def keep_within(self, deployed: DeviceModel, limit: int, scores: dict[str, torch.Tensor], compact: bool) -> int:
-        """Keep only the codes with the highest `scores` whose channels section adds at most `limit` bytes to a
-        bundle (the rest are zero from now on); returns how many are kept."""
-        names = list(self.values)
-        flat = torch.cat([(scores[n] * self.masks[n]).flatten() for n in names])
-        order = flat.argsort(descending=True)
-        sizes = [self.values[n].numel() for n in names]
-
-        def top(k: int) -> dict[str, torch.Tensor]:
-            chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-            chosen[order[:k]] = True
-            return {n: m & c for (n, m), c in zip(self.masks.items(), chosen.split(sizes))}
-
-        def added_bytes(k: int) -> int:
-            return _section_bytes(deployed, self.deltas(deployed, top(k)), compact)
-
-        candidates = int((flat > 0).sum())
-        k = largest_prefix_within(limit, candidates, added_bytes) if candidates and added_bytes(1) <= limit else 0
-        self.masks = top(k)
-        for n, v in self.values.items():
-            v.mul_(self.masks[n])
-        return k
 
     def reserve_bytes(self, deployed: DeviceModel, compact: bool = False) -> int:
         """Bytes the channels section adds to a bundle, for codes of the typical spread."""
         rng = np.random.default_rng(0)
         codes = {n: (self.exps[n], np.clip(np.round(rng.normal(0, CODE_STD, c)), -QMAX, QMAX))
                  for n, _, c in self.tensors}
-        return _section_bytes(deployed, ChannelDeltas.pack(deployed, codes), compact)
+        h = deployed.content_hash()
 
+        def size(channels: ChannelDeltas | None) -> int:
+            return serialized_bytes(Diff("probe", deployed.model_id, deployed.version, deployed.version + 1, h, h, {},
+                                         0, {}, channels), deployed, compact)
 
-def _section_bytes(deployed: DeviceModel, channels: ChannelDeltas, compact: bool) -> int:
-    """Bytes a channels section with these codes adds to a bundle."""
-    h = deployed.content_hash()
-
-    def size(section: ChannelDeltas | None) -> int:
-        return serialized_bytes(Diff("probe", deployed.model_id, deployed.version, deployed.version + 1, h, h, {},
-                                     0, {}, section), deployed, compact)
-
-    return size(channels) - size(None)
+        return size(ChannelDeltas.pack(deployed, codes)) - size(None)
 
 
 class _BiasOffset(torch.nn.Module):

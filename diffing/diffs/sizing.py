@@ -47,7 +47,7 @@ def serialized_bytes(diff: Diff, base: DeviceModel, compact: bool = False) -> in
     return len(encode_diff_bundle(diff, base, compact=compact))
 
 
-def _encoded_size(deployed: DeviceModel, deltas: dict[str, TensorDelta], compact: bool, seed: int = 0) -> int:
+def _encoded_size(deployed: DeviceModel, deltas: dict[str, TensorDelta], compact: bool = False, seed: int = 0) -> int:
     h = deployed.content_hash()
     return serialized_bytes(Diff("probe", deployed.model_id, deployed.version, deployed.version + 1, h, h, deltas, seed),
                             deployed, compact)

@@ -57,15 +57,9 @@ class SparseMaskDiffConfig(DiffConfig):
     # Entries' values are trained as multiples of this step (straight-through rounding to it): the
     # bundle's zstd stage then codes each value in fewer bits and the same bytes carry more entries.
     value_step: int = 1
-    # With channels: only the codes whose loss would rise most without them (OBD, as entries) within this
-    # share of the budget, chosen when the entries are; 0 ships every code (a section of ~10 KB, trained).
-    channel_share: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.channel_share < 1 or (self.channel_share and self.channels == "none"):
-            raise ConfigError(f"channel_share must be in [0, 1) and needs channels; got {self.channel_share} "
-                              f"with channels {self.channels!r}")
         if self.value_step not in (1, 2, 4, 8):
             raise ConfigError(f"value_step must be 1, 2, 4 or 8, got {self.value_step}")
         if not 0 <= self.prune_start <= self.prune_end <= 1:
@@ -127,8 +121,7 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
                       log: Callable[[str], None]) -> Diff:
     assert isinstance(cfg.budget, int), "learn_diff resolves the budget to bytes"
     channels = channel_layout(deployed, cfg)
-    reserve = 0 if channels is None else int(cfg.channel_share * cfg.budget) if cfg.channel_share \
-        else channels.reserve_bytes(deployed, cfg.compact)
+    reserve = channels.reserve_bytes(deployed, cfg.compact) if channels is not None else 0
     hashed, sparse_budget = _hashed_part(deployed, cfg, cfg.budget - reserve)  # first: fails before any work
     k_final = sparse_entries_for_bytes(deployed, sparse_budget, cfg.value_step, cfg.compact)
     sparse_names = [n for n in deployed.weights if n not in hashed.counts]
@@ -160,10 +153,6 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
             return state["exp_avg_sq"] * d * d
         return d.abs() * twin.scale[name]
 
-    def code_importance(v: torch.Tensor) -> torch.Tensor:
-        state = optimizer.state.get(v, {})
-        return state["exp_avg_sq"] * v * v if "exp_avg_sq" in state else v.abs()
-
     finalised: list[int] = []  # the byte-exact selection happens once, at prune_end
 
     def entries_within_bytes(scores: torch.Tensor, limit: int) -> int:
@@ -173,7 +162,7 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
         # an entry that rounds to 0 now still costs a position once it moves: count it as one step
         values = np.where(flat[order] == 0, step, flat[order])
         hashed_now = hashed.deltas()  # fixed while the bisection probes sizes
-        channels_now = channels.shipped(deployed) if channels is not None else None
+        channels_now = channels.deltas(deployed) if channels is not None else None
 
         def size_of(k: int) -> int:
             dense = np.zeros(flat.size, dtype=np.int16)
@@ -200,10 +189,6 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
             return
         # 2) global top-k by the chosen importance score
         scores = torch.cat([importance(n).flatten() for n in deltas])
-        if select_by_bytes and channels is not None and cfg.channel_share:
-            kept = channels.keep_within(deployed, reserve, {n: code_importance(v) for n, v in channels.values.items()},
-                                        cfg.compact)
-            log(f"channel codes: kept {kept} within {reserve} bytes")
         if select_by_bytes:
             keep = entries_within_bytes(scores, min(keep, int((scores > 0).sum())))
             finalised.append(keep)
@@ -219,7 +204,7 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     with torch.no_grad():
         dense = {n: to_steps(deltas[n] * masks[n]).to(torch.int16).numpy() for n in deltas}
     diff = diff_within_budget(deployed, method, dense, cfg.budget, target_version, hashed.deltas(), seed,
-                              channels.shipped(deployed) if channels is not None else None, cfg.compact)
+                              channels.deltas(deployed) if channels is not None else None, cfg.compact)
     log(f"{method} diff: {diff.nonzero_entries()} entries and buckets")
     return diff
 
