@@ -16,8 +16,9 @@ from typing import Callable
 
 import numpy as np
 import torch
+import xxhash
 
-from device_agent.device_model import DeviceModel
+from device_agent.device_model import QMAX, DeviceModel
 from device_agent.diff import ChannelDeltas, Diff, HashedDelta
 from device_agent.errors import ConfigError, DiffError
 from diffing.compression import cubic_schedule
@@ -57,6 +58,11 @@ class SparseMaskDiffConfig(DiffConfig):
     # Entries' values are trained as multiples of this step (straight-through rounding to it): the
     # bundle's zstd stage then codes each value in fewer bits and the same bytes carry more entries.
     value_step: int = 1
+    # Experimental, measuring only ("masks from a shipped seed"): at the final selection, replace the
+    # OBD mask by per-matrix positions drawn from a seeded RNG the device could replay, with as many
+    # entries as fill FILL x the budget when positions cost nothing; the returned diff keeps the real
+    # bundle format (positions included), so it is over budget: an upper bound, not a shippable diff.
+    seed_mask: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -174,11 +180,65 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
 
         return largest_prefix_within(int(FILL * cfg.budget), limit, size_of)
 
+    def build(values: dict[str, np.ndarray]) -> Diff:
+        return finish_diff(deployed, method, {**sparse_deltas_from_dense(deployed, values), **hashed.deltas()},
+                           target_version, seed=seed,
+                           channels=channels.deltas(deployed) if channels is not None else None)
+
+    dense_phase: dict[str, torch.Tensor] = {}  # seed_mask: the deltas when pruning starts
+
+    @torch.no_grad()
+    def seed_masks(obd_keep: dict[str, torch.Tensor]) -> int:
+        """seed_mask: per-matrix random positions, round(f x k_m) each, with the largest f whose bundle
+        without position bits fits FILL x the budget; masks and deltas set to them. -> entries kept."""
+        # deltas: current where the schedule kept them, else their values at the end of the dense phase
+        source = {n: torch.where(masks[n], deltas[n], dense_phase.get(n, deltas[n])) for n in deltas}
+        steps = {n: np.clip(to_steps(source[n]).flatten().numpy(), -QMAX, QMAX) for n in deltas}
+        steps = {n: np.where(v == 0, step, v).astype(np.int16) for n, v in steps.items()}
+        k_obd = {n: int(m.sum()) for n, m in obd_keep.items()}
+        obd_values = {n: np.where(obd_keep[n].flatten().numpy(), steps[n], 0).reshape(shapes[n]) for n in deltas}
+        obd_diff = build(obd_values)
+        fixed = _position_free_bytes(deployed, obd_diff, {})  # hashed part and manifest
+        perms = {n: np.random.default_rng(_seed_of(n, getattr(cfg, "hash_seed", 0))).permutation(steps[n].size)
+                 for n in deltas}
+
+        def positions(f: float) -> dict[str, np.ndarray]:
+            return {n: np.sort(perms[n][:min(steps[n].size, int(round(f * k)))]) for n, k in k_obd.items()}
+
+        def bytes_of(f: float) -> int:
+            return fixed + _values_only_bytes({n: steps[n][p] for n, p in positions(f).items()})
+
+        limit = int(FILL * cfg.budget)
+        lo, hi = 1.0, max(steps[n].size / k for n, k in k_obd.items() if k)
+        if bytes_of(hi) <= limit:
+            lo = hi
+        elif bytes_of(lo) > limit:
+            log(f"seed_mask: even f = 1 takes {bytes_of(lo)} bytes position-free, over {limit}; keeping f = 1")
+        else:
+            while hi - lo > 1e-3 * lo:
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if bytes_of(mid) <= limit else (lo, mid)
+        chosen = positions(lo)
+        for n, p in chosen.items():
+            keep_n = torch.zeros(steps[n].size, dtype=torch.bool)
+            keep_n[torch.from_numpy(p)] = True
+            masks[n] = keep_n.reshape(shapes[n])
+            deltas[n].copy_(source[n] * masks[n])
+        K = sum(p.size for p in chosen.values())
+        log(f"seed_mask: f = {lo:.4f}, K = {K} seeded entries (OBD k = {sum(k_obd.values())}; per matrix OBD / "
+            f"seeded: {', '.join(f'{n} {k_obd[n]}/{chosen[n].size}' for n in deltas)}), position-free bytes "
+            f"{bytes_of(lo)} of limit {limit} (OBD diff as selected: {serialized_bytes(obd_diff, deployed)} B)")
+        return K
+
     @torch.no_grad()
     def prune(step: int, total: int) -> None:
         # 1) scheduled density: 1 before prune_start, k_sched / total at prune_end (then the
         #    entries that encode within the byte budget)
         progress_frac = step / total
+        if cfg.seed_mask and finalised:
+            return  # the seeded mask stays as drawn
+        if cfg.seed_mask and progress_frac >= cfg.prune_start and not dense_phase:
+            dense_phase.update({n: d.detach().clone() for n, d in deltas.items()})
         if progress_frac < cfg.prune_start or (step % cfg.prune_every and progress_frac < cfg.prune_end):
             return
         span = max(1e-9, cfg.prune_end - cfg.prune_start)
@@ -194,6 +254,9 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
             finalised.append(keep)
         flat_keep = torch.zeros(scores.numel(), dtype=torch.bool)
         flat_keep[scores.topk(keep, sorted=False).indices] = True  # exactly `keep` entries
+        if select_by_bytes and cfg.seed_mask:
+            finalised[-1] = seed_masks(split_flat(flat_keep, shapes))
+            return
         for n, keep_n in split_flat(flat_keep, shapes).items():
             masks[n] &= keep_n
             deltas[n].mul_(masks[n])
@@ -203,6 +266,14 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
     # 3) integer deltas, trimmed until the byte budget is met
     with torch.no_grad():
         dense = {n: to_steps(deltas[n] * masks[n]).to(torch.int16).numpy() for n in deltas}
+    if cfg.seed_mask:  # no trimming: the real bundle carries positions and is over budget (a bound)
+        diff = build(dense)
+        seeded = {n: np.clip(dense[n].flatten()[masks[n].flatten().numpy()], -QMAX, QMAX) for n in deltas}
+        free = _position_free_bytes(deployed, diff, {n: np.where(v == 0, step, v) for n, v in seeded.items()})
+        log(f"seed_mask: {sum(v.size for v in seeded.values())} seeded entries "
+            f"({sum(int(np.count_nonzero(v)) for v in seeded.values())} nonzero); real bundle "
+            f"{serialized_bytes(diff, deployed)} B, position-free {free} B (budget {cfg.budget} B)")
+        return diff
     diff = diff_within_budget(deployed, method, dense, cfg.budget, target_version, hashed.deltas(), seed,
                               channels.deltas(deployed) if channels is not None else None)
     log(f"{method} diff: {diff.nonzero_entries()} entries and buckets")
@@ -210,6 +281,28 @@ def learn_sparse_mask(deployed: DeviceModel, train_manifest: str | Path, cfg: Sp
 
 
 register("hybrid", HybridDiffConfig)(learn_sparse_mask)
+
+
+def _seed_of(name: str, seed: int) -> int:
+    """The RNG seed of a matrix's seeded positions (seed_mask)."""
+    return xxhash.xxh64_intdigest(name.encode(), seed=seed)
+
+
+def _values_only_bytes(values: dict[str, np.ndarray]) -> int:
+    """Compressed bytes of each matrix's values alone (positions replayed from a seed)."""
+    from packager.bundle import compress_section
+
+    return sum(len(compress_section(v.astype(np.int8).tobytes())) for v in values.values() if v.size)
+
+
+def _position_free_bytes(deployed: DeviceModel, diff: Diff, values: dict[str, np.ndarray]) -> int:
+    """The bundle's bytes with its sparse sections replaced by `values` alone, compressed."""
+    from device_agent.diff import SparseDelta
+    from packager.bundle import _encode_sparse
+
+    stored = sum(len(_encode_sparse(d, deployed.weights[n].q.size)[2]) for n, d in diff.deltas.items()
+                 if isinstance(d, SparseDelta))
+    return serialized_bytes(diff, deployed) - stored + _values_only_bytes(values)
 
 
 def _hashed_part(deployed: DeviceModel, cfg: SparseMaskDiffConfig, budget: int) -> tuple[HashedLayout, int]:
