@@ -100,6 +100,8 @@ def test_hostile_heartbeats_and_reports_are_counted_not_fatal(file_store: FileSt
          "consecutive_failures": "many"}).encode())
     file_store.put("heartbeats/m/stable/point-3.json", json.dumps(
         {**json.loads(good), "device_id": "point-3", "version": "1.3"}).encode())
+    file_store.put("heartbeats/m/stable/formats.json", json.dumps(  # a publisher trusts this list: exact ints only
+        {**json.loads(good), "device_id": "formats", "bundle_formats": [3, "3", True]}).encode())
     report = {"format": 1, "device_id": "ok-1", "model_id": "m", "channel": "stable", "outcome": "committed",
               "from_version": 1, "to_version": 2, "wer_before": 0.2, "wer_after": 0.18}
     file_store.put("reports/m/stable/ok-1/a.json", json.dumps(report).encode())
@@ -114,7 +116,7 @@ def test_hostile_heartbeats_and_reports_are_counted_not_fatal(file_store: FileSt
     summary = fleet_summary(file_store)
     assert summary["devices"] == 1
     assert summary["ignored"] == {"malformed report": 3, "oversized report": 1,
-                                  "malformed heartbeat": 3, "oversized heartbeat": 1}
+                                  "malformed heartbeat": 4, "oversized heartbeat": 1}
     (row,) = summary["releases"]
     assert row["version"] == 2 and row["committed"] == 3 and row["wer_after"]["n"] == 2  # the "NaN" WER is dropped, the outcome kept
     out = CliRunner().invoke(cli, ["fleet", "status", "--store", file_store.url, "--json"])
@@ -126,7 +128,6 @@ def test_a_compact_bundle_ships_only_once_every_device_on_the_channel_reads_it(
         s3_store: S3Store, seaweed, tmp_path: Path) -> None:
     import numpy as np
 
-    from device_agent.agent.heartbeat import heartbeat_key
     from device_agent.diff import Diff, SparseDelta, apply_diff
     from packager.bundle import encode_diff_bundle
     from packager.publish import read_channel
