@@ -119,8 +119,10 @@ class ReportReader:
         return list(self.reports.values())
 
 
-def read_heartbeats(store, model_id: str | None, warnings: Warnings) -> list[dict[str, Any]]:
-    prefix = HEARTBEATS_PREFIX + (f"{model_id}/" if model_id else "")
+def read_heartbeats(store, model_id: str | None, warnings: Warnings,
+                    channel: str | None = None) -> list[dict[str, Any]]:
+    """Heartbeats of every device, or of one model's (and one channel's: with `model_id`) devices."""
+    prefix = HEARTBEATS_PREFIX + (f"{model_id}/" if model_id else "") + (f"{channel}/" if model_id and channel else "")
     beats = []
     for key, data in _fetch_all(store, [k for k in store.list(prefix) if k.endswith(".json")]):
         if data is None:
@@ -142,7 +144,8 @@ def bundle_formats(beat: dict[str, Any]) -> tuple[int, ...]:
 def devices_unable_to_read(store, model_id: str, channel: str, format_version: int) -> tuple[list[str], int]:
     """(ids of the devices on `channel` whose agents do not read bundle format `format_version`, devices
     on the channel), from their heartbeats. A device that never sent one is not known here."""
-    beats = [b for b in read_heartbeats(store, model_id, Warnings()) if b["channel"] == channel]
+    # only that channel's keys are fetched: a publish reads one channel's devices, not the whole fleet's
+    beats = [b for b in read_heartbeats(store, model_id, Warnings(), channel) if b["channel"] == channel]
     return sorted(b["device_id"] for b in beats if format_version not in bundle_formats(b)), len(beats)
 
 

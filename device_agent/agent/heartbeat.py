@@ -32,6 +32,7 @@ from device_agent.errors import (
     TrustError,
     WrongBaseError,
 )
+from device_agent.strict_header import is_int
 from device_agent.version import parse_version
 
 HEARTBEAT_FORMAT = 1
@@ -192,8 +193,8 @@ def parse_heartbeat(data: bytes) -> dict[str, Any] | None:
     except DataError:
         return None
     formats = doc.get("bundle_formats")  # absent: an agent from before heartbeats listed them
-    if formats is not None and (not isinstance(formats, list) or len(formats) > _MAX_FORMATS or not all(
-            isinstance(f, int) and not isinstance(f, bool) and 1 <= f <= 0xFFFF for f in formats)):
+    if formats is not None and (not isinstance(formats, list) or len(formats) > _MAX_FORMATS
+                                or not all(is_int(f, 1, 0xFFFF) for f in formats)):
         return None
     return doc
 
