@@ -12,8 +12,8 @@ semantics), canonical-form violations (64-bit-overflowing and overlong
 varints, skippable and concatenated zstd frames), maximal declared sizes
 (2^28-entry tensors whose 64 MiB sections compress to a few KB) and hostile
 compressed manifests (bombs, lying or missing sizes, extra frames). Structural
-mutations of the format-3 seed are shipped with their manifest compressed
-again, so every manifest lie also reaches the reader through a zstd frame. Each case
+mutations of the format-3 and format-4 (words) seeds are shipped with their
+manifest compressed again, so every manifest lie also reaches the reader through a zstd frame. Each case
 takes the device's path: `read_bundle` against the base model (full bundles:
 no model installed), then `apply_bundle`. A case passes if it raises a
 subclass of OtaError, or succeeds with the target hash verified.
@@ -27,7 +27,7 @@ import json
 import struct
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +40,8 @@ from bench.fuzz_common import error_outcome, interesting, main, rle_frame, run_c
 from device_agent.device_model import DeviceModel, canonical_json  # noqa: E402
 from device_agent.diff import Diff, HashedDelta, SparseDelta, apply_diff  # noqa: E402
 from device_agent.model_format import encode_model  # noqa: E402
-from device_agent.bundle import (COMPACT_FORMAT, MAGIC, MAX_MANIFEST_BYTES, PREAMBLE, apply_bundle,  # noqa: E402
-                                 read_bundle)
+from device_agent.bundle import (COMPACT_FORMAT, MAGIC, MAX_MANIFEST_BYTES, PREAMBLE, WORDS_FORMAT,  # noqa: E402
+                                 apply_bundle, read_bundle)
 from packager.bundle import encode_diff_bundle, encode_full_bundle  # noqa: E402
 from tests.tiny import tiny_device_model  # noqa: E402
 
@@ -55,7 +55,7 @@ class Seed:
     data: bytes
     base: DeviceModel | None  # what the bundle applies to (full bundles: nothing)
     target_hash: str
-    compact: bool = False  # format 3: the manifest is a zstd frame
+    compact: int = 0  # its format version (3, 4) if the manifest is a zstd frame
 
 
 def _finish(diff: Diff, base: DeviceModel) -> Diff:
@@ -86,7 +86,10 @@ def build_seeds(rng: np.random.Generator) -> list[Seed]:
         seeds.append(Seed(name, encode_diff_bundle(diff, base), base, diff.target_hash))
         if name == "mixed":
             seeds.append(Seed("mixed_compact", encode_diff_bundle(diff, base, compact=True), base, diff.target_hash,
-                              compact=True))
+                              compact=COMPACT_FORMAT))
+            worded = _finish(replace(diff, words=("grocery", "olive", "shampoo")), base)
+            seeds.append(Seed("mixed_words", encode_diff_bundle(worded, base), base, worded.target_hash,
+                              compact=WORDS_FORMAT))
     target = tiny_device_model(7)
     target.version = 2
     seeds.append(Seed("full", encode_full_bundle(encode_model(target), target), None, target.content_hash()))
@@ -116,11 +119,12 @@ def pack(manifest: dict, sections: list[bytes], *, fix: bool = True) -> bytes:
     return PREAMBLE.pack(MAGIC, 1, 0, len(body)) + body + b"".join(sections)
 
 
-def compact(data: bytes) -> bytes:
-    """A version-1 bundle (valid or not) with its manifest bytes, whatever they say, in a zstd frame: format 3."""
+def compact(data: bytes, version: int = COMPACT_FORMAT) -> bytes:
+    """A version-1 bundle (valid or not) with its manifest bytes, whatever they say, in a zstd frame: format 3
+    (or `version`, 4 for a bundle with words)."""
     _, _, _, n = PREAMBLE.unpack_from(data)
     frame = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(data[PREAMBLE.size:PREAMBLE.size + n])
-    return PREAMBLE.pack(MAGIC, COMPACT_FORMAT, 0, len(frame)) + frame + data[PREAMBLE.size + n:]
+    return PREAMBLE.pack(MAGIC, version, 0, len(frame)) + frame + data[PREAMBLE.size + n:]
 
 
 def with_manifest_text(data: bytes, body: bytes) -> bytes:
@@ -416,7 +420,7 @@ def m_compact_manifest(rng: np.random.Generator, s: Seed) -> bytes:
         good[:-int(rng.integers(1, 4))],  # truncated frame
     ]
     frame = frames[int(rng.integers(len(frames)))]
-    return PREAMBLE.pack(MAGIC, COMPACT_FORMAT, 0, len(frame)) + frame + b"".join(sections)
+    return PREAMBLE.pack(MAGIC, s.compact or COMPACT_FORMAT, 0, len(frame)) + frame + b"".join(sections)
 
 
 MUTATORS: dict[str, Callable[..., bytes]] = {
@@ -454,7 +458,7 @@ def mutate(cls: str, rng: np.random.Generator, s: Seed, seeds: Sequence[Seed]) -
     except (KeyError, IndexError, ValueError, zstandard.ZstdError):
         return m_bit_flip(rng, s)  # a mutator that does not fit this seed falls back to bit flips
     if s.compact and len(data) >= PREAMBLE.size and PREAMBLE.unpack_from(data)[1] == 1:
-        return compact(data)  # a structural lie, shipped the way this seed ships its manifest
+        return compact(data, s.compact)  # a structural lie, shipped the way this seed ships its manifest
     return data
 
 

@@ -23,7 +23,10 @@ update. This rebuilds chains from their cached diff bundles and scores each mode
     python bench/update_chain_dev.py [--split test_large] \
         bench/results/update_chain_distill1.partial.json:hybrid+teacher:0.03 ...
 
-Each argument is CACHE:METHOD:BUDGET; `full` chains are named CACHE:full:1.0. Chains
+Each argument is CACHE:METHOD:BUDGET; `full` chains are named CACHE:full:1.0. A METHOD ending in
+`+words` scores the cached chain with the word list a `"words": true` diff would add after each update
+(diffing.diffs.word_list, chosen by the model before it): `CACHE:full+words:1.0` is the full fine-tune
+that also ships word lists, the reference for diffs that do. Chains
 scored earlier stay in bench/results/update_chain_dev.json (`update_chain_test_large.json`;
 a chain scored again is replaced), so each can be scored as soon as it is done. The gap is
 WER minus that of the full fine-tune chain its cache holds (its own, or the one `--full-from`
@@ -34,7 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -45,6 +48,7 @@ from bench.update_chain import ORIGINAL_TEST, UPDATES, WORK, _load_diff, diff_di
 from device_agent.device_model import DeviceModel  # noqa: E402
 from device_agent.diff import apply_diff  # noqa: E402
 from device_agent.model_format import load_model  # noqa: E402
+from diffing.diffs.word_list import missed_words  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -69,23 +73,28 @@ def score_chain(base: DeviceModel, cache: Path, method: str, budget: float, spli
     under the keys SPLIT and original_SPLIT."""
     diff_dir = diff_dir_of(cache)
     records = json.loads(cache.read_text())
-    model = base
+    method, listing = method.removesuffix("+words"), method.endswith("+words")
+    model, words = base, ()
     if records["_setup"]["base_hash"] != model.content_hash():
         raise SystemExit(f"{cache}: chains of another base model than {SHIPPED_MODEL}")
     scoring, wers = SPLITS[split], {}
-    for name, _, _ in UPDATES:
+    for name, adapt, _ in UPDATES:
         key = f"{method}/{budget}/{name}"
         if key not in records:
             raise SystemExit(f"{cache}: no {key} yet; run the chain first")
+        if listing:  # chosen by the model the device runs before this update, its list included
+            words += missed_words(replace(model, tokenizer=model.tokenizer.with_words(words)), adapt)
         model = apply_diff(model, _load_diff(diff_dir, key))
         if model.content_hash() != records[key]["target_hash"]:
             raise SystemExit(f"{cache}: {key} does not rebuild the recorded model")
+        listed = replace(model, tokenizer=model.tokenizer.with_words(words))
         if name in scoring.sets:
-            wers[name] = wer_on(model, scoring.sets[name], scoring.limit)
+            wers[name] = wer_on(listed, scoring.sets[name], scoring.limit)
     last_full = records.get(f"full/1.0/{UPDATES[-1][0]}", {})
-    return {"cache": str(cache), "config": records["_setup"].get("config", {}), "method": method, "budget": budget,
+    return {"cache": str(cache), "config": records["_setup"].get("config", {}),
+            "method": method + "+words" * listing, "budget": budget,
             "full_hash": last_full.get("target_hash"), split: wers,
-            f"original_{split}": wer_on(model, scoring.original, scoring.original_limit)}
+            f"original_{split}": wer_on(listed, scoring.original, scoring.original_limit)}
 
 
 def main() -> None:
@@ -113,19 +122,23 @@ def main() -> None:
         # the gap is to the full fine-tune chain learned on the same update sets (a cache's own or the one
         # its --full-from copied): chains of another synthesis of the data have another full fine-tune.
         # Records scored before full_hash existed keep the gaps they were written with.
-        full = next((f for f in results if f["method"] == "full" and f.get("full_hash") == r.get("full_hash")), None)
-        if full is not None and r.get("full_hash"):
-            gaps = {n: round(100 * (w - full[key][n]), 1) for n, w in r[key].items()}
-            r[f"gap_{key}"], r[f"mean_gap_{key}"] = gaps, round(sum(gaps.values()) / len(gaps), 1)
+        # Chains that ship word lists are also compared with the full fine-tune that ships them (_vs_words).
+        for reference, suffix in (("full", ""), ("full+words", "_vs_words")):
+            full = next((f for f in results if f["method"] == reference and f.get("full_hash") == r.get("full_hash")),
+                        None)
+            if full is not None and r.get("full_hash"):
+                gaps = {n: round(100 * (w - full[key][n]), 1) for n, w in r[key].items()}
+                r[f"gap_{key}{suffix}"], r[f"mean_gap_{key}{suffix}"] = gaps, round(sum(gaps.values()) / len(gaps), 1)
     write_results(split.results, {"model_hash": model_hash, "split": key,
                                   f"{key}_limit": split.limit, f"original_{key}_limit": split.original_limit,
                                   "chains": results})
     for r in results:
         config = "".join(f" {k}={v}" for k, v in sorted(r["config"].items()))
-        label = f"{r['method']} {r['budget']:g}{config if r['method'] != 'full' else ''}"
+        label = f"{r['method']} {r['budget']:g}{config if not r['method'].startswith('full') else ''}"
         gaps = ", ".join(f"{g:+.1f}" for g in r.get(f"gap_{key}", {}).values())
         wers = ", ".join(f"{100 * w:.1f}%" for w in r[key].values())
-        print(f"{r['cache']} {label}: {key} {wers}; gaps {gaps}; mean {r.get(f'mean_gap_{key}', float('nan')):+.1f}; "
+        print(f"{r['cache']} {label}: {key} {wers}; gaps {gaps}; mean {r.get(f'mean_gap_{key}', float('nan')):+.1f} "
+              f"(to the full fine-tune with word lists {r.get(f'mean_gap_{key}_vs_words', float('nan')):+.1f}); "
               f"original {100 * r[f'original_{key}']:.1f}%")
 
 

@@ -48,13 +48,17 @@ def diff() -> None:
 @click.option("--compact", is_flag=True,
               help="Write bundle format 3 (manifest compressed): about 1.3 KB more room for the diff at the same "
               "budget, but only agents that read format 3 take it; `ota fleet status` shows which do.")
+@click.option("--words", is_flag=True,
+              help="Add the words of --data that --base misses to the model's word list, which the device's decoder "
+              "favours; out of the same budget. Writes bundle format 4: only agents that read it take it.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads (default: the cores not busy with other work).")
 @click.option("--out", "out_path", required=True, type=OUTPUT_FILE, help="Diff bundle to write (.otab).")
 def train(method: str, channels: str | None, budget: str | None, max_gap: float, ladder: str, dev: Path | None,
           base_path: Path, data: Path, replay: Path | None, teacher: Path | None, distill: float | None,
-          epochs: int | None, lr: float | None, compact: bool, seed: int, threads: int | None, out_path: Path) -> None:
+          epochs: int | None, lr: float | None, compact: bool, words: bool, seed: int, threads: int | None,
+          out_path: Path) -> None:
     """Learn a diff against the exact int8 model a device runs.
 
     Under `torchrun --nproc-per-node N -m cli.main diff train ...` the diff is
@@ -82,7 +86,8 @@ def train(method: str, channels: str | None, budget: str | None, max_gap: float,
     if dev is not None and not auto:
         raise ConfigError("--dev scores the rungs of --budget auto; give --budget auto, or drop --dev")
     config = config_for(method, budget=None if auto else budget, epochs=epochs, seed=seed, lr=lr, threads=threads,
-                        channels=channels, teacher=teacher and str(teacher), distill=distill, compact=compact or None)
+                        channels=channels, teacher=teacher and str(teacher), distill=distill, compact=compact or None,
+                        words=words or None)
     base = load_model(base_path)
     world = distributed.init()  # under torchrun: one rank of a data-parallel job; rank 0 writes
     rungs = []

@@ -46,6 +46,7 @@ from device_agent.model_format import decode_model, decoded_bytes
 from device_agent.sparse_coding import decode_sparse, varint_len
 from device_agent.strict_header import (CONTENT_HASH, MAX_NAME_CHARS, NAME, XXH64, is_int,
                                         parse_canonical_json)
+from device_agent.tokenizer import MAX_WORD_CHARS, MAX_WORDS
 from device_agent.version import parse_version
 from device_agent.zstd_frames import decompress_declared, decompress_exact
 
@@ -53,10 +54,12 @@ MAGIC = b"OTABNDL\0"
 # 2 added the channels section; a bundle without one is written as version 1, so agents that read
 # only version 1 still take every update they can apply. 3 stores the manifest as a zstd frame
 # (compact: 1.3 KB less per diff of the shipped model); written only when asked, for fleets whose
-# agents all read it (their heartbeats say so: `bundle_formats`).
+# agents all read it (their heartbeats say so: `bundle_formats`). 4 is 3 plus the words section:
+# words a diff adds to the model's word list.
 FORMAT_VERSION = 2
 COMPACT_FORMAT = 3
-FORMAT_VERSIONS = (1, 2, 3)
+WORDS_FORMAT = 4
+FORMAT_VERSIONS = (1, 2, 3, 4)
 PREAMBLE = struct.Struct("<8sHHI")  # magic, version, reserved, manifest length
 
 # --- limits (docs/bundle-format.md, "Limits") ---------------------------------
@@ -71,14 +74,16 @@ FULL_MODEL_GROWTH = 4  # a full bundle may decode to at most this many times the
 
 # Sparse position codings are named as in .otam files ("bitmask", "index").
 SPARSE_ENCODINGS = ("bitmask", "index")
-ENCODINGS = (*SPARSE_ENCODINGS, "hashed", "channels", "model")
+ENCODINGS = (*SPARSE_ENCODINGS, "hashed", "channels", "words", "model")
 CHANNELS = "channels"  # the one section (name and encoding) of a diff's per-channel scale and bias deltas
+WORDS = "words"  # the one section (name and encoding) of the words a diff adds to the word list
 _ENTRY_COMMON = {"encoding", "offset", "length", "raw_length", "xxh64"}
 SECTION_KEYS = {  # the section table maps tensor name -> entry (safetensors style)
     "bitmask": _ENTRY_COMMON | {"numel", "count"},
     "index": _ENTRY_COMMON | {"numel", "count"},
     "hashed": _ENTRY_COMMON | {"numel", "num_buckets"},
     "channels": _ENTRY_COMMON | {"numel", "count"},  # numel: channels, count: tensors
+    "words": _ENTRY_COMMON | {"count"},  # count: words
     "model": _ENTRY_COMMON,
 }
 MANIFEST_KEYS = {
@@ -151,7 +156,7 @@ class Section:
     """One decoded section: a tensor delta, or the `.otam` bytes of a full bundle."""
 
     info: SectionInfo
-    payload: TensorDelta | ChannelDeltas | bytes
+    payload: TensorDelta | ChannelDeltas | tuple[str, ...] | bytes
 
 
 # --- manifest parsing (steps 1-8) -------------------------------------------------
@@ -225,6 +230,8 @@ def _raw_range(e: dict[str, Any]) -> tuple[int, int]:
         return 1, MAX_MODEL_BYTES
     if enc == "hashed":
         return e["num_buckets"], e["num_buckets"]
+    if enc == WORDS:  # UTF-8 words joined by newlines, 1-4 bytes per character
+        return 2 * e["count"] - 1, e["count"] * (4 * MAX_WORD_CHARS + 1) - 1
     numel, count = e["numel"], e["count"]
     if enc == CHANNELS:
         return count + numel, count + numel
@@ -261,8 +268,14 @@ def _check_entry_keys(where: str, e: Any) -> str:
 
 
 def _check_entry_sizes(where: str, name: str, e: dict[str, Any]) -> None:
-    """A delta section's shape fields: numel, buckets or count, and the channels section's name."""
+    """A delta section's shape fields: numel, buckets or count, and the channels and words sections' names."""
     enc = e["encoding"]
+    if (enc == WORDS) != (name == WORDS):
+        raise BundleError(f"{where}: encoding {WORDS!r} goes with the section named {WORDS!r} only")
+    if enc == WORDS:
+        if not is_int(e["count"], 1, MAX_WORDS):
+            raise BundleError(f"{where}: count {e['count']!r:.40} (words) outside [1, {MAX_WORDS}]")
+        return
     if not is_int(e["numel"], 1, MAX_NUMEL):
         raise BundleError(f"{where}: numel {e['numel']!r:.40} outside [1, {MAX_NUMEL}]")
     if enc == "hashed" and not is_int(e["num_buckets"], 1, MAX_BUCKETS):
@@ -353,6 +366,9 @@ def _read_manifest(stream: BinaryIO) -> BundleManifest:
     sections = _check_table(m, manifest_len)
     if version < 2 and any(s.encoding == CHANNELS for s in sections):
         raise BundleError(f"a {CHANNELS!r} section needs bundle format version 2, the preamble says {version}")
+    if version < WORDS_FORMAT and any(s.encoding == WORDS for s in sections):
+        raise BundleError(f"a {WORDS!r} section needs bundle format version {WORDS_FORMAT}, the preamble says "
+                          f"{version}")
     diff = m["kind"] == "diff"
     return BundleManifest(m["kind"], m["model_id"], m["target_version"], m["target_hash"],
                           m["base_version"] if diff else None, m["base_hash"] if diff else None,
@@ -365,8 +381,30 @@ def _decompress(info: SectionInfo, packed: bytes) -> bytearray:
     return decompress_exact(packed, info.raw_length, f"section {info.name}", BundleError)
 
 
-def _decode_delta(info: SectionInfo, raw: bytearray, keep: bool = True) -> TensorDelta:
+def _decode_words(where: str, raw: bytearray, count: int) -> tuple[str, ...]:
+    """UTF-8 words joined by newlines: `count` of them, sorted, unique, each 1-MAX_WORD_CHARS characters
+    with no whitespace (whether the model's symbols spell them is checked at apply)."""
+    try:
+        words = tuple(bytes(raw).decode("utf-8").split("\n"))
+    except UnicodeDecodeError:
+        raise BundleError(f"{where}: words must be UTF-8") from None
+    if len(words) != count:
+        raise BundleError(f"{where}: {len(words)} words, the section table says {count}")
+    for i, word in enumerate(words):
+        if not 1 <= len(word) <= MAX_WORD_CHARS or any(ch.isspace() or not ch.isprintable() for ch in word):
+            raise BundleError(f"{where}: word {i} ({word!r:.40}) must be 1-{MAX_WORD_CHARS} printable characters "
+                              "without whitespace")
+        if i and word <= words[i - 1]:
+            raise BundleError(f"{where}: words must be sorted and unique: {word!r:.40} follows {words[i - 1]!r:.40}")
+    return words
+
+
+def _decode_delta(info: SectionInfo, raw: bytearray,
+                  keep: bool = True) -> TensorDelta | ChannelDeltas | tuple[str, ...]:
     where = f"section {info.name}"
+    if info.encoding == WORDS:
+        assert info.count is not None  # guaranteed by _check_entry
+        return _decode_words(where, raw, info.count)
     if info.encoding == CHANNELS:
         assert info.count is not None  # guaranteed by _check_entry
         exps, codes = np.frombuffer(raw, dtype=np.int8)[:info.count], np.frombuffer(raw, dtype=np.int8)[info.count:]
@@ -511,8 +549,9 @@ def _collect(reader: BundleReader) -> Bundle:
     else:
         assert m.base_version is not None and m.base_hash is not None and m.method is not None
         channels = payloads.pop(CHANNELS, None)
+        words = payloads.pop(WORDS, ())
         bundle.diff = Diff(m.method, m.model_id, m.base_version, m.target_version, m.base_hash, m.target_hash,
-                           payloads, m.seed or 0, dict(m.metadata), channels)  # type: ignore[arg-type]
+                           payloads, m.seed or 0, dict(m.metadata), channels, words)  # type: ignore[arg-type]
     return bundle
 
 
@@ -557,6 +596,8 @@ def verify_bundle_for_model(bundle: BundleManifest, model: DeviceModel | None) -
             if (s.numel, s.count) != expected:
                 raise BundleError(f"section {s.name}: bundle expects {s.numel} channels of {s.count} tensors, the "
                                   f"model has {expected[0]} of {expected[1]}")
+            continue
+        if s.encoding == WORDS:
             continue
         w = model.weights.get(s.name)
         if w is None or w.q.size != s.numel:
@@ -614,5 +655,6 @@ def inspect_bundle(path: str | Path, *, verify: bool = False) -> dict[str, Any]:
         summary.update(base_version=m.base_version, base_hash=m.base_hash, method=m.method, seed=m.seed,
                        metadata=m.metadata,
                        changed_entries=sum((s.count or 0) for s in m.sections if s.encoding in SPARSE_ENCODINGS),
-                       hashed_buckets=sum((s.num_buckets or 0) for s in m.sections))
+                       hashed_buckets=sum((s.num_buckets or 0) for s in m.sections),
+                       words=sum((s.count or 0) for s in m.sections if s.encoding == WORDS))
     return summary

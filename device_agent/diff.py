@@ -18,8 +18,11 @@ output channel, coded as int8 `codes` times a power-of-two step 2^e:
 - a bias vector (float tensors named `*bias*`): bias + code * 2^e, e in [-24, -1].
 `1 + code * 2^e` and `code * 2^e` are exact in float32, and one IEEE float32
 multiply or add is correctly rounded, so every platform gets the same bytes.
-Only channels with a nonzero code change. Config, tokenizer and the other
-float tensors are never changed by a diff.
+Only channels with a nonzero code change.
+
+Words (`Diff.words`) join the tokenizer's word list, which the decoder favours
+(device_agent.runtime): the list after apply is the sorted union. Config,
+tokenizer symbols and the other float tensors are never changed by a diff.
 """
 from __future__ import annotations
 
@@ -28,9 +31,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from device_agent.device_model import QMAX, DeviceModel, QuantizedWeight
-from device_agent.errors import DiffError, WrongBaseError
+from device_agent.errors import DiffError, TokenizerError, WrongBaseError
 from device_agent.hashing import buckets_and_signs
 from device_agent.model_config import tensor_layout
+from device_agent.tokenizer import CharTokenizer, check_words
 
 MAX_BUCKETS = 1 << 24
 SCALE_STEP_EXPS = range(-16, -6)  # factor 1 + code * 2^e in [1/128, 2): positive, exact in float32
@@ -135,6 +139,7 @@ class Diff:
     seed: int = 0  # hashed diffs: the hash seed
     metadata: dict[str, str] = field(default_factory=dict)
     channels: ChannelDeltas | None = None  # per-channel scale and bias deltas
+    words: tuple[str, ...] = ()  # added to the tokenizer's word list (sorted, unique)
 
     def nonzero_entries(self) -> int:
         """Shipped values: sparse entries, hashed buckets and nonzero channel codes."""
@@ -230,6 +235,7 @@ def apply_diff(base: DeviceModel, diff: Diff, *, check_hashes: bool = True, in_p
     if unknown:
         raise DiffError(f"diff changes tensors the model does not have: {sorted(unknown)}")
     # every check before anything is written (in place, a refused diff leaves the base intact)
+    tokenizer = tokenizer_with_words(base, diff.words)
     channels = diff.channels.unpack(base) if diff.channels is not None else {}
     for name, delta in diff.deltas.items():
         check_delta(name, delta, base.weights[name])
@@ -243,10 +249,21 @@ def apply_diff(base: DeviceModel, diff: Diff, *, check_hashes: bool = True, in_p
         weights[name] = QuantizedWeight(_applied(name, delta, w, diff.seed, in_place).reshape(w.q.shape), w.scale)
     for name, scale in new_scales.items():
         weights[name] = QuantizedWeight(weights[name].q, scale)
-    result = DeviceModel(base.config, base.tokenizer, weights, {**base.floats, **new_floats}, base.model_id,
+    result = DeviceModel(base.config, tokenizer, weights, {**base.floats, **new_floats}, base.model_id,
                          diff.target_version, dict(base.metadata))
     if check_hashes:
         actual = result.content_hash()
         if actual != diff.target_hash:
             raise DiffError(f"applying the diff produced {actual}, expected target {diff.target_hash}")
     return result
+
+
+def tokenizer_with_words(base: DeviceModel, words: tuple[str, ...]) -> CharTokenizer:
+    """The base's tokenizer with the diff's words added; DiffError if they do not make a valid word list."""
+    if not words:
+        return base.tokenizer
+    try:
+        check_words(words, base.tokenizer.symbols)
+        return base.tokenizer.with_words(words)
+    except TokenizerError as exc:
+        raise DiffError(f"diff words: {exc}") from None

@@ -255,28 +255,42 @@ def _joint_row(enc: np.ndarray, pred_out: np.ndarray, out: tuple, hq: np.ndarray
 
 @njit(**_FLAGS)
 def greedy_decode(enc: np.ndarray, per_frame: int, limit: int, blank: int, out: tuple, pred: tuple,
-                  h: np.ndarray, c: np.ndarray, pred_out: np.ndarray, tokens: np.ndarray) -> tuple[int, int]:
+                  h: np.ndarray, c: np.ndarray, pred_out: np.ndarray, tokens: np.ndarray,
+                  words: tuple, node: int) -> tuple[int, int, int]:
     """Greedy RNN-T search over encoder frames enc (T, J) with the joint's output matrix `out`,
     at most `per_frame` symbols per frame and `limit` in all. The prediction state (h, c,
     pred_out) is updated in place; emitted token ids go to `tokens` (room for T * per_frame).
-    Returns (count, frame): frame is -1, or the frame where a symbol beyond `limit` came."""
+
+    `words` = (child, separator, start_bonus, bonus): the word list as a prefix tree, child (nodes,
+    V) int32 (-1: no such branch; node 0 is a word's start), and `node` the tree node the text is at
+    (-1: inside a word not in the list). A symbol that continues a listed word gets `bonus` added
+    to its logit (`start_bonus` for a word's first symbol); the separator returns to node 0.
+    Returns (count, frame, node): frame is -1, or the frame where a symbol beyond `limit` came."""
+    child, separator, start_bonus, bonus = words
     hidden = np.empty(enc.shape[1], np.float32)
     hq, acc = _scratch(out, 1)
     logits = np.empty(out[1].shape[0], np.float32)
     gates = np.empty(4 * h.shape[0], np.float32)
+    listed = child.shape[0] > 1  # a tree of one node: no word list, nothing to add
     count = 0
     for t in range(enc.shape[0]):
         for _ in range(per_frame):
             _joint_row(enc[t], pred_out, out, hq, acc, hidden, logits)
+            if listed and node >= 0:
+                add = start_bonus if node == 0 else bonus
+                for v in range(logits.shape[0]):
+                    if child[node, v] >= 0:
+                        logits[v] += add
             token = int(np.argmax(logits))  # first maximum, like torch.argmax
             if token == blank:
                 break
             if count >= limit:
-                return count, t
+                return count, t, node
             tokens[count] = token
             count += 1
+            node = 0 if token == separator else child[node, token] if node >= 0 else -1
             predict_step(token, pred, h, c, pred_out, gates)
-    return count, -1
+    return count, -1, node
 
 
 @njit(**_FLAGS)

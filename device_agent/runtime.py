@@ -12,7 +12,9 @@ and a chunk of frames is processed per call:
    four frames per pass over the weights, then steps only the recurrent part
    frame by frame, with the gate math fused into that step;
 2. the joint's encoder projection is computed for the whole chunk;
-3. greedy search, the joint and the prediction network run inside one call.
+3. greedy search, the joint and the prediction network run inside one call;
+   a model with a word list (its tokenizer's `words`) adds a fixed bonus to the
+   logits of symbols that continue a listed word (`word_tree`).
 
 Each frame's output is computed by the same code however the audio is cut
 into chunks (integer sums are exact whichever kernel computes them), so
@@ -38,13 +40,21 @@ from device_agent.device_model import DeviceModel, QuantizedWeight
 from device_agent.errors import DecodeBoundError
 from device_agent.features import StreamingFeatures, utterance_features
 from device_agent.model_format import load_model
-from device_agent.tokenizer import BLANK
+from device_agent.tokenizer import BLANK, WORD_SEPARATOR, CharTokenizer
 
 # Greedy decoding emits at most this many symbols per encoder frame, whatever the
 # config says: 10 characters in 30 ms is already far beyond any speech.
 MAX_SYMBOLS_PER_FRAME = 10
 # `check` runs before each block of this many encoder frames (0.48 s of audio)
 CHECK_EVERY_FRAMES = 16
+
+# Logit bonus for a symbol that continues a word of the model's word list, and for a listed word's
+# first symbol. Part of the model format (docs/model-format.md, "Word list"): every agent decodes a
+# model alike. Chosen on the dev splits of the update chain (docs/diffs.md, "Word lists"): bonuses of
+# (0, 0) / (0.5, 1) / (1, 2) / (0, 3) gave new command type 37.2 / 34.1 / 34.9 / 38.1% and the original
+# set 23.6 / 24.4 / 27.1 / 33.0% (1% diffs); a larger bonus spells listed words into other words.
+WORD_START_BONUS = 0.5
+WORD_BONUS = 1.0
 
 _EMPTY_I8 = np.zeros((0, 0), np.int8)
 _EMPTY_F32 = np.zeros(0, np.float32)
@@ -191,6 +201,7 @@ class Int8Runtime:
         self.predictor = Predictor(model)
         self.enc_proj = Int8Matrix.of(model.weights["joint.enc_proj.weight"], model.floats["joint.enc_proj.bias"])
         self.out = Int8Matrix.of(model.weights["joint.out.weight"], model.floats["joint.out.bias"])
+        self.words = word_tree(model.tokenizer)
 
     def resident_weight_bytes(self) -> int:
         """Bytes of every array the runtime keeps for the model's parameters."""
@@ -245,6 +256,21 @@ class Int8Runtime:
         return torch.from_numpy(kernels.joint_logits(enc, pred, self.out.arrays))
 
 
+def word_tree(tokenizer: CharTokenizer) -> tuple[np.ndarray, int, np.float32, np.float32]:
+    """The tokenizer's word list as the decoder's prefix tree: (child (nodes, V) int32, separator id,
+    start bonus, bonus); see kernels.greedy_decode. No words: a tree of the root alone."""
+    child = [np.full(tokenizer.vocab_size, -1, np.int32)]
+    for word in tokenizer.words:
+        node = 0
+        for token in tokenizer.encode(word):
+            if child[node][token] < 0:
+                child[node][token] = len(child)
+                child.append(np.full(tokenizer.vocab_size, -1, np.int32))
+            node = int(child[node][token])
+    separator = tokenizer.symbols.index(WORD_SEPARATOR) + 1 if WORD_SEPARATOR in tokenizer.symbols else -1
+    return np.stack(child), separator, np.float32(WORD_START_BONUS), np.float32(WORD_BONUS)
+
+
 class DecoderStream:
     """Greedy streaming decoder: push audio (16 kHz) chunks, read `.text` at any time."""
 
@@ -259,6 +285,7 @@ class DecoderStream:
         self._enc_state = runtime.initial_encoder_state()
         self._pred_h, self._pred_c, self._pred_out = runtime.predictor.start()
         self._tokens: list[int] = []
+        self._word_node = 0  # where the text is in the word list's tree (kernels.greedy_decode)
         self.frames = 0
 
     def push(self, chunk: np.ndarray | torch.Tensor) -> str:
@@ -278,9 +305,9 @@ class DecoderStream:
         enc = rt.encode(feats, self._enc_state)
         limit = len(self._tokens) + enc.shape[0] * self._per_frame if self.max_symbols is None else self.max_symbols
         emitted = np.empty(enc.shape[0] * self._per_frame, np.int64)
-        count, overflow = kernels.greedy_decode(enc, self._per_frame, limit - len(self._tokens), BLANK,
-                                                rt.out.arrays, rt.predictor.weights, self._pred_h, self._pred_c,
-                                                self._pred_out, emitted)
+        count, overflow, self._word_node = kernels.greedy_decode(
+            enc, self._per_frame, limit - len(self._tokens), BLANK, rt.out.arrays, rt.predictor.weights,
+            self._pred_h, self._pred_c, self._pred_out, emitted, rt.words, self._word_node)
         self._tokens.extend(emitted[:count].tolist())
         if overflow >= 0:
             raise DecodeBoundError(f"the model emitted more than {self.max_symbols} symbols for "

@@ -27,9 +27,10 @@ from typing import Callable
 from device_agent.errors import ConfigError, DiffError, OtaError
 from device_agent.model_format import load_model
 
-JOB_KEYS = {"channel", "base", "method", "budget", "data", "replay", "epochs", "lr", "seed", "channels", "compact"}
+JOB_KEYS = {"channel", "base", "method", "budget", "data", "replay", "epochs", "lr", "seed", "channels", "compact",
+            "words"}
 PASSED_ON = ("method", "budget", "data", "replay", "epochs", "lr", "seed", "channels")  # -> ota diff train options
-FLAGS = ("compact",)  # -> ota diff train flags, given when true
+FLAGS = ("compact", "words")  # -> ota diff train flags, given when true
 
 
 @dataclass(frozen=True)
@@ -79,14 +80,18 @@ def read_plan(path: str | Path) -> list[DiffJob]:
 
 
 def _learned_already(bundle: Path, job: DiffJob) -> bool:
-    from device_agent.bundle import COMPACT_FORMAT, read_bundle_manifest
+    from device_agent.bundle import COMPACT_FORMAT, WORDS_FORMAT, read_bundle_manifest
+
+    formats = {COMPACT_FORMAT} if "compact" in job.options else {1, 2}
+    if "words" in job.options:  # format 4 when the data brought words, else what the other flags write
+        formats.add(WORDS_FORMAT)
 
     try:
         with open(bundle, "rb") as f:
             manifest = read_bundle_manifest(f)
         return manifest.base_hash == load_model(job.base).content_hash() and \
             manifest.method == job.options.get("method", "sparse") and \
-            (manifest.format_version == COMPACT_FORMAT) == ("compact" in job.options)  # "sparse": CLI default
+            manifest.format_version in formats  # "sparse": CLI default
     except (OSError, OtaError):  # an unreadable bundle is learned again
         return False
 

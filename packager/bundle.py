@@ -14,9 +14,10 @@ import zstandard
 
 from device_agent.atomic import write_atomic
 from device_agent.bundle import (CHANNELS, COMPACT_FORMAT, FORMAT_VERSION, MAGIC, MAX_BUNDLE_BYTES, MAX_MANIFEST_BYTES,
-                                 MAX_SECTION_RAW_BYTES, MAX_SECTIONS, PREAMBLE, check_identity, model_header)
+                                 MAX_SECTION_RAW_BYTES, MAX_SECTIONS, PREAMBLE, WORDS, WORDS_FORMAT, check_identity,
+                                 model_header)
 from device_agent.device_model import DeviceModel, canonical_json
-from device_agent.diff import ChannelDeltas, Diff, SparseDelta, check_delta
+from device_agent.diff import ChannelDeltas, Diff, SparseDelta, check_delta, tokenizer_with_words
 from device_agent.errors import BundleError, WrongBaseError, os_error
 from device_agent.sparse_coding import pick_sparse_coding
 
@@ -64,7 +65,8 @@ def encode_diff_bundle(diff: Diff, base: DeviceModel, *, compact: bool = False) 
     each tensor's size (Diff itself carries none), and the encoder refuses a
     diff that does not fit its base rather than ship it.
     `compact`: format version 3, the manifest compressed (about 1.3 KB less for the shipped model);
-    only agents that read version 3 take it. Otherwise the lowest version that holds the diff.
+    only agents that read version 3 take it. Otherwise the lowest version that holds the diff
+    (a diff with words needs version 4, which compresses its manifest as 3 does).
     """
     # 1) the diff must fit the base it claims (same rules as apply_diff)
     if diff.model_id != base.model_id:
@@ -97,8 +99,11 @@ def encode_diff_bundle(diff: Diff, base: DeviceModel, *, compact: bool = False) 
         entries.append((name, fields, raw, packed))
     if diff.channels is not None:
         entries.append(_channels_entry(diff.channels, base))
+    if diff.words:
+        entries.append(_words_entry(diff.words, base))
     table, stored = _table(sorted(entries, key=lambda entry: entry[0]))
-    version = COMPACT_FORMAT if compact else FORMAT_VERSION if diff.channels is not None else 1
+    version = WORDS_FORMAT if diff.words else COMPACT_FORMAT if compact else \
+        FORMAT_VERSION if diff.channels is not None else 1
     return _pack(_diff_manifest(diff, table), stored, version)
 
 
@@ -110,6 +115,15 @@ def _channels_entry(channels: ChannelDeltas, base: DeviceModel) -> tuple[str, di
     raw = channels.step_exps.tobytes() + channels.codes.tobytes()
     fields = {"encoding": CHANNELS, "numel": int(channels.codes.size), "count": int(channels.step_exps.size)}
     return CHANNELS, fields, raw, compress_section(raw)
+
+
+def _words_entry(words: tuple[str, ...], base: DeviceModel) -> tuple[str, dict[str, Any], bytes, bytes]:
+    """The words section: the words joined by newlines, UTF-8."""
+    if WORDS in base.weights:
+        raise BundleError(f"the model has a tensor named {WORDS!r}, the name of the words section")
+    tokenizer_with_words(base, words)  # DiffError unless they make a valid word list for the base
+    raw = "\n".join(words).encode("utf-8")
+    return WORDS, {"encoding": WORDS, "count": len(words)}, raw, compress_section(raw)
 
 
 def _diff_manifest(diff: Diff, table: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The exact integer diff between two models that differ only in int8 weight values."""
+"""The exact integer diff between two models that differ only in int8 weight values and added words."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,6 +17,11 @@ def exact_diff(base: DeviceModel, target: DeviceModel) -> Diff:
     """
     if base.config != target.config or base.model_id != target.model_id:
         raise DiffError("models differ in config or model id; build a full bundle instead")
+    added = tuple(sorted(set(target.tokenizer.words) - set(base.tokenizer.words)))
+    if target.tokenizer.symbols != base.tokenizer.symbols or len(base.tokenizer.words) + len(added) != \
+            len(target.tokenizer.words):
+        raise DiffError("models differ in tokenizer symbols, or the target drops words of the base's word list "
+                        "(a diff only adds words); build a full bundle instead")
     deltas = {}
     for name, w in base.weights.items():
         t = target.weights[name]
@@ -32,4 +37,4 @@ def exact_diff(base: DeviceModel, target: DeviceModel) -> Diff:
         if not np.array_equal(t, target.floats[name]):
             raise DiffError(f"{name}: float tensors differ; build a full bundle")
     return Diff("exact", base.model_id, base.version, target.version, base.content_hash(), target.content_hash(),
-                deltas)
+                deltas, words=added)

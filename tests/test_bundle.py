@@ -415,7 +415,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     # preamble
     "truncated_preamble": (lambda d: d[:10], "shorter than the 16-byte preamble"),
     "bad_magic": (lambda d: b"OTAMODEL" + d[8:], "bad magic b'OTAMODEL': expected"),
-    "future_version": (lambda d: d[:8] + struct.pack("<H", 4) + d[10:], "format version 4 is not supported"),
+    "future_version": (lambda d: d[:8] + struct.pack("<H", 5) + d[10:], "format version 5 is not supported"),
     "version_3_manifest_not_compressed": (lambda d: d[:8] + struct.pack("<H", 3) + d[10:],
                                           "compressed manifest: does not start with a zstd data frame"),
     "reserved_set": (lambda d: d[:10] + b"\1\0" + d[12:], "reserved preamble field is 1, expected 0"),

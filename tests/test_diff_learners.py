@@ -368,3 +368,48 @@ def test_dense_deltas_beyond_int8_are_cut_to_what_a_bundle_carries() -> None:
     assert deltas[name].values.tolist() == [127]
     updated = apply_diff(base, finish_diff(base, "sparse", deltas, base.version + 1))
     assert int(updated.weights[name].q.reshape(-1)[at]) == int(w.q.reshape(-1)[at]) + 127
+
+
+def test_words_the_base_misses_join_the_diff_within_its_budget(manifest: Path, tmp_path: Path) -> None:
+    """`ota diff train --words`: the adaptation data's words the base does not transcribe ride along in
+    format 4, out of the same byte budget, and the applied model lists them."""
+    import torch
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from device_agent.bundle import apply_bundle, decode_bundle
+    from device_agent.model_format import save_model
+    from diffing.diffs.word_list import missed_words
+
+    base = tiny_device_model()
+    assert missed_words(base, manifest) == tuple(sorted(WORDS))  # random weights transcribe none of them
+    save_model(base, tmp_path / "base.otam")
+    out = tmp_path / "v2.otab"
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(cli, ["diff", "train", "--method", "hybrid", "--budget", "2500B", "--base",
+                                          str(tmp_path / "base.otam"), "--data", str(manifest), "--epochs", "1",
+                                          "--threads", "1", "--words", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    bundle = decode_bundle(out.read_bytes())
+    assert bundle.format_version == 4 and out.stat().st_size <= 2500
+    model = apply_bundle(bundle, base)
+    assert model.tokenizer.words == tuple(sorted(WORDS)) and model.content_hash() == bundle.target_hash
+    assert missed_words(model, manifest) == ()  # listed words are not listed again
+
+
+def test_training_through_the_word_bonus_changes_what_the_diff_learns(manifest: Path) -> None:
+    """`train_with_bonus`: the lattices get the decoder's bonus for the list the diff ships, so the same
+    seed learns other deltas; the bundle still fits its budget and applies to the predicted hash."""
+    from packager.bundle import encode_diff_bundle
+
+    base = tiny_device_model()
+    diffs = [learn_diff(base, manifest, HybridDiffConfig(budget="2500B", epochs=1, replay_ratio=0.0, threads=1,
+                                                         words=True, train_with_bonus=bonus))
+             for bonus in (False, True)]
+    assert diffs[0].words == diffs[1].words == tuple(sorted(WORDS))
+    assert diffs[0].target_hash != diffs[1].target_hash
+    assert len(encode_diff_bundle(diffs[1], base)) <= 2500
+    assert apply_diff(base, diffs[1]).content_hash() == diffs[1].target_hash

@@ -135,7 +135,7 @@ def test_a_compact_bundle_ships_only_once_every_device_on_the_channel_reads_it(
     clock = SimClock()
     agent = _device(tmp_path, s3_store, clock)
     assert agent.check_once()["outcome"] == "committed"
-    assert _beat(s3_store, agent)["bundle_formats"] == [1, 2, 3]
+    assert _beat(s3_store, agent)["bundle_formats"] == [1, 2, 3, 4]
     # a device whose agent predates the list: its heartbeat has no bundle_formats (it reads 1 and 2)
     old = json.loads(Heartbeat("hall-2", "tiny", "stable", clock.now.timestamp(), 1, "no_update").to_json())
     del old["bundle_formats"]
@@ -149,7 +149,7 @@ def test_a_compact_bundle_ships_only_once_every_device_on_the_channel_reads_it(
     diff.target_hash = apply_diff(base, diff, check_hashes=False).content_hash()
     compact = tmp_path / "1-2.otab"
     compact.write_bytes(encode_diff_bundle(diff, base, compact=True))
-    assert fleet_summary(s3_store, now=clock.now)["newest_bundle_format"] == {"tiny/stable": {"2": 1, "3": 1}}
+    assert fleet_summary(s3_store, now=clock.now)["newest_bundle_format"] == {"tiny/stable": {"2": 1, "4": 1}}
 
     runner = CliRunner(env={**seaweed.aws_env(), "COLUMNS": "200"})
     publish = ["publish", str(compact), "--store", agent.cfg.store_url, "--keys", str(tmp_path / "keys")]
