@@ -124,7 +124,7 @@ def test_hostile_heartbeats_and_reports_are_counted_not_fatal(file_store: FileSt
     assert "warning: ignored" in out.output and "1 oversized heartbeat" in out.output
 
 
-def test_a_compact_bundle_ships_only_once_every_device_on_the_channel_reads_it(
+def test_newer_bundle_formats_ship_only_once_every_device_on_the_channel_reads_them(
         s3_store: S3Store, seaweed, tmp_path: Path) -> None:
     import numpy as np
 
@@ -169,3 +169,18 @@ def test_a_compact_bundle_ships_only_once_every_device_on_the_channel_reads_it(
     assert published.exit_code == 0, published.output
     assert agent.check_once()["outcome"] == "committed"
     assert _beat(s3_store, agent)["version"] == 2
+
+    # format 4: a diff that only adds words; the installed model lists them and the agent's gate decodes with them
+    from device_agent.agent.daemon import active_model_file
+    from device_agent.model_format import load_model
+
+    v2 = apply_diff(base, diff)
+    worded = Diff("words", base.model_id, 2, 3, v2.content_hash(), "", {}, words=("grocery", "olive"))
+    worded.target_hash = apply_diff(v2, worded, check_hashes=False).content_hash()
+    (tmp_path / "2-3.otab").write_bytes(encode_diff_bundle(worded, v2))
+    published = runner.invoke(cli, [*publish[:1], str(tmp_path / "2-3.otab"), *publish[2:]])
+    assert published.exit_code == 0, published.output  # every heartbeat on the channel lists format 4
+    assert agent.check_once()["outcome"] == "committed"
+    active, _ = active_model_file(agent.cfg.data_dir)
+    assert load_model(active).tokenizer.words == ("grocery", "olive")
+    assert _beat(s3_store, agent)["version"] == 3
