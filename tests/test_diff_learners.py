@@ -399,17 +399,3 @@ def test_words_the_base_misses_join_the_diff_within_its_budget(manifest: Path, t
     assert model.tokenizer.words == tuple(sorted(WORDS)) and model.content_hash() == bundle.target_hash
     assert missed_words(model, manifest) == ()  # listed words are not listed again
 
-
-def test_training_through_the_word_bonus_changes_what_the_diff_learns(manifest: Path) -> None:
-    """`train_with_bonus`: the lattices get the decoder's bonus for the list the diff ships, so the same
-    seed learns other deltas; the bundle still fits its budget and applies to the predicted hash."""
-    from packager.bundle import encode_diff_bundle
-
-    base = tiny_device_model()
-    diffs = [learn_diff(base, manifest, HybridDiffConfig(budget="2500B", epochs=1, replay_ratio=0.0, threads=1,
-                                                         words=True, train_with_bonus=bonus))
-             for bonus in (False, True)]
-    assert diffs[0].words == diffs[1].words == tuple(sorted(WORDS))
-    assert diffs[0].target_hash != diffs[1].target_hash
-    assert len(encode_diff_bundle(diffs[1], base)) <= 2500
-    assert apply_diff(base, diffs[1]).content_hash() == diffs[1].target_hash

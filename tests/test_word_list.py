@@ -205,20 +205,3 @@ def test_a_words_manifest_is_canonical_json(words_bytes: bytes) -> None:
     body = zstandard.ZstdDecompressor().decompress(words_bytes[PREAMBLE.size:PREAMBLE.size + n])
     assert body == canonical_json(manifest)
 
-
-# --- training under the bonus -----------------------------------------------------------------------
-def test_the_training_lattice_gets_the_bonus_the_decoder_would_add() -> None:
-    import torch
-
-    from diffing.diffs.word_bonus import LatticeBonus
-
-    tok = CharTokenizer(words=("ab", "b"))
-    bonus = LatticeBonus(tok)(torch.tensor([tok.encode("ab ca") + [0]]), torch.tensor([5]))
-    a, b = (tok.symbols.index(ch) + 1 for ch in "ab")
-    expected = np.zeros((7, tok.vocab_size), np.float32)
-    expected[0, [a, b]] = 0.5  # a word's start: the first letters of "ab" and "b"
-    expected[1, b] = 1.0  # after "a": "b" continues "ab"
-    expected[3, [a, b]] = 0.5  # after the space
-    # row 2 (after "ab": a whole word, nothing continues it), row 4 (after "c": left the list), row 5
-    # (after "ca") and row 6 (padding) get nothing
-    assert np.array_equal(bonus[0].numpy(), expected)

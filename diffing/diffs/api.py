@@ -10,7 +10,6 @@ from device_agent.device_model import DeviceModel
 from device_agent.diff import BIAS_STEP_EXPS, SCALE_STEP_EXPS, Diff
 from device_agent.errors import ConfigError
 from device_agent.model_format import encode_model, load_model
-from diffing.diffs.word_bonus import decoding_with
 from diffing.diffs.word_list import add_words, missed_words, words_bytes
 
 DIFF_CONFIG_VERSION = 1
@@ -73,10 +72,6 @@ class DiffConfig:
     # At 1% of the shipped model's bytes the chain's mean gap to the full fine-tune fell from +7.7 to +X
     # (docs/BENCHMARKS.md, "Word lists").
     words: bool = False
-    # Train through the decoder's word-list bonus (diffing.diffs.word_bonus): the lattices the diff learns
-    # on, the teacher's and the deployed model's too, get the bonus the device's decoder will add for the
-    # model's word list (its words and the diff's), so entries need not spell what the list spells.
-    train_with_bonus: bool = False
     seed: int = 0
     threads: int = 0  # torch threads; 0: the cores other work leaves free (diffing.threads)
     config_version: int = DIFF_CONFIG_VERSION
@@ -178,9 +173,8 @@ def learn_diff(deployed: DeviceModel, train_manifest: str | Path, config: DiffCo
                 # the words come out of the budget; their format compresses the manifest as version 3 does
                 config = replace(config, budget=budget - words_bytes(deployed, words) if words else budget,
                                  compact=config.compact or bool(words))
-            with decoding_with(deployed.tokenizer.with_words(words)):  # what the learner trains for
-                diff = fn(deployed, train_manifest, config, replay_manifest=replay_manifest,
-                          target_version=deployed.version + 1 if target_version is None else target_version,
-                          progress=progress, log=log)
+            diff = fn(deployed, train_manifest, config, replay_manifest=replay_manifest,
+                      target_version=deployed.version + 1 if target_version is None else target_version,
+                      progress=progress, log=log)
             return add_words(deployed, diff, words) if words else diff
     raise ConfigError(f"no diff method registered for {type(config).__name__}; known: {sorted(DIFF_METHODS)}")

@@ -24,7 +24,6 @@ from diffing.progress import step_reporter
 from diffing.room_augment import RoomAugmentConfig, RoomAugmenter
 from diffing.threads import set_threads
 from diffing.diffs.api import DiffConfig
-from diffing.diffs.word_bonus import LatticeBonus
 from diffing.export import float_model_from_device
 from diffing.model import RNNT
 from diffing.rnnt_loss import rnnt_loss
@@ -83,8 +82,6 @@ def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay
         if cfg.room_augment else None
     n_replay = min(len(replay), int(round(cfg.replay_ratio * len(adapt))))
     teacher = _teacher_model(cfg.teacher) if cfg.teacher and cfg.teach > 0 else None
-    # the decoder's word-list bonus on every lattice, the references' too (diffing.diffs.word_bonus)
-    word_bonus = LatticeBonus.current() if cfg.train_with_bonus else None
     optimizer = optimizer or torch.optim.Adam(params, lr=lr)
     # 1) the number of steps is fixed up front so schedules can use it
     # (replay is sampled afresh each epoch, so its count is that of a typical sample)
@@ -107,13 +104,12 @@ def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay
         for batch, weight, is_replay in steps:
             feats = torch.stack([spec_augment(f, model.cfg.features.n_mels, augment_rng)
                                  for f in model.normalize(batch.feats)])
-            bonus = word_bonus(batch.targets, batch.target_lens) if word_bonus is not None else None
-            logits = _lattice_logits(model, feats, batch.targets, bonus)
+            logits = _lattice_logits(model, feats, batch.targets)
             loss = rnnt_loss(logits, batch.targets, batch.feat_lens, batch.target_lens)
             if is_replay and distill > 0:
-                loss = loss + distill * _kl_from_deployed(model, feats, batch, logits, bonus)
+                loss = loss + distill * _kl_from_deployed(model, feats, batch, logits)
             if teacher is not None:
-                loss = loss + cfg.teach * _kl_from(teacher, feats, batch, logits, bonus)
+                loss = loss + cfg.teach * _kl_from(teacher, feats, batch, logits)
             optimizer.zero_grad(set_to_none=True)
             (loss * weight).backward()  # weight: this rank's share of the global batch
             distributed.average_gradients(params)  # every rank takes the same step
@@ -128,23 +124,19 @@ def fit(twin: Int8Twin, params: list[torch.Tensor], adapt: list[Example], replay
     report.finish()
 
 
-def _lattice_logits(model: RNNT, feats: torch.Tensor, targets: torch.Tensor,
-                    bonus: torch.Tensor | None = None) -> torch.Tensor:
-    """Normalized features (B, T, D) and targets (B, U) -> joint logits (B, T, U+1, V) under the weight transform,
-    plus the word-list bonus rows (B, U+1, V) if given."""
+def _lattice_logits(model: RNNT, feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Normalized features (B, T, D) and targets (B, U) -> joint logits (B, T, U+1, V) under the weight transform."""
     enc, _ = model.encoder(feats, None, model.weight_transform)
     start = targets.new_zeros(targets.shape[0], 1)
     pred, _ = model.predict(torch.cat([start, targets], dim=1))
-    logits = model.joint_logits(enc[:, :, None, :], pred[:, None, :, :])
-    return logits if bonus is None else logits + bonus[:, None, :, :]
+    return model.joint_logits(enc[:, :, None, :], pred[:, None, :, :])
 
 
-def _kl_from_deployed(model: RNNT, feats: torch.Tensor, batch: Batch, logits: torch.Tensor,
-                      bonus: torch.Tensor | None = None) -> torch.Tensor:
+def _kl_from_deployed(model: RNNT, feats: torch.Tensor, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
     """Mean KL(deployed || current) over the valid (t, u) nodes of the lattice."""
     transform, model.weight_transform = model.weight_transform, None  # without deltas: the deployed weights
     try:
-        return _kl_from(model, feats, batch, logits, bonus)
+        return _kl_from(model, feats, batch, logits)
     finally:
         model.weight_transform = transform
 
@@ -156,13 +148,11 @@ def _teacher_model(path: str) -> RNNT:
     return teacher
 
 
-def _kl_from(reference: RNNT, feats: torch.Tensor, batch: Batch, logits: torch.Tensor,
-             bonus: torch.Tensor | None = None) -> torch.Tensor:
+def _kl_from(reference: RNNT, feats: torch.Tensor, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
     """Mean KL(reference || current) over the valid lattice nodes; `feats` are normalised, so the reference
-    shares the deployed model's front end (a teacher: api.check_teacher). With `bonus`, the reference
-    decodes under the same word list as the current model."""
+    shares the deployed model's front end (a teacher: api.check_teacher)."""
     with torch.no_grad():
-        p = torch.log_softmax(_lattice_logits(reference, feats, batch.targets, bonus), dim=-1)
+        p = torch.log_softmax(_lattice_logits(reference, feats, batch.targets), dim=-1)
     kl_sum, nodes = _lattice_kl(p, torch.log_softmax(logits, dim=-1), batch)
     return kl_sum / nodes
 
