@@ -69,8 +69,9 @@ class DiffConfig:
     compact: bool = False
     # Add the adaptation data's words the deployed model misses to its word list (diffing.diffs.word_list),
     # out of the same budget: format version 4 (manifest compressed as in 3), for fleets whose agents read it.
-    # At 1% of the shipped model's bytes the chain's mean gap to the full fine-tune fell from +7.7 to +X
-    # (docs/BENCHMARKS.md, "Word lists").
+    # On the chain at 3% of the shipped model's bytes, mean gaps to the full fine-tune of -1.3 / -0.4 / -0.3
+    # against +0.9 / +0.5 / +0.2 without, the new command type +5.3 / +1.2 / +2.7 against +7.8 / +6.9 / +5.4
+    # (docs/BENCHMARKS.md, run 10).
     words: bool = False
     seed: int = 0
     threads: int = 0  # torch threads; 0: the cores other work leaves free (diffing.threads)
